@@ -1,0 +1,5 @@
+"""Search space, meta-learning and successive halving."""
+
+from appliance.automl.search_space import search_space
+
+__all__ = ["search_space"]

@@ -1,0 +1,56 @@
+"""Named errors of the appliance, in one module.
+
+Every error says which thing is wrong, what the value was, what the rule is and what to do.
+The edges (CLI, page, REJECTED.txt, log) turn them into messages; the library only raises them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ApplianceError(Exception):
+    """Base class of every error the appliance raises on purpose."""
+
+
+class ConfigError(ApplianceError, ValueError):
+    """A pipeline configuration value is outside its allowed values."""
+
+
+class ImageReadError(ApplianceError):
+    """An image or mask file cannot be read as a 2D image."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found while validating a labelled set: the file it concerns and what is wrong."""
+
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+class InvalidSetError(ApplianceError):
+    """A labelled set failed validation; ``problems`` lists every problem found, not only the first."""
+
+    def __init__(self, root: str | Path, problems: list[Problem]):
+        self.root = Path(root)
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"labelled set {self.root} has {len(self.problems)} problem(s):\n{lines}")
+
+
+class ModelFileError(ApplianceError):
+    """An exported model folder is missing a file or its JSON does not match what the predictor needs."""
+
+
+class CheckpointError(ApplianceError):
+    """A training checkpoint cannot be resumed with the given configuration or set."""

@@ -1,0 +1,123 @@
+"""Segment images with an exported model folder (``model.onnx`` + ``model.json``) on ONNX Runtime."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from appliance.data.io import NORMALISATION, normalise
+from appliance.errors import ModelFileError
+from appliance.pipeline.export import METADATA_FILE, METADATA_FORMAT
+from appliance.pipeline.inference import TileSettings, sliding_window_logits
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+@lru_cache(maxsize=1)
+def cuda_device_present() -> bool:
+    """True when the CUDA driver loads and reports at least one GPU.
+
+    onnxruntime-gpu lists the CUDA provider even on machines without a GPU and then logs errors while
+    falling back; asking the driver first keeps the CPU path quiet.
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+def default_providers() -> list[str]:
+    """CUDA first when a GPU is present and onnxruntime has the CUDA provider, then CPU."""
+    if cuda_device_present() and CUDA_PROVIDER in ort.get_available_providers():
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+class OnnxPredictor:
+    """ONNX Runtime session + the model's JSON: raw image in, logits or labels out.
+
+    Parameters
+    ----------
+    model_dir : path
+        Folder with ``model.json`` and the ``.onnx`` file it names.
+    providers : list of str, optional
+        ONNX Runtime execution providers; default :func:`default_providers`.
+    threads : int, optional
+        Intra-op threads for the CPU provider (default: ONNX Runtime's choice, all cores).
+    """
+
+    def __init__(self, model_dir: str | Path, *, providers: list[str] | None = None, threads: int | None = None):
+        self.model_dir = Path(model_dir)
+        self.metadata = read_model_metadata(self.model_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        onnx_path = self.model_dir / self.metadata["model_file"]
+        try:
+            self.session = ort.InferenceSession(
+                str(onnx_path), sess_options=options, providers=providers or default_providers()
+            )
+        except Exception as exc:
+            raise ModelFileError(f"{onnx_path}: ONNX Runtime cannot load it ({exc}); export the model again") from exc
+        self.tiles = TileSettings(**self.metadata["tiles"])
+        self.in_channels = int(self.metadata["input"]["channels"])
+        self.class_names: list[str] = list(self.metadata["class_names"])
+        self.pixel_size_um: float | None = self.metadata.get("pixel_size_um")
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the session really runs on (the first one ONNX Runtime accepted)."""
+        return self.session.get_providers()[0]
+
+    def run_batch(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """``(K + 1, H, W)`` logits of a raw ``(H, W, C)`` image."""
+        self._check_channels(image)
+        return sliding_window_logits(normalise(image), self.run_batch, tiles=self.tiles)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W)`` uint8 label image (0 = background, 1..K = classes) of a raw ``(H, W, C)`` image."""
+        return self.logits(image).argmax(axis=0).astype(np.uint8)
+
+    def _check_channels(self, image: np.ndarray) -> None:
+        if image.ndim != 3 or image.shape[2] != self.in_channels:
+            got = image.shape[2] if image.ndim == 3 else 1
+            raise ModelFileError(
+                f"the model in {self.model_dir} expects images with {self.in_channels} channel(s), "
+                f"this image has {got}; segment images of the kind the model was trained on"
+            )
+
+
+def read_model_metadata(model_dir: str | Path) -> dict:
+    """Load and check ``model.json`` of a model folder."""
+    model_dir = Path(model_dir)
+    path = model_dir / METADATA_FILE
+    if not path.is_file():
+        raise ModelFileError(f"{path} not found; a model folder needs model.onnx and model.json (from export)")
+    try:
+        metadata = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path} is not valid JSON ({exc}); export the model again") from exc
+    if metadata.get("format") != METADATA_FORMAT:
+        raise ModelFileError(f"{path} has format {metadata.get('format')!r}, this version reads {METADATA_FORMAT}")
+    if metadata.get("normalisation") != NORMALISATION:
+        raise ModelFileError(
+            f"{path} uses normalisation {metadata.get('normalisation')}, this version applies {NORMALISATION}"
+        )
+    missing = [key for key in ("model_file", "input", "class_names", "tiles") if key not in metadata]
+    if missing:
+        raise ModelFileError(f"{path} lacks {', '.join(missing)}; export the model again")
+    if not (model_dir / metadata["model_file"]).is_file():
+        raise ModelFileError(f"{model_dir / metadata['model_file']} not found beside {path}")
+    return metadata

@@ -1,0 +1,190 @@
+"""Train, evaluate and export one configuration on one labelled set (the module library's whole path).
+
+Writes into ``out_dir``: ``checkpoint.pt`` (resumable), ``model.onnx`` + ``model.json`` (the deployable
+pair), ``config.yaml``, ``split.json`` and ``metrics.json`` (validation and test scores, the Otsu
+baseline on the same images, ONNX/PyTorch parity, training counters).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from appliance.data.io import atomic_write, read_image, write_label_image, write_png
+from appliance.data.labelled_set import LabelledSet
+from appliance.data.splits import Split, split_stems
+from appliance.errors import ApplianceError
+from appliance.pipeline.baselines import fit_otsu_baseline
+from appliance.pipeline.config import PipelineConfig
+from appliance.pipeline.evaluation import Evaluation, evaluate
+from appliance.pipeline.export import onnx_parity, write_model_folder
+from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
+from appliance.pipeline.measurements import measure, write_measurements_csv
+from appliance.pipeline.overlay import overlay
+from appliance.pipeline.patches import make_training_patches
+from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.trainer import Trainer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What :func:`train_configuration` produced."""
+
+    out_dir: Path
+    config: PipelineConfig
+    split: Split
+    validation: Evaluation
+    test: Evaluation
+    otsu_validation: Evaluation
+    parity: dict
+    provider: str
+    steps: int
+    seconds: float
+    metrics: dict
+
+
+def read_split_images(labelled_set: LabelledSet, stems: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Raw images and masks of ``stems`` (in that order)."""
+    index = {stem: i for i, stem in enumerate(labelled_set.stems)}
+    pairs = [labelled_set.read(index[stem]) for stem in stems]
+    return [image for image, _ in pairs], [mask for _, mask in pairs]
+
+
+def train_configuration(
+    labelled_set: LabelledSet,
+    config: PipelineConfig,
+    *,
+    seconds: float,
+    out_dir: str | Path,
+    seed: int = 0,
+    tiles: TileSettings = DEFAULT_TILES,
+    device: str | None = None,
+    progress: bool = True,
+) -> TrainingReport:
+    """Split the set (seeded 80/10/10), train ``config`` for ``seconds``, evaluate on the validation
+    and test images, compare with Otsu, export ONNX + JSON and check ONNX against PyTorch."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    split = split_stems(labelled_set.stems, seed=seed)
+    train_images, train_masks = read_split_images(labelled_set, split.train)
+    val_images, val_masks = read_split_images(labelled_set, split.validation)
+    test_images, test_masks = read_split_images(labelled_set, split.test)
+    k = labelled_set.num_classes
+
+    patches = make_training_patches(train_images, train_masks, patch_size=config.patch_size, num_classes=k)
+    trainer = Trainer(config, in_channels=labelled_set.channels, num_classes=k, seed=seed, device=device)
+    trainer.train(patches, seconds=seconds, progress=progress)
+    trainer.save(out_dir / CHECKPOINT_FILE)
+
+    started = time.perf_counter()
+    predict = lambda image: trainer.predict(image, tiles=tiles)  # noqa: E731
+    validation = evaluate(predict, val_images, val_masks, num_classes=k, names=split.validation)
+    test = evaluate(predict, test_images, test_masks, num_classes=k, names=split.test)
+    otsu = fit_otsu_baseline(train_images, train_masks, num_classes=k)
+    otsu_validation = evaluate(otsu, val_images, val_masks, num_classes=k, names=split.validation)
+    evaluation_seconds = time.perf_counter() - started
+
+    metrics = {
+        "set": labelled_set.name,
+        "config_id": config.id,
+        "seed": seed,
+        "device": str(trainer.device),
+        "training": {
+            "seconds": trainer.seconds,
+            "steps": trainer.steps,
+            "pixels_seen": trainer.pixels_seen,
+            "patches": len(patches),
+            "class_fractions": patches.class_fractions.tolist(),
+            "class_factors": patches.class_factors.tolist(),
+        },
+        "evaluation_seconds": evaluation_seconds,
+        "validation": validation.to_dict(),
+        "test": test.to_dict(),
+        "otsu_validation": otsu_validation.to_dict(),
+    }
+    write_model_folder(
+        out_dir,
+        trainer.model,
+        config=config,
+        in_channels=labelled_set.channels,
+        class_names=list(labelled_set.class_names),
+        tiles=tiles,
+        pixel_size_um=labelled_set.pixel_size_um,
+        extra={
+            "set": labelled_set.name,
+            "validation_mean_foreground_iou": validation.mean_foreground_iou,
+            "test_mean_foreground_iou": test.mean_foreground_iou,
+        },
+    )
+    predictor = OnnxPredictor(out_dir)
+    parity = onnx_parity(trainer.model, predictor, val_images, tiles=tiles)
+    metrics["onnx_parity"] = parity
+    metrics["onnx_provider"] = predictor.provider
+    atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()))
+    atomic_write(out_dir / "split.json", lambda tmp: Path(tmp).write_text(json.dumps(split.to_dict(), indent=2)))
+    atomic_write(out_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
+    return TrainingReport(
+        out_dir=out_dir,
+        config=config,
+        split=split,
+        validation=validation,
+        test=test,
+        otsu_validation=otsu_validation,
+        parity=parity,
+        provider=predictor.provider,
+        steps=trainer.steps,
+        seconds=trainer.seconds,
+        metrics=metrics,
+    )
+
+
+@dataclass(frozen=True)
+class SegmentedImage:
+    """Files written for one input image."""
+
+    image: Path
+    mask: Path
+    overlay: Path
+    measurements: list[dict]
+
+
+def segment_files(
+    predictor: OnnxPredictor, image_paths: list[Path], *, out_dir: str | Path
+) -> tuple[list[SegmentedImage], list[ApplianceError]]:
+    """Segment each image file with ``predictor``: write ``<stem>_mask.tif`` (label image),
+    ``<stem>_overlay.png`` and one ``measurements.csv`` for all of them into ``out_dir``.
+
+    An image that cannot be read or does not fit the model is skipped and its error returned; the
+    others are still processed.
+    """
+    out_dir = Path(out_dir)
+    done: list[SegmentedImage] = []
+    failures: list[ApplianceError] = []
+    for path in map(Path, image_paths):
+        try:
+            image = read_image(path)
+            labels = predictor.predict(image)
+        except ApplianceError as exc:
+            failures.append(exc)
+            continue
+        rows = measure(
+            labels, class_names=predictor.class_names, image=path.name, pixel_size_um=predictor.pixel_size_um
+        )
+        done.append(
+            SegmentedImage(
+                image=path,
+                mask=write_label_image(out_dir / f"{path.stem}_mask.tif", labels),
+                overlay=write_png(out_dir / f"{path.stem}_overlay.png", overlay(image, labels)),
+                measurements=rows,
+            )
+        )
+    if done:
+        write_measurements_csv(out_dir / "measurements.csv", [row for item in done for row in item.measurements])
+    return done, failures
