@@ -34,7 +34,8 @@ def _echo_report(report) -> None:
 
     def line(name: str, evaluation: Evaluation) -> str:
         per_class = ", ".join(_format_iou(v) for v in evaluation.overall.iou[1:])
-        return f"  {name:<24} mean foreground IoU {_format_iou(evaluation.overall.mean_foreground_iou)}  (per class: {per_class})"
+        mean = _format_iou(evaluation.overall.mean_foreground_iou)
+        return f"  {name:<26} mean foreground IoU {mean}  (per class: {per_class})"
 
     click.echo(f"configuration {report.config.id}: {report.steps} steps in {report.seconds:.0f} s")
     click.echo(line("validation, U-Net", report.validation))

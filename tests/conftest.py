@@ -1,0 +1,35 @@
+"""Shared fixtures: the bundled real demo sample and the shared real datasets beside the repo."""
+
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from appliance.data.labelled_set import LabelledSet, load_labelled_set
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def demo_set_dir() -> Path:
+    """The bundled labelled sample: 8 real 256x256 phase-contrast crops (Usiigaci, MIT)."""
+    return Path(str(files("appliance") / "demo_data" / "labelled" / "usiigaci_phase_cells_demo"))
+
+
+@pytest.fixture(scope="session")
+def demo_set(demo_set_dir) -> LabelledSet:
+    return load_labelled_set(demo_set_dir)
+
+
+@pytest.fixture(scope="session")
+def demo_images_dir() -> Path:
+    """Three unlabelled real 384x384 16-bit TIFF crops for inference."""
+    return Path(str(files("appliance") / "demo_data" / "images" / "phase-demo"))
+
+
+def shared_set(name: str) -> Path:
+    """A real set from ../shared/datasets, or skip when the shared folder is not beside the repo."""
+    path = SHARED_DATASETS / name
+    if not path.is_dir():
+        pytest.skip(f"{path} not present (the shared datasets live beside the repository)")
+    return path

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from appliance.data.io import normalise
+from appliance.pipeline.inference import TileSettings, gaussian_weight, segment, sliding_window_logits
+
+CALLS: list[tuple] = []
+
+
+def echo_runner(batch):
+    """Logits = (−x, x) of the first channel: a known model, so the stitched output is predictable."""
+    assert batch.shape[2] % 32 == 0 and batch.shape[3] % 32 == 0
+    CALLS.append(batch.shape)
+    return np.concatenate([-batch[:, :1], batch[:, :1]], axis=1)
+
+
+@pytest.mark.parametrize("shape", [(97, 130, 1), (20, 20, 1), (300, 64, 3), (512, 512, 2)])
+@pytest.mark.parametrize("tile_size", [64, 256])
+def test_stitched_logits_equal_the_per_pixel_model(shape, tile_size):
+    image = normalise(np.random.default_rng(0).integers(0, 4096, shape).astype(np.uint16))
+    logits = sliding_window_logits(image, echo_runner, tiles=TileSettings(tile_size=tile_size, overlap=0.5))
+    assert logits.shape == (2, *shape[:2])
+    np.testing.assert_allclose(logits[1], image[:, :, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_tiles_overlap_and_are_batched():
+    CALLS.clear()
+    sliding_window_logits(np.zeros((256, 256, 1), np.float32), echo_runner, tiles=TileSettings(128, 0.5, 4))
+    assert sum(shape[0] for shape in CALLS) == 9  # 3 x 3 tiles at step 64
+    assert max(shape[0] for shape in CALLS) == 4
+
+
+def test_gaussian_weight_trusts_the_centre():
+    weight = gaussian_weight(64, 64)
+    assert weight.max() == pytest.approx(1.0) and weight[0, 0] < 0.01 and weight.min() > 0
+
+
+def test_segment_returns_labels_of_the_image_size():
+    image = np.zeros((50, 70, 1), np.uint8)
+    image[10:20, 10:30] = 200
+    labels = segment(image, echo_runner, tiles=TileSettings(tile_size=64))
+    assert labels.shape == (50, 70) and labels.dtype == np.uint8
+    assert labels[15, 20] == 1 and labels[40, 60] == 0
+
+
+@pytest.mark.parametrize("kwargs", [{"tile_size": 100}, {"overlap": 1.0}, {"batch_size": 0}])
+def test_tile_settings_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        TileSettings(**kwargs)

@@ -1,0 +1,126 @@
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from appliance.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_config_then_predict_writes_every_output(demo_set_dir, demo_images_dir, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("patch_size: 64\nbatch_size: 4\nlearning_rate: 0.001\nencoder: resnet18\nflip: 0.5\n")
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        [
+            "train-config",
+            "--set",
+            str(demo_set_dir),
+            "--config",
+            str(config),
+            "--seconds",
+            "4",
+            "--out",
+            str(tmp_path / "model"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "validation, U-Net" in result.output and "Otsu baseline" in result.output
+    assert "identical argmax" in result.output
+    for name in ("model.onnx", "model.json", "checkpoint.pt", "metrics.json", "split.json", "config.yaml"):
+        assert (tmp_path / "model" / name).is_file(), name
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["training"]["steps"] >= 1 and metrics["onnx_parity"]["argmax_agreement"] >= 0.999
+
+    images = sorted(demo_images_dir.glob("*.tif"))
+    result = runner.invoke(
+        main, ["predict", "--model", str(tmp_path / "model"), *map(str, images), "--out", str(tmp_path / "results")]
+    )
+    assert result.exit_code == 0, result.output
+    for image in images:
+        mask = tifffile.imread(tmp_path / "results" / f"{image.stem}_mask.tif")
+        assert mask.shape == (384, 384) and mask.dtype == np.uint8
+        assert (tmp_path / "results" / f"{image.stem}_overlay.png").is_file()
+    with open(tmp_path / "results" / "measurements.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["image"] for row in rows] == [image.name for image in images]
+    assert {row["class_name"] for row in rows} == {"cell"}
+
+
+def test_a_bad_set_is_reported_with_its_problems(tmp_path):
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    (tmp_path / "set" / "masks").mkdir()
+    (tmp_path / "cfg.yaml").write_text("patch_size: 64\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "train-config",
+            "--set",
+            str(tmp_path / "set"),
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+            "--seconds",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "images/" in result.output and "no images" in result.output.lower()
+
+
+def test_a_bad_config_names_key_and_choices(demo_set_dir, tmp_path):
+    (tmp_path / "cfg.yaml").write_text("patch_size: 100\n")
+    result = CliRunner().invoke(
+        main,
+        [
+            "train-config",
+            "--set",
+            str(demo_set_dir),
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+            "--seconds",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "patch_size = 100 is not allowed; choose one of 64, 128, 256" in result.output
+
+
+def test_predict_skips_unreadable_images_and_says_why(tmp_path, demo_images_dir):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 truncated")
+    result = CliRunner().invoke(
+        main, ["predict", "--model", str(tmp_path / "missing"), str(broken), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2 and "model.json not found" in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_from_the_console_script(tmp_path):
+    """The README's run command, with a short budget: trains, segments the samples, says where."""
+    script = Path(sys.executable).with_name("appliance")
+    result = subprocess.run(
+        [str(script), "demo", "--out", str(tmp_path), "--seconds", "8"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"results: {tmp_path / 'results' / 'phase-demo'}" in result.stdout
+    assert len(list((tmp_path / "results" / "phase-demo").glob("*_mask.tif"))) == 3
+    assert (tmp_path / "models" / "phase-demo" / "model.onnx").is_file()
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.split("```")[1].splitlines() if line.strip()]
+    assert commands[-2:] == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
