@@ -174,8 +174,8 @@ def demo(out_dir: Path | None, seconds: float):
     except ApplianceError as error:
         _fail(error)
     click.echo(f"segmented {len(done)} sample image(s) on {predictor.provider}")
-    click.echo(f"model:   {model_dir}")
-    click.echo(f"results: {results_dir} (masks *_mask.tif, overlays *_overlay.png, measurements.csv)")
+    click.echo(f"model:   {model_dir.resolve()}")
+    click.echo(f"results: {results_dir.resolve()} (masks *_mask.tif, overlays *_overlay.png, measurements.csv)")
     if failures:
         for failure in failures:
             click.secho(f"skipped: {failure}", fg="yellow", err=True)
