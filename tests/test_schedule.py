@@ -1,0 +1,41 @@
+import pytest
+
+from appliance.automl.schedule import HalvingSchedule, select_survivors, survivors
+
+
+def test_fifty_configurations_follow_the_paper():
+    schedule = HalvingSchedule(configurations=50, budget_seconds=600)
+    assert schedule.steps == 6
+    assert schedule.active == [50, 25, 12, 6, 3, 1]
+    assert schedule.step_seconds == 100
+    assert schedule.slice_seconds[0] == pytest.approx(2.0) and schedule.slice_seconds[-1] == pytest.approx(100)
+    assert schedule.winner_share == pytest.approx(0.2739, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("n", "steps", "active"), [(1, 1, [1]), (2, 2, [2, 1]), (8, 4, [8, 4, 2, 1]), (9, 4, [9, 4, 2, 1])]
+)
+def test_step_counts_and_survivors(n, steps, active):
+    schedule = HalvingSchedule(configurations=n, budget_seconds=60)
+    assert schedule.steps == steps and schedule.active == active
+    assert sum(schedule.step_seconds for _ in range(steps)) == pytest.approx(60)
+
+
+def test_survivors_are_half_rounded_down_but_never_zero():
+    assert [survivors(n) for n in (50, 25, 12, 3, 1)] == [25, 12, 6, 1, 1]
+
+
+def test_ties_and_missing_scores_are_broken_by_meta_model_rank():
+    scores = [0.5, 0.7, 0.5, None, 0.7]
+    ranks = [3, 4, 1, 0, 2]
+    assert select_survivors(scores, ranks, keep=2) == [1, 4]
+    assert select_survivors(scores, ranks, keep=3) == [1, 2, 4]  # 0.5 tie: rank 1 beats rank 3
+    assert select_survivors(scores, ranks, keep=5) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"configurations": 0, "budget_seconds": 1}, {"configurations": 5, "budget_seconds": 0}]
+)
+def test_invalid_schedules_say_why(kwargs):
+    with pytest.raises(ValueError):
+        HalvingSchedule(**kwargs)
