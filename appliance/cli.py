@@ -6,7 +6,6 @@ here re-implements what the library does.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -183,5 +182,4 @@ def demo(out_dir: Path | None, seconds: float):
 
 
 if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

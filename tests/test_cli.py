@@ -55,49 +55,38 @@ def test_train_config_then_predict_writes_every_output(demo_set_dir, demo_images
     assert {row["class_name"] for row in rows} == {"cell"}
 
 
+def _train_config(set_dir, tmp_path):
+    """Run train-config with the config at tmp_path/cfg.yaml and a 1 s budget."""
+    args = [
+        "--set",
+        str(set_dir),
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--seconds",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    return CliRunner().invoke(main, ["train-config", *args])
+
+
 def test_a_bad_set_is_reported_with_its_problems(tmp_path):
     (tmp_path / "set" / "images").mkdir(parents=True)
     (tmp_path / "set" / "masks").mkdir()
     (tmp_path / "cfg.yaml").write_text("patch_size: 64\n")
-    result = CliRunner().invoke(
-        main,
-        [
-            "train-config",
-            "--set",
-            str(tmp_path / "set"),
-            "--config",
-            str(tmp_path / "cfg.yaml"),
-            "--seconds",
-            "1",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    result = _train_config(tmp_path / "set", tmp_path)
     assert result.exit_code == 2
     assert "images/" in result.output and "no images" in result.output.lower()
 
 
 def test_a_bad_config_names_key_and_choices(demo_set_dir, tmp_path):
     (tmp_path / "cfg.yaml").write_text("patch_size: 100\n")
-    result = CliRunner().invoke(
-        main,
-        [
-            "train-config",
-            "--set",
-            str(demo_set_dir),
-            "--config",
-            str(tmp_path / "cfg.yaml"),
-            "--seconds",
-            "1",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    result = _train_config(demo_set_dir, tmp_path)
     assert result.exit_code == 2
     assert "patch_size = 100 is not allowed; choose one of 64, 128, 256" in result.output
 
 
-def test_predict_skips_unreadable_images_and_says_why(tmp_path, demo_images_dir):
+def test_predict_without_a_model_folder_says_what_is_missing(tmp_path):
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00 truncated")
     result = CliRunner().invoke(
