@@ -181,5 +181,91 @@ def demo(out_dir: Path | None, seconds: float):
         sys.exit(2)
 
 
+@main.group()
+def metabase() -> None:
+    """Build the meta-base: configurations trained on labelled sets, with their learning curves."""
+
+
+def _expand_set_dirs(paths: tuple[Path, ...]) -> tuple[Path, ...]:
+    """Each path is a labelled set (has ``images/``) or a folder of labelled sets."""
+    expanded = []
+    for path in paths:
+        if (path / "images").is_dir():
+            expanded.append(path)
+        else:
+            children = sorted(child for child in path.iterdir() if (child / "images").is_dir())
+            if not children:
+                raise click.BadParameter(f"{path} is neither a labelled set (no images/) nor a folder of sets")
+            expanded.extend(children)
+    return tuple(expanded)
+
+
+@metabase.command("build")
+@click.option(
+    "--sets",
+    "set_paths",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A labelled set, or a folder of sets; repeat for more.",
+)
+@click.option(
+    "--out",
+    "out_csv",
+    default=Path("models/metabase.csv"),
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The meta-base CSV; runs already in it are skipped.",
+)
+@click.option("--configs-per-set", default=48, show_default=True, type=click.IntRange(1, 576))
+@click.option(
+    "--fidelity",
+    default="0.5,1,2",
+    show_default=True,
+    help="Learning-curve points in megapixels of training patches; the last is the run's fidelity.",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the configuration sample, split and training.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Parallel training runs.")
+@click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
+@click.option(
+    "--metadata",
+    "metadata_path",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML of set name → microscopy/object/magnification, for sets without dataset.yaml.",
+)
+@click.option(
+    "--optical-images",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Images per set for the radiomics features (0 skips them).",
+)
+@click.option("--limit", default=None, type=click.IntRange(1), help="Stop after this many runs (for trials).")
+def metabase_build(
+    set_paths, out_csv, configs_per_set, fidelity, seed, workers, device, metadata_path, optical_images, limit
+):
+    """Train a stratified sample of configurations on every set and record their learning curves."""
+    from appliance.automl.metabase import BuildSettings, build_metabase, load_set_metadata, parse_curve
+
+    try:
+        settings = BuildSettings(
+            set_dirs=_expand_set_dirs(set_paths),
+            out_csv=out_csv,
+            configs_per_set=configs_per_set,
+            curve=parse_curve(fidelity),
+            seed=seed,
+            workers=workers,
+            device=device,
+            metadata=load_set_metadata(metadata_path),
+            optical_images=optical_images,
+            limit=limit,
+        )
+        count = build_metabase(settings, log=lambda message: click.echo(message))
+    except ApplianceError as error:
+        _fail(error)
+    click.echo(f"{count} runs added to {out_csv.resolve()}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
