@@ -6,6 +6,7 @@ here re-implements what the library does.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -265,6 +266,77 @@ def metabase_build(
     except ApplianceError as error:
         _fail(error)
     click.echo(f"{count} runs added to {out_csv.resolve()}")
+
+
+@main.command()
+@click.argument("set_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--budget", default=None, help="Wall-clock budget of successive halving, like 90s, 30m or 1h.")
+@click.option("--top", "top_n", default=None, type=click.IntRange(1, 576), help="Configurations entering halving.")
+@click.option("--seed", default=None, type=int, help="Seed of the split, weights and sampling.")
+@click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False, path_type=Path), help="State folder.")
+@click.option("--new", "start_new", is_flag=True, help="Start a new run even if an unfinished one can be resumed.")
+def train(set_dir: Path, budget, top_n, seed, device, data_dir, start_new):
+    """Find the best configuration for a labelled set within a budget and export it (resumes unfinished runs)."""
+    from tqdm.auto import tqdm
+
+    from appliance.automl.job import train_set
+    from appliance.settings import Settings, parse_duration
+
+    try:
+        settings = Settings.from_env(data_dir=data_dir)
+        seconds = parse_duration(budget) if budget is not None else None
+        bar = tqdm(desc="halving", unit="slice", leave=True)
+
+        def on_slice(result: dict) -> None:
+            bar.update(1)
+            bar.set_postfix_str(f"step {result['step'] + 1} rank {result['rank']} IoU {result['validation_iou']:.3f}")
+
+        result = train_set(
+            set_dir,
+            settings,
+            budget=seconds,
+            top_n=top_n,
+            seed=seed,
+            device=device,
+            resume=not start_new,
+            log=lambda message: tqdm.write(message),
+            on_slice=on_slice,
+        )
+        bar.close()
+    except ApplianceError as error:
+        _fail(error)
+    _echo_summary(result)
+
+
+def _echo_summary(result) -> None:
+    run = result.run
+    scores: dict[int, list[float]] = {}
+    for row in result.step_results:
+        scores.setdefault(row["rank"], []).append(row["validation_iou"])
+    # the winner first, then by how far each trial got, then by rank
+    trials = sorted(result.trials, key=lambda t: (t["status"] != "winner", -len(scores.get(t["rank"], [])), t["rank"]))
+    click.echo("")
+    click.echo(f"{'rank':>4}  {'configuration':<13} {'encoder':<8} {'patch':>5} {'batch':>5} {'lr':>7}  IoU per step")
+    for trial in trials[:12]:
+        config = json.loads(trial["config"])
+        ious = " ".join(f"{s:.3f}" for s in scores.get(trial["rank"], []))
+        mark = {"winner": " <- winner", "dropped": ""}.get(trial["status"], f" ({trial['status']})")
+        click.echo(
+            f"{trial['rank']:>4}  {trial['config_id']:<13} {config['encoder']:<8} {config['patch_size']:>5} "
+            f"{config['batch_size']:>5} {config['learning_rate']:>7}  {ious}{mark}"
+        )
+    if len(trials) > 12:
+        click.echo(f"      ... {len(trials) - 12} more trials")
+    click.echo("")
+    click.echo(f"run {result.run_id}: ranked by {run['ranking_source']}")
+    click.echo(f"  winner {run['winner_config_id']}: validation IoU {run['validation_iou']:.3f}")
+    click.echo(f"  test IoU {run['test_iou']:.3f} on {len(result.test.per_image)} test image(s)")
+    click.echo(
+        "  time: " + ", ".join(f"{name.removesuffix('_seconds')} {sec:.0f} s" for name, sec in result.timings.items())
+    )
+    click.echo(f"  model: {result.model_dir}")
+    click.echo(f"  QC: {Path(run['run_dir']) / 'qc'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

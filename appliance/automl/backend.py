@@ -1,0 +1,142 @@
+"""The real trial backend of successive halving: the module library's Trainer on a labelled set's split.
+
+On CUDA the process caps its memory to ``gpu_memory_gb`` (``torch.cuda.set_per_process_memory_fraction``),
+so a large GPU behaves like the 8 GB target card, and the probe step measures a configuration's peak
+memory under that cap before its first slice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from appliance.automl.halving import DoesNotFit, TrainedSlice, TrialFailed, Validation
+from appliance.data.labelled_set import LabelledSet
+from appliance.data.splits import Split
+from appliance.pipeline.config import PipelineConfig
+from appliance.pipeline.evaluation import evaluate
+from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
+from appliance.pipeline.patches import TrainingPatches, make_training_patches
+from appliance.pipeline.trainer import Trainer, default_device
+from appliance.pipeline.workflow import read_split_images
+
+
+def cap_gpu_memory(device: torch.device, gpu_memory_gb: float) -> float | None:
+    """Limit this process's CUDA caching allocator to ``gpu_memory_gb``; returns the fraction set (None on CPU)."""
+    if device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = min(1.0, gpu_memory_gb * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
+class TorchBackend:
+    """Trains configurations on the training images of ``split`` and scores them on its validation images."""
+
+    def __init__(
+        self,
+        labelled_set: LabelledSet,
+        split: Split,
+        *,
+        seed: int,
+        device: str | torch.device | None = None,
+        gpu_memory_gb: float = 8.0,
+        tiles: TileSettings = DEFAULT_TILES,
+    ):
+        self.labelled_set = labelled_set
+        self.seed = seed
+        self.device = torch.device(device) if device is not None else default_device()
+        self.tiles = tiles
+        self.memory_fraction = cap_gpu_memory(self.device, gpu_memory_gb)
+        self.gpu_memory_gb = gpu_memory_gb
+        self.train_images, self.train_masks = read_split_images(labelled_set, split.train)
+        self.validation_images, self.validation_masks = read_split_images(labelled_set, split.validation)
+        self.validation_names = split.validation
+        self._patches: dict[int, TrainingPatches] = {}
+
+    def patches(self, patch_size: int) -> TrainingPatches:
+        if patch_size not in self._patches:
+            self._patches[patch_size] = make_training_patches(
+                self.train_images, self.train_masks, patch_size=patch_size, num_classes=self.labelled_set.num_classes
+            )
+        return self._patches[patch_size]
+
+    def start(self, config: PipelineConfig) -> Trainer:
+        return Trainer(
+            config,
+            in_channels=self.labelled_set.channels,
+            num_classes=self.labelled_set.num_classes,
+            seed=self.seed,
+            device=self.device,
+        )
+
+    def load(self, path: Path) -> Trainer:
+        return Trainer.load(path, device=self.device)
+
+    def save(self, trainer: Trainer, path: Path) -> None:
+        trainer.save(path)
+
+    def probe(self, trainer: Trainer) -> float | None:
+        """One training step with peak-memory tracking (CUDA only; it counts as training, nothing is wasted)."""
+        if self.device.type != "cuda":
+            return None
+        self._reset_peak()
+        try:
+            trainer.train(self.patches(trainer.config.patch_size), max_steps=1)
+        except torch.cuda.OutOfMemoryError as error:
+            peak = self.peak_memory_mb()
+            self._release(trainer)
+            raise DoesNotFit(
+                peak, f"one training step needs more than the {self.gpu_memory_gb:g} GB cap ({_first_line(error)})"
+            ) from None
+        return self.peak_memory_mb()
+
+    def train(self, trainer: Trainer, seconds: float) -> TrainedSlice:
+        self._reset_peak()
+        try:
+            result = trainer.train(self.patches(trainer.config.patch_size), seconds=max(seconds, 1e-3))
+        except torch.cuda.OutOfMemoryError as error:
+            self._release(trainer)
+            raise TrialFailed(
+                f"CUDA out of memory under the {self.gpu_memory_gb:g} GB cap: {_first_line(error)}"
+            ) from None
+        return TrainedSlice(
+            seconds=result.seconds,
+            total_seconds=trainer.seconds,
+            optimizer_steps=trainer.steps,
+            work_mp=trainer.pixels_seen / 1e6,
+        )
+
+    def validate(self, trainer: Trainer) -> Validation:
+        def predict(image: np.ndarray) -> np.ndarray:
+            return trainer.predict(image, tiles=self.tiles)
+
+        evaluation = evaluate(
+            predict,
+            self.validation_images,
+            self.validation_masks,
+            num_classes=self.labelled_set.num_classes,
+            names=self.validation_names,
+        )
+        return Validation(evaluation.mean_foreground_iou, evaluation.overall.iou[1:])
+
+    def peak_memory_mb(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.device) / 2**20
+
+    def _reset_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _release(self, trainer: Trainer) -> None:
+        trainer.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

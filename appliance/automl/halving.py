@@ -1,0 +1,229 @@
+"""Budgeted successive halving over the top-ranked configurations (paper §3.7), resumable after a kill.
+
+For ``n`` trials and a total wall-clock budget ``T`` (:class:`~appliance.automl.schedule.HalvingSchedule`):
+``⌊log₂ n⌋ + 1`` steps of ``T / steps`` each. Within a step, every active trial gets an equal share of
+the time left until the step's deadline; the share covers loading its checkpoint, training, evaluating
+on the validation images and saving the checkpoint, so all of that counts against ``T``. Shares are
+recomputed before each trial, so a trial that overruns is paid for by the trials after it, not by the
+budget. After a step the better half by validation mean foreground IoU continues (ties and missing
+scores broken by the meta-model rank); survivors continue from their checkpoints, nothing is
+retrained.
+
+Memory rule (GPU): before its first slice each trial runs one probe step with peak-memory tracking
+under the process's memory cap. A trial that does not fit is marked ``does_not_fit`` and replaced by
+the next-ranked configuration that is not yet a trial (in step 1 only). A CUDA out-of-memory error
+later drops the trial as ``failed`` with the reason; the run goes on.
+
+Resuming: every slice ends by saving the trial's checkpoint to a new file and then recording the
+step result; a finished step is recorded with its survivors. After a kill the run restarts the
+interrupted step, skipping trials whose result is recorded and continuing the others from their
+previous step's checkpoint, with the step's budget minus what its recorded slices took.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from appliance.automl.schedule import HalvingSchedule, select_survivors
+from appliance.pipeline.config import PipelineConfig
+from appliance.store import Store
+
+
+class DoesNotFit(Exception):
+    """The probe step ran out of memory under the cap."""
+
+    def __init__(self, peak_memory_mb: float | None, message: str):
+        self.peak_memory_mb = peak_memory_mb
+        super().__init__(message)
+
+
+class TrialFailed(Exception):
+    """Training stopped for a reason that drops the trial (e.g. CUDA out of memory mid-training)."""
+
+
+@dataclass(frozen=True)
+class TrainedSlice:
+    seconds: float  # trained in this slice
+    total_seconds: float
+    optimizer_steps: int  # in total
+    work_mp: float  # megapixels of patches in total
+
+
+@dataclass(frozen=True)
+class Validation:
+    mean_iou: float
+    per_class: list[float | None]
+
+
+class TrialBackend(Protocol):
+    """What successive halving needs from training; :class:`~appliance.automl.backend.TorchBackend` is the real one."""
+
+    def start(self, config: PipelineConfig) -> Any: ...
+    def load(self, path: Path) -> Any: ...
+    def save(self, trainer: Any, path: Path) -> None: ...
+    def probe(self, trainer: Any) -> float | None: ...
+    def train(self, trainer: Any, seconds: float) -> TrainedSlice: ...
+    def validate(self, trainer: Any) -> Validation: ...
+    def peak_memory_mb(self) -> float | None: ...
+
+
+class SuccessiveHalving:
+    """Runs (or resumes) the halving of one run recorded in the store; its trials must exist already."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        backend: TrialBackend,
+        *,
+        budget_seconds: float,
+        run_dir: Path,
+        clock: Callable[[], float] = time.perf_counter,
+        on_slice: Callable[[dict], None] | None = None,
+    ):
+        self.store = store
+        self.run_id = run_id
+        self.backend = backend
+        self.budget_seconds = budget_seconds
+        self.run_dir = Path(run_dir)
+        self.clock = clock
+        self.on_slice = on_slice or (lambda result: None)
+        self.overheads: dict[int, float] = {}
+
+    def run(self) -> dict:
+        """Run every step not recorded yet; return the winning trial."""
+        schedule = HalvingSchedule(self._initial_count(), self.budget_seconds)
+        finished = {row["step"] for row in self.store.finished_steps(self.run_id)}
+        for step in range(schedule.steps):
+            if step in finished:
+                continue
+            self._run_step(step, schedule)
+        active = self.store.trials(self.run_id, status="active")
+        if not active:
+            raise TrialFailed("every configuration failed or did not fit; see the run's events")
+        winner = active[0]
+        self.store.update_trial(self.run_id, winner["rank"], status="winner")
+        return self.store.trials(self.run_id, status="winner")[0]
+
+    def _initial_count(self) -> int:
+        """n of the schedule: the trials that entered step 1, counting replacements in place of misfits."""
+        trials = self.store.trials(self.run_id)
+        return max(1, len([t for t in trials if t["status"] != "does_not_fit"]))
+
+    def _run_step(self, step: int, schedule: HalvingSchedule) -> None:
+        done = {row["rank"]: row for row in self.store.step_results(self.run_id, step)}
+        consumed = sum(row["wall_seconds"] for row in done.values())
+        step_started = self.clock()
+        deadline = step_started + schedule.step_seconds - consumed
+        queue = [t for t in self.store.trials(self.run_id, status="active") if t["rank"] not in done]
+        self.store.event(self.run_id, f"step {step + 1}/{schedule.steps}: {len(queue)} trial(s) to train")
+        while queue:
+            trial = queue.pop(0)
+            share = (deadline - self.clock()) / (len(queue) + 1)
+            if not self._slice(trial, step, share) and step == 0:
+                replacement = self._replacement()
+                if replacement is not None:
+                    queue.append(replacement)
+        active = self.store.trials(self.run_id, status="active")
+        results = {row["rank"]: row for row in self.store.step_results(self.run_id, step)}
+        keep = schedule.active[step + 1] if step + 1 < schedule.steps else 1
+        keep = min(keep, len(active))
+        ranks = [t["rank"] for t in active]
+        chosen = select_survivors(
+            [results[r]["validation_iou"] if r in results else None for r in ranks], ranks, keep=keep
+        )
+        survivors = [ranks[i] for i in chosen]
+        self.store.finish_step(
+            self.run_id, step, active=ranks, survivors=survivors, seconds=consumed + self.clock() - step_started
+        )
+        for trial in active:
+            if trial["rank"] not in survivors:
+                self._delete_checkpoints(trial["rank"])
+        best = max((results[r]["validation_iou"] for r in ranks if r in results), default=0.0)
+        self.store.event(
+            self.run_id,
+            f"step {step + 1}/{schedule.steps} done: {len(survivors)} of {len(ranks)} continue "
+            f"(best validation IoU {best:.3f})",
+        )
+
+    def _slice(self, trial: dict, step: int, share: float) -> bool:
+        """Train one trial for its share of the step; False when it did not fit or failed."""
+        rank, config = trial["rank"], PipelineConfig.from_dict(json.loads(trial["config"]))
+        started = self.clock()
+        previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
+        checkpoint = next((row["checkpoint"] for row in previous if row["rank"] == rank), None)
+        try:
+            trainer = self.backend.load(Path(checkpoint)) if checkpoint else self.backend.start(config)
+            if step == 0:
+                peak = self.backend.probe(trainer)
+                self.store.update_trial(self.run_id, rank, probe_peak_memory_mb=peak)
+            overhead = self.overheads.get(rank, max(self.overheads.values(), default=0.0))
+            budget = max(0.0, share - overhead - (self.clock() - started))
+            trained = self.backend.train(trainer, budget)
+            validation = self.backend.validate(trainer)
+        except DoesNotFit as error:
+            self.store.update_trial(
+                self.run_id, rank, status="does_not_fit", reason=str(error), probe_peak_memory_mb=error.peak_memory_mb
+            )
+            self.store.event(self.run_id, f"{config.id} (rank {rank}) does not fit: {error}", level="warning")
+            return False
+        except TrialFailed as error:
+            self.store.update_trial(self.run_id, rank, status="failed", reason=str(error), dropped_after_step=step)
+            self.store.event(
+                self.run_id, f"{config.id} (rank {rank}) failed in step {step + 1}: {error}", level="error"
+            )
+            return False
+        path = self.run_dir / "trials" / f"rank-{rank:03d}" / f"step-{step}.pt"
+        self.backend.save(trainer, path)
+        wall = self.clock() - started
+        self.overheads[rank] = max(0.0, wall - trained.seconds)
+        result = {
+            "config_id": config.id,
+            "seconds_trained": trained.seconds,
+            "total_seconds_trained": trained.total_seconds,
+            "optimizer_steps": trained.optimizer_steps,
+            "work_mp": trained.work_mp,
+            "validation_iou": validation.mean_iou,
+            "validation_iou_per_class": json.dumps(validation.per_class),
+            "peak_memory_mb": self.backend.peak_memory_mb(),
+            "wall_seconds": wall,
+            "checkpoint": str(path),
+        }
+        self.store.record_step_result(self.run_id, step, rank, **result)
+        self.store.update_trial(self.run_id, rank, checkpoint=str(path))
+        if checkpoint and Path(checkpoint) != path:
+            Path(checkpoint).unlink(missing_ok=True)
+        self.on_slice({"step": step, "rank": rank, **result})
+        return True
+
+    def _replacement(self) -> dict | None:
+        """The best-ranked configuration that is not a trial yet, added as a new active trial."""
+        taken = {t["config_id"] for t in self.store.trials(self.run_id)}
+        for row in self.store.ranking(self.run_id):
+            if row["config_id"] not in taken:
+                self.store.add_trial(
+                    self.run_id, row["rank"], row["config_id"], json.loads(row["config"]), row["predicted_score"]
+                )
+                self.store.event(
+                    self.run_id, f"{row['config_id']} (rank {row['rank']}) replaces a configuration that does not fit"
+                )
+                return next(t for t in self.store.trials(self.run_id) if t["rank"] == row["rank"])
+        return None
+
+    def _delete_checkpoints(self, rank: int) -> None:
+        folder = self.run_dir / "trials" / f"rank-{rank:03d}"
+        if folder.is_dir():
+            for path in folder.glob("*.pt"):
+                path.unlink(missing_ok=True)
+
+
+def enter_trials(store: Store, run_id: str, configurations, scores, top_n: int) -> None:
+    """Record the whole ranking of a run and enter its ``top_n`` best configurations as active trials."""
+    store.save_ranking(run_id, [(c.id, c.to_dict(), s) for c, s in zip(configurations, scores, strict=True)])
+    for rank, (config, score) in enumerate(zip(configurations[:top_n], scores[:top_n], strict=True), start=1):
+        store.add_trial(run_id, rank, config.id, config.to_dict(), score)

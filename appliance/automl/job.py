@@ -1,0 +1,244 @@
+"""One training job, start to end: meta-features → ranking → successive halving → QC → ONNX export → registry.
+
+Everything is recorded in the store as it happens; :func:`train_set` called again for the same set and
+the same parameters resumes an unfinished run instead of starting over.
+
+Files, under ``<data dir>/runs/<run id>/``: ``trials/rank-NNN/step-S.pt`` (checkpoints of trials still in
+the race), ``qc/<stem>.png`` (image | truth | prediction for each test image), ``qc/halving.png`` (every
+trial's validation IoU per step, the paper's Fig. 9) and ``qc/test.json``; the exported model goes to
+``<data dir>/models/<model id>/`` (``model.onnx`` + ``model.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.automl.backend import TorchBackend
+from appliance.automl.halving import SuccessiveHalving, enter_trials
+from appliance.automl.metafeatures import set_features
+from appliance.automl.ranking import rank_for_set
+from appliance.automl.schedule import HalvingSchedule
+from appliance.data.io import atomic_write, write_png
+from appliance.data.labelled_set import LabelledSet, load_labelled_set
+from appliance.data.splits import Split, split_stems
+from appliance.pipeline.evaluation import Evaluation, evaluate
+from appliance.pipeline.export import onnx_parity, write_model_folder
+from appliance.pipeline.inference import DEFAULT_TILES
+from appliance.pipeline.overlay import comparison_panel
+from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.trainer import Trainer
+from appliance.pipeline.workflow import read_split_images
+from appliance.settings import Settings
+from appliance.store import Store, now
+
+
+@dataclass(frozen=True)
+class JobResult:
+    run_id: str
+    run: dict
+    trials: list[dict]
+    step_results: list[dict]
+    test: Evaluation
+    model_dir: Path
+    timings: dict[str, float]
+
+
+def find_resumable_run(store: Store, set_dir: Path, *, budget: float, top_n: int, seed: int) -> dict | None:
+    """The oldest unfinished run of this set with the same budget, top n and seed, if any."""
+    for run in store.unfinished_runs(str(set_dir)):
+        if run["budget_seconds"] == budget and run["top_n"] == top_n and run["seed"] == seed:
+            return run
+    return None
+
+
+def train_set(
+    set_dir: str | Path,
+    settings: Settings,
+    *,
+    budget: float | None = None,
+    top_n: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    resume: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+    on_slice: Callable[[dict], None] | None = None,
+    store: Store | None = None,
+) -> JobResult:
+    """Run (or resume) the whole job on one labelled set; returns the finished run."""
+    set_dir = Path(set_dir).resolve()
+    budget = settings.budget if budget is None else budget
+    top_n = settings.top_n if top_n is None else top_n
+    seed = settings.seed if seed is None else seed
+    store = store or Store(settings.store_path)
+    labelled_set = load_labelled_set(set_dir)
+    run = find_resumable_run(store, set_dir, budget=budget, top_n=top_n, seed=seed) if resume else None
+    timings: dict[str, float] = {}
+    if run is None:
+        split = split_stems(labelled_set.stems, seed=seed)
+        run_id = store.create_run(
+            set_name=labelled_set.name,
+            set_dir=str(set_dir),
+            budget_seconds=budget,
+            top_n=top_n,
+            seed=seed,
+            gpu_memory_gb=settings.gpu_memory_gb,
+            split=json.dumps(split.to_dict()),
+        )
+        store.update_run(run_id, run_dir=str((settings.runs_dir / run_id).resolve()), started_at=now())
+        log(f"run {run_id} on {labelled_set.name}: {len(labelled_set)} images, budget {budget:.0f} s, top {top_n}")
+    else:
+        run_id = run["id"]
+        split = Split.from_dict(json.loads(run["split"]))
+        log(f"resuming run {run_id} on {labelled_set.name} (status {run['status']})")
+        store.event(run_id, "resumed")
+    run_dir = Path(store.run(run_id)["run_dir"])
+    try:
+        if not store.trials(run_id):
+            started = time.perf_counter()
+            store.update_run(run_id, status="ranking")
+            _rank(store, run_id, labelled_set, settings, top_n, log)
+            timings["ranking_seconds"] = time.perf_counter() - started
+        backend = TorchBackend(labelled_set, split, seed=seed, device=device, gpu_memory_gb=settings.gpu_memory_gb)
+        store.update_run(run_id, status="halving", device=str(backend.device))
+        schedule = HalvingSchedule(len(store.trials(run_id)), budget)
+        log(f"successive halving: {' → '.join(map(str, schedule.active))} configurations, {schedule.steps} steps")
+        started = time.perf_counter()
+        halving = SuccessiveHalving(store, run_id, backend, budget_seconds=budget, run_dir=run_dir, on_slice=on_slice)
+        winner = halving.run()
+        timings["halving_seconds"] = time.perf_counter() - started
+        store.update_run(run_id, status="exporting", halving_seconds=timings["halving_seconds"])
+        started = time.perf_counter()
+        test, model_dir = _finish(store, run_id, labelled_set, split, winner, backend, settings, run_dir)
+        timings["export_seconds"] = time.perf_counter() - started
+    except BaseException as error:
+        if not isinstance(error, KeyboardInterrupt | SystemExit):
+            store.update_run(run_id, status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
+            store.event(run_id, f"failed: {error}", level="error")
+        raise
+    log(f"run {run_id} finished: test IoU {test.mean_foreground_iou:.3f}, model {model_dir}")
+    return JobResult(
+        run_id, store.run(run_id), store.trials(run_id), store.step_results(run_id), test, model_dir, timings
+    )
+
+
+def _rank(store: Store, run_id: str, labelled_set: LabelledSet, settings: Settings, top_n: int, log) -> None:
+    features = set_features(labelled_set)
+    ranking, fallback_reason = rank_for_set(features, models_dir=settings.models_dir)
+    if fallback_reason:
+        store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")
+        log(f"ranking: {ranking.source} ({fallback_reason})")
+    else:
+        log(f"ranking: meta-model, best predicted {ranking.scores[0]:.3f} for {ranking.configurations[0].id}")
+    enter_trials(store, run_id, ranking.configurations, ranking.scores, top_n)
+    store.update_run(run_id, ranking_source=ranking.source)
+
+
+def _finish(
+    store: Store,
+    run_id: str,
+    labelled_set: LabelledSet,
+    split: Split,
+    winner: dict,
+    backend: TorchBackend,
+    settings: Settings,
+    run_dir: Path,
+) -> tuple[Evaluation, Path]:
+    """Test the winner, write overlays and the halving chart, export ONNX + JSON, register the model."""
+    trainer = Trainer.load(winner["checkpoint"], device=backend.device)
+    test_images, test_masks = read_split_images(labelled_set, split.test)
+    predictions = {}
+
+    def predict(image):
+        labels = trainer.predict(image, tiles=DEFAULT_TILES)
+        predictions[len(predictions)] = labels
+        return labels
+
+    k = labelled_set.num_classes
+    test = evaluate(predict, test_images, test_masks, num_classes=k, names=split.test)
+    qc = run_dir / "qc"
+    for index, stem in enumerate(split.test):
+        panel = comparison_panel(test_images[index], test_masks[index], predictions[index])
+        write_png(qc / f"{stem}.png", panel)
+    atomic_write(qc / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(test.to_dict(), indent=2)))
+    write_halving_chart(store, run_id, qc / "halving.png")
+
+    validation_iou = max(
+        (r["validation_iou"] for r in store.step_results(run_id) if r["rank"] == winner["rank"]), default=None
+    )
+    model_id = store.register_model(
+        run_id=run_id,
+        set_name=labelled_set.name,
+        config_id=winner["config_id"],
+        path="",
+        validation_iou=validation_iou,
+        test_iou=test.mean_foreground_iou,
+    )
+    model_dir = (settings.data_dir / "models" / model_id).resolve()
+    write_model_folder(
+        model_dir,
+        trainer.model,
+        config=trainer.config,
+        in_channels=labelled_set.channels,
+        class_names=list(labelled_set.class_names),
+        pixel_size_um=labelled_set.pixel_size_um,
+        extra={
+            "set": labelled_set.name,
+            "run_id": run_id,
+            "model_id": model_id,
+            "validation_mean_foreground_iou": validation_iou,
+            "test_mean_foreground_iou": test.mean_foreground_iou,
+        },
+    )
+    parity = onnx_parity(trainer.model, OnnxPredictor(model_dir), test_images[:1])
+    store.db["models"].update(model_id, {"path": str(model_dir)})
+    store.update_run(
+        run_id,
+        status="finished",
+        winner_config_id=winner["config_id"],
+        validation_iou=validation_iou,
+        test_iou=test.mean_foreground_iou,
+        model_id=model_id,
+        finished_at=now(),
+    )
+    store.event(
+        run_id,
+        f"winner {winner['config_id']}: test IoU {test.mean_foreground_iou:.3f}; exported to {model_dir} "
+        f"(ONNX vs PyTorch max |logit diff| {parity['max_abs_logit_diff']:.1e})",
+    )
+    return test, model_dir
+
+
+def write_halving_chart(store: Store, run_id: str, path: Path) -> Path:
+    """Validation IoU of every trial after every step it took part in (the paper's Fig. 9), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = store.step_results(run_id)
+    winner = next((t["rank"] for t in store.trials(run_id) if t["status"] == "winner"), None)
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
+    for rank in sorted({r["rank"] for r in results}):
+        rows = [r for r in results if r["rank"] == rank]
+        steps = [r["step"] + 1 for r in rows]
+        scores = [r["validation_iou"] for r in rows]
+        if rank == winner:
+            axes.plot(steps, scores, "-o", color="tab:red", linewidth=2, label=f"winner (rank {rank})", zorder=3)
+        else:
+            axes.plot(steps, scores, "-o", color="grey", alpha=0.4, markersize=3, linewidth=1)
+    axes.set_xlabel("halving step")
+    axes.set_ylabel("validation mean IoU")
+    axes.set_title(f"{run_id}: every trial per step")
+    axes.set_xticks(sorted({r["step"] + 1 for r in results}))
+    axes.grid(alpha=0.3)
+    if winner is not None:
+        axes.legend(loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+    return path

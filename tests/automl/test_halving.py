@@ -1,0 +1,185 @@
+"""Successive halving with a deterministic fake trainer and a fake clock: counts, budgets, resuming."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from appliance.automl.halving import DoesNotFit, SuccessiveHalving, TrainedSlice, TrialFailed, Validation, enter_trials
+from appliance.automl.ranking import fallback_ranking
+from appliance.store import Store
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Interrupt(Exception):
+    """Stands in for a kill: raised from inside a slice."""
+
+
+class FakeBackend:
+    """Score = quality(rank) · (1 − e^(−seconds/20)); training takes exactly the time it is given."""
+
+    def __init__(self, clock, *, eval_cost=0.0, save_cost=0.0, too_big=(), fail=(), flat=False, interrupt_at=None):
+        self.clock = clock
+        self.eval_cost, self.save_cost = eval_cost, save_cost
+        self.too_big, self.fail, self.flat = set(too_big), set(fail), flat
+        self.interrupt_at = interrupt_at
+        self.trained: list[tuple[str, float]] = []
+        self.validations = 0
+
+    def quality(self, config_id: str) -> float:
+        return 0.5 if self.flat else (int(config_id[2:], 16) % 1000) / 1000
+
+    def start(self, config):
+        return {"config_id": config.id, "seconds": 0.0, "steps": 0}
+
+    def load(self, path: Path):
+        return json.loads(Path(path).read_text())
+
+    def save(self, trainer, path: Path) -> None:
+        self.clock.advance(self.save_cost)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(trainer))
+
+    def probe(self, trainer):
+        if trainer["config_id"] in self.too_big:
+            raise DoesNotFit(9000.0, "needs 9000 MB, cap 8192 MB")
+        return 100.0
+
+    def train(self, trainer, seconds: float) -> TrainedSlice:
+        if trainer["config_id"] in self.fail:
+            raise TrialFailed("CUDA out of memory")
+        if self.interrupt_at is not None and len(self.trained) == self.interrupt_at:
+            raise Interrupt
+        self.clock.advance(seconds)
+        trainer["seconds"] += seconds
+        trainer["steps"] += 1
+        self.trained.append((trainer["config_id"], seconds))
+        return TrainedSlice(seconds, trainer["seconds"], trainer["steps"], trainer["steps"] * 0.1)
+
+    def validate(self, trainer) -> Validation:
+        self.clock.advance(self.eval_cost)
+        self.validations += 1
+        score = self.quality(trainer["config_id"]) * (1 - math.exp(-trainer["seconds"] / 20))
+        return Validation(score, [score])
+
+    def peak_memory_mb(self):
+        return 100.0
+
+
+def _run(tmp_path, backend, clock, *, top_n=50, budget=3000.0, store=None):
+    store = store or Store(tmp_path / "state.sqlite")
+    ranking = fallback_ranking()
+    run_id = store.create_run(set_name="fake", budget_seconds=budget, top_n=top_n, seed=0)
+    enter_trials(store, run_id, ranking.configurations, ranking.scores, top_n)
+    halving = SuccessiveHalving(store, run_id, backend, budget_seconds=budget, run_dir=tmp_path / run_id, clock=clock)
+    return store, run_id, halving
+
+
+def test_fifty_trials_halve_to_one_and_the_winner_gets_27_4_percent(tmp_path):
+    clock = FakeClock()
+    backend = FakeBackend(clock)
+    store, run_id, halving = _run(tmp_path, backend, clock)
+    start = clock()
+    winner = halving.run()
+    steps = store.finished_steps(run_id)
+    assert [len(json.loads(s["active"])) for s in steps] == [50, 25, 12, 6, 3, 1]
+    assert [len(json.loads(s["survivors"])) for s in steps] == [25, 12, 6, 3, 1, 1]
+    assert clock() - start == pytest.approx(3000.0)
+    results = [r for r in store.step_results(run_id) if r["rank"] == winner["rank"]]
+    assert len(results) == 6
+    assert results[-1]["total_seconds_trained"] / 3000.0 == pytest.approx(0.2738, abs=1e-3)
+    for step in range(6):  # each step's slices share T / 6 equally
+        slices = [r["seconds_trained"] for r in store.step_results(run_id, step)]
+        assert sum(slices) == pytest.approx(500.0)
+        assert max(slices) - min(slices) < 1e-6
+
+
+def test_survivors_continue_and_the_best_wins(tmp_path):
+    clock = FakeClock()
+    backend = FakeBackend(clock)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=8, budget=400.0)
+    winner = halving.run()
+    trials = store.trials(run_id)
+    assert winner["rank"] == max(trials, key=lambda t: backend.quality(t["config_id"]))["rank"]
+    results = store.step_results(run_id)
+    winner_results = [r for r in results if r["rank"] == winner["rank"]]
+    running = 0.0
+    for row in winner_results:  # continued, never restarted: totals accumulate
+        running += row["seconds_trained"]
+        assert row["total_seconds_trained"] == pytest.approx(running)
+    assert {t["status"] for t in trials} == {"winner", "dropped"}
+    assert not list((tmp_path / run_id / "trials").glob("rank-*/step-[0-2].pt")) or all(
+        p.parent.name == f"rank-{winner['rank']:03d}" for p in (tmp_path / run_id / "trials").glob("*/*.pt")
+    )
+
+
+def test_ties_are_broken_by_meta_model_rank(tmp_path):
+    clock = FakeClock()
+    store, run_id, halving = _run(tmp_path, FakeBackend(clock, flat=True), clock, top_n=8, budget=400.0)
+    winner = halving.run()
+    steps = store.finished_steps(run_id)
+    assert json.loads(steps[0]["survivors"]) == [1, 2, 3, 4]
+    assert winner["rank"] == 1
+
+
+def test_overheads_count_against_the_budget(tmp_path):
+    clock = FakeClock()
+    backend = FakeBackend(clock, eval_cost=2.0, save_cost=1.0)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=16, budget=600.0)
+    start = clock()
+    halving.run()
+    assert clock() - start <= 600.0 * 1.01
+    assert sum(seconds for _, seconds in backend.trained) < 600.0 - 3.0 * backend.validations * 0.9
+
+
+def test_a_configuration_that_does_not_fit_is_replaced_by_the_next_ranked(tmp_path):
+    clock = FakeClock()
+    ranking = fallback_ranking()
+    too_big = ranking.configurations[2].id
+    backend = FakeBackend(clock, too_big=[too_big])
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=8, budget=400.0)
+    halving.run()
+    trials = {t["rank"]: t for t in store.trials(run_id)}
+    assert trials[3]["status"] == "does_not_fit" and "9000 MB" in trials[3]["reason"]
+    assert 9 in trials and trials[9]["config_id"] == ranking.configurations[8].id
+    assert len(json.loads(store.finished_steps(run_id)[0]["active"])) == 8
+
+
+def test_a_trial_that_fails_mid_training_is_dropped_and_the_run_goes_on(tmp_path):
+    clock = FakeClock()
+    failing = fallback_ranking().configurations[0].id
+    store, run_id, halving = _run(tmp_path, FakeBackend(clock, fail=[failing]), clock, top_n=4, budget=300.0)
+    winner = halving.run()
+    trials = {t["rank"]: t for t in store.trials(run_id)}
+    assert trials[1]["status"] == "failed" and "out of memory" in trials[1]["reason"]
+    assert winner["rank"] != 1
+    assert any("failed" in e["message"] for e in store.events(run_id))
+
+
+def test_resuming_after_an_interruption_repeats_no_finished_slice(tmp_path):
+    clock = FakeClock()
+    interrupted = FakeBackend(clock, interrupt_at=11)  # 8 slices in step 1, then 3 of step 2
+    store, run_id, halving = _run(tmp_path, interrupted, clock, top_n=8, budget=400.0)
+    with pytest.raises(Interrupt):
+        halving.run()
+    assert len(store.finished_steps(run_id)) == 1
+    assert len(store.step_results(run_id, 1)) == 3
+
+    resumed = FakeBackend(clock)
+    halving = SuccessiveHalving(store, run_id, resumed, budget_seconds=400.0, run_dir=tmp_path / run_id, clock=clock)
+    winner = halving.run()
+    assert len(resumed.trained) == 1 + 2 + 1  # the last trial of step 2, then steps 3 and 4
+    keys = [(r["step"], r["rank"]) for r in store.step_results(run_id)]
+    assert len(keys) == len(set(keys)) == 8 + 4 + 2 + 1
+    assert winner["status"] == "winner"
