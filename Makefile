@@ -6,9 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint lock bench
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-source.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	# pyradiomics has no wheel: it builds against the numpy, setuptools and versioneer pinned above
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -r requirements-source.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
@@ -29,5 +31,8 @@ bench: $(STAMP)
 
 lock: $(STAMP)
 	head -2 requirements.lock > requirements.lock.new
-	$(BIN)/pip freeze --exclude-editable | grep -v '^microscope-automl' >> requirements.lock.new
+	$(BIN)/pip freeze --all --exclude-editable | grep -v -E '^(microscope-automl|pip==|pyradiomics==)' >> requirements.lock.new
 	mv requirements.lock.new requirements.lock
+	head -2 requirements-source.lock > requirements-source.lock.new
+	$(BIN)/pip freeze | grep '^pyradiomics==' >> requirements-source.lock.new
+	mv requirements-source.lock.new requirements-source.lock

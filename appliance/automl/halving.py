@@ -3,11 +3,12 @@
 For ``n`` trials and a total wall-clock budget ``T`` (:class:`~appliance.automl.schedule.HalvingSchedule`):
 ``⌊log₂ n⌋ + 1`` steps of ``T / steps`` each. Within a step, every active trial gets an equal share of
 the time left until the step's deadline; the share covers loading its checkpoint, training, evaluating
-on the validation images and saving the checkpoint, so all of that counts against ``T``. Shares are
-recomputed before each trial, so a trial that overruns is paid for by the trials after it, not by the
-budget. After a step the better half by validation mean foreground IoU continues (ties and missing
-scores broken by the meta-model rank); survivors continue from their checkpoints, nothing is
-retrained.
+on the validation images and saving the checkpoint, so all of that counts against ``T``. Step ``s``
+ends at ``start + s · T / steps`` and shares are recomputed before each trial, so a trial that overruns
+(on a busy CPU one optimiser step can take longer than a share) is paid for by the trials after it, in
+the same or a later step, not by the budget. After a step the better half by validation mean
+foreground IoU continues (ties and missing scores broken by the meta-model rank); survivors continue
+from their checkpoints, nothing is retrained.
 
 Memory rule (GPU): before its first slice each trial runs one probe step with peak-memory tracking
 under the process's memory cap. A trial that does not fit is marked ``does_not_fit`` and replaced by
@@ -99,10 +100,13 @@ class SuccessiveHalving:
         """Run every step not recorded yet; return the winning trial."""
         schedule = HalvingSchedule(self._initial_count(), self.budget_seconds)
         finished = {row["step"] for row in self.store.finished_steps(self.run_id)}
+        # Time already spent by recorded slices counts as spent, so a resumed run keeps the same deadlines.
+        spent = sum(row["wall_seconds"] for row in self.store.step_results(self.run_id))
+        started = self.clock() - spent
         for step in range(schedule.steps):
             if step in finished:
                 continue
-            self._run_step(step, schedule)
+            self._run_step(step, schedule, deadline=started + (step + 1) * schedule.step_seconds)
         active = self.store.trials(self.run_id, status="active")
         if not active:
             raise TrialFailed("every configuration failed or did not fit; see the run's events")
@@ -115,11 +119,10 @@ class SuccessiveHalving:
         trials = self.store.trials(self.run_id)
         return max(1, len([t for t in trials if t["status"] != "does_not_fit"]))
 
-    def _run_step(self, step: int, schedule: HalvingSchedule) -> None:
+    def _run_step(self, step: int, schedule: HalvingSchedule, *, deadline: float) -> None:
         done = {row["rank"]: row for row in self.store.step_results(self.run_id, step)}
         consumed = sum(row["wall_seconds"] for row in done.values())
         step_started = self.clock()
-        deadline = step_started + schedule.step_seconds - consumed
         queue = [t for t in self.store.trials(self.run_id, status="active") if t["rank"] not in done]
         self.store.event(self.run_id, f"step {step + 1}/{schedule.steps}: {len(queue)} trial(s) to train")
         while queue:

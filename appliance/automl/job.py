@@ -20,7 +20,7 @@ from pathlib import Path
 from appliance.automl.backend import TorchBackend
 from appliance.automl.halving import SuccessiveHalving, enter_trials
 from appliance.automl.metafeatures import set_features
-from appliance.automl.ranking import rank_for_set
+from appliance.automl.ranking import Ranking, rank_for_set
 from appliance.automl.schedule import HalvingSchedule
 from appliance.data.io import atomic_write, write_png
 from appliance.data.labelled_set import LabelledSet, load_labelled_set
@@ -67,8 +67,12 @@ def train_set(
     log: Callable[[str], None] = lambda message: None,
     on_slice: Callable[[dict], None] | None = None,
     store: Store | None = None,
+    ranking: Ranking | None = None,
 ) -> JobResult:
-    """Run (or resume) the whole job on one labelled set; returns the finished run."""
+    """Run (or resume) the whole job on one labelled set; returns the finished run.
+
+    ``ranking`` replaces the meta-model's ranking (benchmarks use it to compare with random configurations).
+    """
     set_dir = Path(set_dir).resolve()
     budget = settings.budget if budget is None else budget
     top_n = settings.top_n if top_n is None else top_n
@@ -100,7 +104,7 @@ def train_set(
         if not store.trials(run_id):
             started = time.perf_counter()
             store.update_run(run_id, status="ranking")
-            _rank(store, run_id, labelled_set, settings, top_n, log)
+            _rank(store, run_id, labelled_set, settings, top_n, log, ranking)
             timings["ranking_seconds"] = time.perf_counter() - started
         backend = TorchBackend(labelled_set, split, seed=seed, device=device, gpu_memory_gb=settings.gpu_memory_gb)
         store.update_run(run_id, status="halving", device=str(backend.device))
@@ -125,14 +129,19 @@ def train_set(
     )
 
 
-def _rank(store: Store, run_id: str, labelled_set: LabelledSet, settings: Settings, top_n: int, log) -> None:
-    features = set_features(labelled_set)
-    ranking, fallback_reason = rank_for_set(features, models_dir=settings.models_dir)
+def _rank(
+    store: Store, run_id: str, labelled_set: LabelledSet, settings: Settings, top_n: int, log, ranking: Ranking | None
+) -> None:
+    if ranking is not None:
+        fallback_reason = None
+        log(f"ranking: given ({ranking.source})")
+    else:
+        ranking, fallback_reason = rank_for_set(set_features(labelled_set), models_dir=settings.models_dir)
     if fallback_reason:
         store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")
         log(f"ranking: {ranking.source} ({fallback_reason})")
-    else:
-        log(f"ranking: meta-model, best predicted {ranking.scores[0]:.3f} for {ranking.configurations[0].id}")
+    elif ranking.scores[0] is not None:
+        log(f"ranking: {ranking.source}, best predicted {ranking.scores[0]:.3f} for {ranking.configurations[0].id}")
     enter_trials(store, run_id, ranking.configurations, ranking.scores, top_n)
     store.update_run(run_id, ranking_source=ranking.source)
 

@@ -1,0 +1,85 @@
+"""The whole training job on a real (bundled) set on the CPU: budget kept, model exported, kill -9 resumed."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from appliance.automl.job import train_set
+from appliance.pipeline.predictor import OnnxPredictor
+from appliance.settings import Settings
+from appliance.store import Store
+
+EXPORT_OVERHEAD_SECONDS = 60  # QC on the test images, overlays, chart, ONNX export and parity check
+
+
+@pytest.mark.slow
+def test_train_keeps_the_budget_and_exports_a_working_model(tmp_path, demo_set, demo_set_dir):
+    budget = 180.0
+    settings = Settings(data_dir=tmp_path / "data", budget=budget, top_n=8)
+    started = time.perf_counter()
+    result = train_set(demo_set_dir, settings, device="cpu")
+    total = time.perf_counter() - started
+
+    assert result.run["status"] == "finished"
+    assert result.timings["halving_seconds"] <= 1.05 * budget
+    assert total <= 1.05 * budget + result.timings.get("ranking_seconds", 0) + EXPORT_OVERHEAD_SECONDS
+    statuses = [t["status"] for t in result.trials]
+    assert statuses.count("winner") == 1 and len(statuses) == 8
+    steps = Store(settings.store_path).finished_steps(result.run_id)
+    assert len(steps) == 4  # 8 -> 4 -> 2 -> 1
+
+    predictor = OnnxPredictor(result.model_dir)
+    image, mask = demo_set.read(demo_set.stems.index(next(iter(result.test.per_image))))
+    labels = predictor.predict(image)
+    assert labels.shape == mask.shape
+    assert set(np.unique(labels)) <= {0, 1}
+    qc = result.model_dir.parents[2] / "runs" / result.run_id / "qc"
+    assert (qc / "halving.png").stat().st_size > 0
+    assert len(list(qc.glob("*.png"))) == 1 + len(result.test.per_image)
+
+
+def _rows(path, query):
+    if not path.is_file():
+        return []
+    connection = sqlite3.connect(path, timeout=10)
+    try:
+        return connection.execute(query).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_step_resumes_without_repeating_finished_steps(tmp_path, demo_set_dir):
+    data = tmp_path / "data"
+    command = [sys.executable, "-m", "appliance.cli", "train", str(demo_set_dir), "--budget", "60s", "--top", "4"]
+    command += ["--data-dir", str(data), "--device", "cpu"]
+    store_path = data / "appliance.sqlite"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 600
+    # kill once step 1 (4 slices) is finished and step 2 has started
+    while process.poll() is None and time.monotonic() < deadline:
+        if len(_rows(store_path, "select step from step_results")) >= 5:
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, process.stdout.read().decode()[-2000:]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = _rows(store_path, "select step, rank, finished_at, validation_iou from step_results")
+    assert {row[0] for row in before} >= {0, 1}
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming run" in resumed.stdout + resumed.stderr
+    after = _rows(store_path, "select step, rank, finished_at, validation_iou from step_results")
+    keys = [(step, rank) for step, rank, _, _ in after]
+    assert len(keys) == len(set(keys)) == 4 + 2 + 1
+    assert set(before) <= set(after)  # finished slices kept exactly as they were, not redone
+    assert _rows(store_path, "select status from runs") == [("finished",)]
