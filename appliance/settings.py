@@ -47,8 +47,8 @@ class Settings:
         Root of everything the appliance writes: the SQLite store, run folders with checkpoints, models.
     models_dir : Path
         The shipped meta-model, meta-base and report (``models/`` of the repository).
-    budget : float
-        Default training budget per labelled set, in seconds.
+    default_budget : float
+        Training budget per labelled set, in seconds, when none is given.
     top_n : int
         Configurations from the meta-model's ranking that enter successive halving.
     gpu_memory_gb : float
@@ -59,7 +59,7 @@ class Settings:
 
     data_dir: Path = Path("appliance-data")
     models_dir: Path = REPOSITORY_MODELS
-    budget: float = 1800.0
+    default_budget: float = 1800.0
     top_n: int = 50
     gpu_memory_gb: float = 8.0
     seed: int = 0
@@ -69,8 +69,8 @@ class Settings:
             raise ConfigError(f"top_n must be at least 1, got {self.top_n}")
         if self.gpu_memory_gb <= 0:
             raise ConfigError(f"gpu_memory_gb must be positive, got {self.gpu_memory_gb}")
-        if self.budget <= 0:
-            raise ConfigError(f"budget must be positive, got {self.budget}")
+        if self.default_budget <= 0:
+            raise ConfigError(f"default_budget must be positive, got {self.default_budget}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -100,7 +100,7 @@ def _convert(name: str, raw: str):
     try:
         if name in ("data_dir", "models_dir"):
             return Path(raw)
-        if name == "budget":
+        if name == "default_budget":
             return parse_duration(raw)
         if name in ("top_n", "seed"):
             return int(raw)

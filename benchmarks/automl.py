@@ -57,7 +57,7 @@ def main() -> None:
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp) / "data", budget=budget, top_n=top_n, seed=args.seed)
+        settings = Settings(data_dir=Path(tmp) / "data", default_budget=budget, top_n=top_n, seed=args.seed)
         for name, ranking in (("ours", None), ("random", random_ranking(args.seed))):
             started = time.perf_counter()
             job = train_set(args.set, settings, device=device, resume=False, ranking=ranking)

@@ -74,7 +74,7 @@ def train_set(
     ``ranking`` replaces the meta-model's ranking (benchmarks use it to compare with random configurations).
     """
     set_dir = Path(set_dir).resolve()
-    budget = settings.budget if budget is None else budget
+    budget = settings.default_budget if budget is None else budget
     top_n = settings.top_n if top_n is None else top_n
     seed = settings.seed if seed is None else seed
     store = store or Store(settings.store_path)

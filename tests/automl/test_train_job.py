@@ -21,7 +21,7 @@ EXPORT_OVERHEAD_SECONDS = 60  # QC on the test images, overlays, chart, ONNX exp
 @pytest.mark.slow
 def test_train_keeps_the_budget_and_exports_a_working_model(tmp_path, demo_set, demo_set_dir):
     budget = 180.0
-    settings = Settings(data_dir=tmp_path / "data", budget=budget, top_n=8)
+    settings = Settings(data_dir=tmp_path / "data", default_budget=budget, top_n=8)
     started = time.perf_counter()
     result = train_set(demo_set_dir, settings, device="cpu")
     total = time.perf_counter() - started
