@@ -268,6 +268,98 @@ def metabase_build(
     click.echo(f"{count} runs added to {out_csv.resolve()}")
 
 
+@main.group()
+def metamodel() -> None:
+    """Evaluate and train the meta-model that ranks configurations for a new set."""
+
+
+_METABASE_OPTION = click.option(
+    "--metabase",
+    "metabase_path",
+    default=Path("models/metabase.csv"),
+    show_default=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+_SEEDS_OPTION = click.option("--seeds", default="0,1,2,3,4", show_default=True, help="Comma-separated seeds.")
+_MODELS_OPTION = click.option("--models", default=None, help="Comma-separated models (default: all registered).")
+_VARIANTS_OPTION = click.option("--variants", default=None, help="Comma-separated feature variants (default: all).")
+_FIDELITY_OPTION = click.option(
+    "--fidelity", default=None, type=float, help="Curve point (MP) to evaluate at (default: the largest)."
+)
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give seeds like 0,1,2,3,4") from None
+    if not seeds:
+        raise click.BadParameter("give at least one seed")
+    return seeds
+
+
+def _split_names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(name.strip() for name in text.split(",") if name.strip()) if text else None
+
+
+@metamodel.command("evaluate")
+@_METABASE_OPTION
+@_SEEDS_OPTION
+@_FIDELITY_OPTION
+@_MODELS_OPTION
+@_VARIANTS_OPTION
+def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, models, variants):
+    """Leave-one-dataset-out table of every model and feature variant (mean ± std over seeds)."""
+    from appliance.automl.metamodel import DEFAULT_MODELS, evaluate, load_metabase
+
+    try:
+        table = evaluate(
+            load_metabase(metabase_path),
+            models=_split_names(models) or DEFAULT_MODELS,
+            variants=_split_names(variants),
+            seeds=_parse_seeds(seeds),
+            fidelity=fidelity,
+        )
+    except ApplianceError as error:
+        _fail(error)
+    click.echo(table.to_markdown())
+    click.echo(f"\n(fitting took {sum(table.fit_seconds.values()):.0f} s in all)", err=True)
+
+
+@metamodel.command("train")
+@_METABASE_OPTION
+@_SEEDS_OPTION
+@_FIDELITY_OPTION
+@_MODELS_OPTION
+@_VARIANTS_OPTION
+@click.option("--out", "out_dir", default=Path("models"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--model", default=None, help="Model to ship (default: the best by LODO z-score).")
+@click.option("--variant", default=None, help="Feature variant to ship (with --model).")
+def metamodel_train(metabase_path, seeds, fidelity, models, variants, out_dir, model, variant):
+    """Evaluate, fit the best model on every set, write models/metamodel.* and the report."""
+    from appliance.automl.metamodel import DEFAULT_MODELS
+    from appliance.automl.report import train_and_report
+
+    if (model is None) != (variant is None):
+        raise click.BadParameter("give --model and --variant together, or neither")
+    try:
+        trained = train_and_report(
+            metabase_path,
+            out_dir,
+            seeds=_parse_seeds(seeds),
+            fidelity=fidelity,
+            model=model,
+            variant=variant,
+            models=_split_names(models) or DEFAULT_MODELS,
+            variants=_split_names(variants),
+        )
+    except ApplianceError as error:
+        _fail(error)
+    click.echo(trained.table.comparison_line((trained.model.model, trained.model.variant)))
+    click.echo(f"model:  {trained.model_path.resolve()}")
+    click.echo(f"report: {trained.report_path.resolve()}")
+
+
 @main.command()
 @click.argument("set_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--budget", default=None, help="Wall-clock budget of successive halving, like 90s, 30m or 1h.")
@@ -337,6 +429,72 @@ def _echo_summary(result) -> None:
     )
     click.echo(f"  model: {result.model_dir}")
     click.echo(f"  QC: {Path(run['run_dir']) / 'qc'}")
+
+
+# -- the service: appliance run / health / config -------------------------------------------------------------------
+
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML settings file (default: $APPLIANCE_CONFIG, if set).",
+)
+_DATA_DIR_OPTION = click.option(
+    "--data-dir", default=None, type=click.Path(file_okay=False, path_type=Path), help="State folder."
+)
+
+
+def _service_settings(config_file: Path | None, **overrides):
+    from appliance.settings import Settings
+
+    return Settings.from_env(config_file=config_file, **overrides)
+
+
+@main.command("run")
+@_CONFIG_OPTION
+@_DATA_DIR_OPTION
+@click.option("--budget", default=None, help="Default training budget per set, like 90s, 30m or 1h.")
+@click.option("--polling/--events", default=None, help="Poll the inbox (for SMB/NFS shares) instead of file events.")
+@click.option("--no-page", is_flag=True, help="Do not start the status page.")
+def run_service(config_file, data_dir, budget, polling, no_page):
+    """Watch the inbox, train on labelled sets, segment new images; runs until SIGTERM or Ctrl-C."""
+    from appliance.service.runner import Service
+
+    try:
+        settings = _service_settings(config_file, data_dir=data_dir, default_budget=budget, polling=polling)
+        code = Service(settings, page=not no_page).run()
+    except ApplianceError as error:
+        _fail(error)
+    sys.exit(code)
+
+
+@main.command()
+@_CONFIG_OPTION
+@_DATA_DIR_OPTION
+def health(config_file, data_dir):
+    """Exit 0 when the service and every component are up, 1 when one is down (for container health checks)."""
+    from appliance.service.health import check_health
+
+    try:
+        report = check_health(_service_settings(config_file, data_dir=data_dir))
+    except ApplianceError as error:
+        _fail(error)
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command("config")
+@_CONFIG_OPTION
+@_DATA_DIR_OPTION
+def show_config(config_file, data_dir):
+    """Print the effective settings as TOML (the page password hidden)."""
+    try:
+        settings = _service_settings(config_file, data_dir=data_dir)
+    except ApplianceError as error:
+        _fail(error)
+    click.echo(settings.to_toml())
 
 
 if __name__ == "__main__":  # pragma: no cover
