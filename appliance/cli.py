@@ -213,10 +213,10 @@ def _expand_set_dirs(paths: tuple[Path, ...]) -> tuple[Path, ...]:
 @click.option(
     "--out",
     "out_csv",
-    default=Path("models/metabase.csv"),
+    default=Path("metabase/metabase.csv"),
     show_default=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The meta-base CSV; runs already in it are skipped.",
+    help="The meta-base CSV being built; runs already in it are skipped.",
 )
 @click.option("--configs-per-set", default=48, show_default=True, type=click.IntRange(1, 576))
 @click.option(
@@ -457,12 +457,18 @@ def _service_settings(config_file: Path | None, **overrides):
 @click.option("--budget", default=None, help="Default training budget per set, like 90s, 30m or 1h.")
 @click.option("--polling/--events", default=None, help="Poll the inbox (for SMB/NFS shares) instead of file events.")
 @click.option("--no-page", is_flag=True, help="Do not start the status page.")
-def run_service(config_file, data_dir, budget, polling, no_page):
+@click.option(
+    "--demo", is_flag=True, help="First drop the bundled set and sample images into a fresh data dir (2 min budget)."
+)
+def run_service(config_file, data_dir, budget, polling, no_page, demo):
     """Watch the inbox, train on labelled sets, segment new images; runs until SIGTERM or Ctrl-C."""
+    from appliance.service.demo import prepare_demo
     from appliance.service.runner import Service
 
     try:
         settings = _service_settings(config_file, data_dir=data_dir, default_budget=budget, polling=polling)
+        if demo:
+            settings = prepare_demo(settings)
         code = Service(settings, page=not no_page).run()
     except ApplianceError as error:
         _fail(error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -230,3 +231,14 @@ def test_normalise_is_identical_for_the_same_input():
 def test_normalise_refuses_2d_input():
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
         normalise(np.zeros((H, W)))
+
+
+def test_atomic_write_gives_the_usual_file_permissions(tmp_path):
+    from appliance.data.io import atomic_write
+
+    path = atomic_write(tmp_path / "out.txt", lambda tmp: Path(tmp).write_text("done"))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.read_text() == "done"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
