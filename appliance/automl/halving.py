@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.automl.schedule import HalvingSchedule, select_survivors
+from appliance.errors import ApplianceError
 from appliance.pipeline.config import PipelineConfig
 from appliance.store import Store
 
 
-class DoesNotFit(Exception):
+class DoesNotFit(ApplianceError):
     """The probe step ran out of memory under the cap."""
 
     def __init__(self, peak_memory_mb: float | None, message: str):
@@ -43,7 +44,7 @@ class DoesNotFit(Exception):
         super().__init__(message)
 
 
-class TrialFailed(Exception):
+class TrialFailed(ApplianceError):
     """Training stopped for a reason that drops the trial (e.g. CUDA out of memory mid-training)."""
 
 
