@@ -35,8 +35,6 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,6 +46,7 @@ import numpy as np
 from scipy import stats
 
 from appliance import __version__
+from appliance.data.io import atomic_write
 from appliance.errors import ConfigError, ModelFileError
 from appliance.pipeline.config import ENCODERS, PipelineConfig
 
@@ -1144,17 +1143,6 @@ def evaluate(
 # 5. The shipped meta-model
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 class MetaModel:
     """A meta-model fitted on every set of a meta-base; saved as JSON only (no pickle, nothing executes on load).
 
@@ -1258,8 +1246,9 @@ class MetaModel:
             model_bytes = self.predictor.raw  # xgboost's own JSON model format, as save_model writes it
         else:
             model_bytes = json.dumps(self.predictor.to_json(), separators=(",", ":")).encode()
-        _atomic_write(directory / MODEL_FILE, model_bytes)
-        _atomic_write(directory / META_FILE, json.dumps(self.meta(), indent=1).encode())
+        atomic_write(directory / MODEL_FILE, lambda tmp: Path(tmp).write_bytes(model_bytes))
+        meta = json.dumps(self.meta(), indent=1).encode()
+        atomic_write(directory / META_FILE, lambda tmp: Path(tmp).write_bytes(meta))
         return directory
 
     @classmethod
