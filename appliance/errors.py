@@ -54,3 +54,7 @@ class ModelFileError(ApplianceError):
 
 class CheckpointError(ApplianceError):
     """A training checkpoint cannot be resumed with the given configuration or set."""
+
+
+class ServiceError(ApplianceError):
+    """The service cannot start or run as asked (another instance holds the data dir, a folder is unusable)."""

@@ -12,13 +12,29 @@ Tables (all created on open; WAL journal, so the page can read while training wr
 * ``events``: a log of what happened, for people.
 * ``models``: the model registry: every exported model with its scores.
 
-Each write is its own short transaction, so a process killed at any moment leaves a consistent file.
+The service's tables:
+
+* ``jobs``: the work queue (``kind`` ``train`` or ``segment``), one row per ``(kind, key)`` so the same work is
+  never queued twice. Status ``queued`` → ``running`` (leased to one worker until ``lease_expires``, renewed by
+  heartbeats) → ``done`` or, after ``max_attempts`` tries, ``failed``.
+* ``labelled_sets``: every intake decision on a folder of ``inbox/labelled``: its file signature, content hash,
+  ``accepted`` or ``rejected`` with every problem, the managed copy and the training job.
+* ``images``: every version (path + content hash) of an image seen in ``inbox/images``, its status and results.
+* ``measurements``: one row per class of the latest version of each segmented image (``measurements.csv`` is
+  written from these rows, so a row can never appear twice).
+* ``activations``: every model activation decision with both scores; ``projects``: the active model per project.
+* ``components``: the service's parts (watchers, workers, page) with their state and last heartbeat.
+
+Each write is its own short transaction, so a process killed at any moment leaves a consistent file. Claiming a
+job is one ``UPDATE … RETURNING`` statement, so two workers never get the same job. Each thread opens its own
+:class:`Store` (SQLite connections are not shared between threads).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,7 +125,99 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
         },
         "id",
     ),
+    "jobs": (
+        {
+            "id": int,
+            "kind": str,
+            "key": str,
+            "project": str,
+            "payload": str,
+            "status": str,
+            "attempts": int,
+            "max_attempts": int,
+            "lease_owner": str,
+            "lease_expires": float,
+            "heartbeat_at": str,
+            "not_before": float,
+            "error": str,
+            "result": str,
+            "created_at": str,
+            "started_at": str,
+            "finished_at": str,
+        },
+        "id",
+    ),
+    "labelled_sets": (
+        {
+            "id": int,
+            "name": str,
+            "inbox_path": str,
+            "signature": str,
+            "content_hash": str,
+            "status": str,
+            "problems": str,
+            "project": str,
+            "store_dir": str,
+            "job_id": int,
+            "detected_at": str,
+        },
+        "id",
+    ),
+    "images": (
+        {
+            "id": str,
+            "project": str,
+            "relpath": str,
+            "path": str,
+            "content_hash": str,
+            "size": int,
+            "mtime_ns": int,
+            "status": str,
+            "job_id": int,
+            "model_id": str,
+            "mask_path": str,
+            "overlay_path": str,
+            "error": str,
+            "detected_at": str,
+            "landed_at": float,
+            "processed_at": str,
+            "processed_time": float,
+        },
+        "id",
+    ),
+    "measurements": (
+        {
+            "image_id": str,
+            "project": str,
+            "relpath": str,
+            "model_id": str,
+            "class_index": int,
+            "row": str,
+        },
+        ("image_id", "class_index"),
+    ),
+    "activations": (
+        {
+            "id": int,
+            "project": str,
+            "model_id": str,
+            "previous_model_id": str,
+            "new_score": float,
+            "previous_score": float,
+            "activated": int,
+            "reason": str,
+            "decided_at": str,
+        },
+        "id",
+    ),
+    "projects": ({"name": str, "active_model_id": str, "updated_at": str}, "name"),
+    "components": (
+        {"name": str, "pid": int, "state": str, "detail": str, "interval": float, "heartbeat": float, "at": str},
+        "name",
+    ),
 }
+
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
 
 def now() -> str:
@@ -129,6 +237,10 @@ class Store:
         for name, (columns, pk) in SCHEMA.items():
             self.db[name].create(columns, pk=pk, if_not_exists=True)
         self.db["events"].create_index(["run_id"], if_not_exists=True)
+        self.db["jobs"].create_index(["kind", "key"], unique=True, if_not_exists=True)
+        self.db["jobs"].create_index(["status", "kind"], if_not_exists=True)
+        self.db["images"].create_index(["project", "relpath"], if_not_exists=True)
+        self.db["labelled_sets"].create_index(["inbox_path"], if_not_exists=True)
 
     def close(self) -> None:
         self.db.close()
@@ -241,3 +353,290 @@ class Store:
 
     def models(self) -> list[dict]:
         return list(self.db["models"].rows_where(order_by="created_at desc"))
+
+    # -- job queue ----------------------------------------------------------------------------
+
+    def enqueue(
+        self, kind: str, key: str, *, payload: dict | None = None, project: str | None = None, max_attempts: int = 3
+    ) -> tuple[int, bool]:
+        """Queue a job unless one with the same ``(kind, key)`` exists; returns ``(job id, newly queued)``."""
+        with self.db.conn:
+            cursor = self.db.execute(
+                "insert or ignore into jobs (kind, key, project, payload, status, attempts, max_attempts, not_before,"
+                " created_at) values (?, ?, ?, ?, ?, 0, ?, 0, ?)",
+                [kind, key, project, json.dumps(payload or {}), QUEUED, max_attempts, now()],
+            )
+            created = cursor.rowcount == 1
+        job_id = self.db.execute("select id from jobs where kind = ? and key = ?", [kind, key]).fetchone()[0]
+        return job_id, created
+
+    def job(self, job_id: int) -> dict:
+        return self.db["jobs"].get(job_id)
+
+    def jobs(self, kind: str | None = None, status: str | None = None) -> list[dict]:
+        clauses, args = [], []
+        for column, value in (("kind", kind), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        return list(self.db["jobs"].rows_where(" and ".join(clauses) or None, args or None, order_by="id"))
+
+    def claim(
+        self, kind: str, owner: str, *, lease_seconds: float, projects: Iterable[str] | None = None
+    ) -> dict | None:
+        """Lease the oldest claimable job of ``kind`` to ``owner``: queued (and past ``not_before``), or running
+        with an expired lease (its worker died). ``projects`` limits the claim to jobs of those projects."""
+        clock = time.time()
+        where = "kind = ? and ((status = 'queued' and not_before <= ?) or (status = 'running' and lease_expires < ?))"
+        args: list = [kind, clock, clock]
+        if projects is not None:
+            projects = list(projects)
+            if not projects:
+                return None
+            where += f" and project in ({', '.join('?' for _ in projects)})"
+            args += projects
+        with self.db.conn:
+            row = self.db.execute(
+                f"update jobs set status = 'running', attempts = attempts + 1, lease_owner = ?, lease_expires = ?,"
+                f" heartbeat_at = ?, started_at = ? where id = (select id from jobs where {where} order by id limit 1)"
+                " returning id",
+                [owner, clock + lease_seconds, now(), now(), *args],
+            ).fetchone()
+        return None if row is None else self.job(row[0])
+
+    def heartbeat(self, job_id: int, owner: str, *, lease_seconds: float) -> bool:
+        """Renew ``owner``'s lease; False when the job is no longer leased to it."""
+        with self.db.conn:
+            cursor = self.db.execute(
+                "update jobs set lease_expires = ?, heartbeat_at = ? where id = ? and lease_owner = ?"
+                " and status = 'running'",
+                [time.time() + lease_seconds, now(), job_id, owner],
+            )
+        return cursor.rowcount == 1
+
+    def complete(self, job_id: int, owner: str, result: dict | None = None) -> bool:
+        with self.db.conn:
+            cursor = self.db.execute(
+                "update jobs set status = 'done', result = ?, error = null, finished_at = ?, lease_owner = null"
+                " where id = ? and lease_owner = ? and status = 'running'",
+                [json.dumps(result or {}), now(), job_id, owner],
+            )
+        return cursor.rowcount == 1
+
+    def fail(self, job_id: int, owner: str, error: str, *, retry_after: float = 0.0) -> str:
+        """Record a failed attempt: queued again after ``retry_after`` seconds while attempts remain, else failed.
+        Returns the job's new status."""
+        with self.db.conn:
+            row = self.db.execute(
+                "update jobs set status = case when attempts < max_attempts then 'queued' else 'failed' end,"
+                " error = ?, not_before = ?, lease_owner = null,"
+                " finished_at = case when attempts < max_attempts then null else ? end"
+                " where id = ? and lease_owner = ? and status = 'running' returning status",
+                [error, time.time() + retry_after, now(), job_id, owner],
+            ).fetchone()
+        return row[0] if row else self.job(job_id)["status"]
+
+    def release(self, job_id: int, owner: str, *, retry_after: float = 0.0, note: str | None = None) -> None:
+        """Give a job back without counting the attempt (shutdown, or its input is not ready yet)."""
+        with self.db.conn:
+            self.db.execute(
+                "update jobs set status = 'queued', attempts = max(attempts - 1, 0), lease_owner = null,"
+                " not_before = ?, error = coalesce(?, error) where id = ? and lease_owner = ? and status = 'running'",
+                [time.time() + retry_after, note, job_id, owner],
+            )
+
+    def recover_jobs(self) -> list[dict]:
+        """At start-up, when no other worker can be alive: running jobs were interrupted by a crash. Each is
+        queued again (the interrupted attempt counts) or failed when out of attempts. Returns the jobs touched."""
+        with self.db.conn:
+            rows = self.db.execute(
+                "update jobs set status = case when attempts < max_attempts then 'queued' else 'failed' end,"
+                " error = 'interrupted (the service stopped while it ran)', lease_owner = null, not_before = 0,"
+                " finished_at = case when attempts < max_attempts then null else ? end"
+                " where status = 'running' returning id",
+                [now()],
+            ).fetchall()
+        return [self.job(row[0]) for row in rows]
+
+    def retry(self, job_id: int) -> None:
+        """An admin action: queue a failed job again with fresh attempts."""
+        self.db["jobs"].update(job_id, {"status": QUEUED, "attempts": 0, "not_before": 0, "error": None})
+
+    # -- intake of labelled sets --------------------------------------------------------------
+
+    def record_intake(self, **fields) -> int:
+        return self.db["labelled_sets"].insert({"detected_at": now(), **fields}).last_pk
+
+    def last_intake(self, inbox_path: str) -> dict | None:
+        rows = list(self.db["labelled_sets"].rows_where("inbox_path = ?", [inbox_path], order_by="id desc", limit=1))
+        return rows[0] if rows else None
+
+    def intakes(self) -> list[dict]:
+        return list(self.db["labelled_sets"].rows_where(order_by="id desc"))
+
+    # -- images and measurements --------------------------------------------------------------
+
+    def image(self, image_id: str) -> dict | None:
+        rows = list(self.db["images"].rows_where("id = ?", [image_id]))
+        return rows[0] if rows else None
+
+    def latest_image(self, project: str, relpath: str) -> dict | None:
+        rows = list(
+            self.db["images"].rows_where(
+                "project = ? and relpath = ?", [project, relpath], order_by="rowid desc", limit=1
+            )
+        )
+        return rows[0] if rows else None
+
+    def images(self, project: str | None = None, status: str | None = None) -> list[dict]:
+        clauses, args = [], []
+        for column, value in (("project", project), ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        return list(self.db["images"].rows_where(" and ".join(clauses) or None, args or None, order_by="rowid"))
+
+    def add_image(self, **fields) -> bool:
+        """Insert an image version; False when this path + content hash is already known."""
+        with self.db.conn:
+            cursor = self.db.execute(
+                f"insert or ignore into images ({', '.join(fields)}) values ({', '.join('?' for _ in fields)})",
+                list(fields.values()),
+            )
+        return cursor.rowcount == 1
+
+    def update_image(self, image_id: str, **fields) -> None:
+        self.db["images"].update(image_id, fields)
+
+    def finish_image(self, image_id: str, job_id: int, owner: str, *, rows: list[dict], **fields) -> bool:
+        """In one transaction: the image is done, its measurement rows replace those of any older version of the
+        same path, and its job is done. False (and nothing written) when the job is no longer leased to ``owner``."""
+        image = self.image(image_id)
+        with self.db.conn:
+            cursor = self.db.execute(
+                "update jobs set status = 'done', finished_at = ?, lease_owner = null, error = null"
+                " where id = ? and lease_owner = ? and status = 'running'",
+                [now(), job_id, owner],
+            )
+            if cursor.rowcount != 1:
+                return False
+            self.db.execute(
+                "delete from measurements where project = ? and relpath = ?", [image["project"], image["relpath"]]
+            )
+            self.db["measurements"].insert_all(
+                {
+                    "image_id": image_id,
+                    "project": image["project"],
+                    "relpath": image["relpath"],
+                    "model_id": fields.get("model_id"),
+                    "class_index": row["class_index"],
+                    "row": json.dumps(row),
+                }
+                for row in rows
+            )
+            self.db["images"].update(image_id, {"status": DONE, "processed_at": now(), **fields})
+        return True
+
+    def measurements(self, project: str) -> list[dict]:
+        """The measurement rows of a project, by path then class, with the image's relative path and model."""
+        rows = self.db.execute(
+            "select m.relpath, m.model_id, m.row, i.processed_at from measurements m join images i on i.id = m.image_id"
+            " where m.project = ? order by m.relpath, m.class_index",
+            [project],
+        ).fetchall()
+        return [
+            {**json.loads(row), "path": relpath, "model_id": model_id, "processed_at": at}
+            for relpath, model_id, row, at in rows
+        ]
+
+    # -- projects and activation --------------------------------------------------------------
+
+    def model(self, model_id: str) -> dict | None:
+        rows = list(self.db["models"].rows_where("id = ?", [model_id]))
+        return rows[0] if rows else None
+
+    def active_model(self, project: str) -> dict | None:
+        rows = list(self.db["projects"].rows_where("name = ?", [project]))
+        if not rows or not rows[0]["active_model_id"]:
+            return None
+        return self.model(rows[0]["active_model_id"])
+
+    def active_projects(self) -> dict[str, str]:
+        """Project → active model id, for projects that have one."""
+        return {
+            row["name"]: row["active_model_id"] for row in self.db["projects"].rows_where("active_model_id is not null")
+        }
+
+    def record_activation(
+        self,
+        *,
+        project: str,
+        model_id: str,
+        previous_model_id: str | None,
+        new_score: float | None,
+        previous_score: float | None,
+        activated: bool,
+        reason: str,
+    ) -> int:
+        """Store an activation decision; when ``activated``, make the model the project's active one, in one go."""
+        with self.db.conn:
+            decision = (
+                self.db["activations"]
+                .insert(
+                    {
+                        "project": project,
+                        "model_id": model_id,
+                        "previous_model_id": previous_model_id,
+                        "new_score": new_score,
+                        "previous_score": previous_score,
+                        "activated": int(activated),
+                        "reason": reason,
+                        "decided_at": now(),
+                    }
+                )
+                .last_pk
+            )
+            if activated:
+                if previous_model_id:
+                    self.db["models"].update(previous_model_id, {"active": 0})
+                self.db["models"].update(model_id, {"active": 1})
+                self.db["projects"].insert(
+                    {"name": project, "active_model_id": model_id, "updated_at": now()}, replace=True
+                )
+        return decision
+
+    def activations(self, project: str | None = None) -> list[dict]:
+        where, args = ("project = ?", [project]) if project else (None, None)
+        return list(self.db["activations"].rows_where(where, args, order_by="id"))
+
+    def decision_for(self, model_id: str) -> dict | None:
+        rows = list(self.db["activations"].rows_where("model_id = ?", [model_id], order_by="id desc", limit=1))
+        return rows[0] if rows else None
+
+    # -- service components -------------------------------------------------------------------
+
+    def component_beat(self, name: str, *, state: str, detail: str = "", interval: float, pid: int) -> None:
+        self.db["components"].insert(
+            {
+                "name": name,
+                "pid": pid,
+                "state": state,
+                "detail": detail,
+                "interval": interval,
+                "heartbeat": time.time(),
+                "at": now(),
+            },
+            replace=True,
+        )
+
+    def components(self) -> list[dict]:
+        return list(self.db["components"].rows_where(order_by="name"))
+
+    def give_up(self, job_id: int, owner: str, error: str) -> None:
+        """Fail a job at once, attempts left or not (its input can never work, e.g. an unreadable image)."""
+        with self.db.conn:
+            self.db.execute(
+                "update jobs set status = 'failed', error = ?, finished_at = ?, lease_owner = null"
+                " where id = ? and lease_owner = ? and status = 'running'",
+                [error, now(), job_id, owner],
+            )

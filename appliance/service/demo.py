@@ -1,0 +1,33 @@
+"""The live demo: a fresh data dir with the bundled labelled set and sample images already dropped in its inbox.
+
+Run the service on it and everything happens as in the lab: the set is taken in, trained within a short budget,
+its model activated, and the sample images (which arrive before the model) segmented as soon as it is.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib.resources import files
+
+from appliance.errors import ServiceError
+from appliance.settings import Settings
+
+DEMO_SET = "usiigaci_phase_cells_demo"
+DEMO_PROJECT = "phase-demo"
+DEMO_BUDGET_SECONDS = 120.0
+
+
+def prepare_demo(settings: Settings) -> Settings:
+    """Drop the bundled set (with a ``READY`` file) and sample images into a fresh data dir; returns the settings
+    to run the service with (the short demo budget unless one was configured)."""
+    data_dir = settings.data_dir
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise ServiceError(f"{data_dir} is not empty; the demo needs a fresh data dir (remove it or give another)")
+    demo = files("appliance") / "demo_data"
+    labelled = settings.labelled_inbox / DEMO_SET
+    shutil.copytree(str(demo / "labelled" / DEMO_SET), labelled)
+    (labelled / "READY").touch()
+    shutil.copytree(str(demo / "images" / DEMO_PROJECT), settings.images_inbox / DEMO_PROJECT)
+    if settings.default_budget == Settings.default_budget:
+        settings = settings.with_values(default_budget=DEMO_BUDGET_SECONDS)
+    return settings

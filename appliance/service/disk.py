@@ -1,0 +1,39 @@
+"""Disk guard: training needs the reserve free; inference goes on while a small floor is free."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from appliance.settings import Settings
+
+GB = 1024**3
+INFERENCE_FLOOR_BYTES = 200 * 1024**2
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def training_space(settings: Settings) -> tuple[bool, str]:
+    """Whether new training may start, and why not."""
+    free = free_bytes(settings.data_dir)
+    reserve = settings.disk_reserve_gb * GB
+    if free < reserve:
+        return False, (
+            f"only {free / GB:.1f} GB free on {settings.data_dir.resolve()}, below the reserve of "
+            f"{settings.disk_reserve_gb:g} GB (disk_reserve_gb); free space or lower the reserve"
+        )
+    return True, f"{free / GB:.1f} GB free"
+
+
+def inference_space(settings: Settings) -> tuple[bool, str]:
+    """Whether inference may write more results, and why not."""
+    free = free_bytes(settings.results)
+    if free < INFERENCE_FLOOR_BYTES:
+        return False, f"only {free / 1024**2:.0f} MB free on {settings.results.resolve()}; free space"
+    return True, f"{free / GB:.1f} GB free"

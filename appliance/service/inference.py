@@ -1,0 +1,147 @@
+"""Automatic inference: segment jobs → masks, overlays and measurements under ``results/<project>/``.
+
+For an image ``inbox/images/<project>/<dir>/<name>.<ext>`` the worker writes ``results/<project>/<dir>/<name>_mask.tif``
+(label image) and ``<name>_overlay.png`` atomically, stores one measurement row per class in the same transaction
+that marks the image and its job done, then rewrites ``results/<project>/measurements.csv`` from the store. A crash
+at any point leaves either no trace (the job is leased again and the files are overwritten) or a finished image:
+never a row twice. One ONNX Runtime session is kept loaded per model.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.data.io import atomic_write, read_image, write_label_image, write_png
+from appliance.errors import ApplianceError, ImageReadError
+from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, measure
+from appliance.pipeline.overlay import overlay
+from appliance.pipeline.predictor import OnnxPredictor
+from appliance.service.files import stat_key
+from appliance.service.images import SEGMENT
+from appliance.settings import Settings
+from appliance.store import Store
+
+CSV_COLUMNS = (*MEASUREMENT_COLUMNS, "model_id", "processed_at")
+MEASUREMENTS_FILE = "measurements.csv"
+
+
+def result_paths(results: Path, project: str, relpath: str) -> tuple[Path, Path]:
+    """Where the mask and the overlay of an image go."""
+    stem = Path(relpath).with_suffix("").as_posix()
+    return results / project / f"{stem}_mask.tif", results / project / f"{stem}_overlay.png"
+
+
+def write_project_csv(store: Store, results: Path, project: str) -> Path:
+    """``results/<project>/measurements.csv`` from the store: one row per class of the latest version of each image."""
+    rows = store.measurements(project)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(CSV_COLUMNS)
+            for row in rows:
+                values = {**row, "image": row["path"]}
+                writer.writerow(["" if values.get(c) is None else _cell(values.get(c)) for c in CSV_COLUMNS])
+
+    return atomic_write(results / project / MEASUREMENTS_FILE, write)
+
+
+def _cell(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+class InferenceWorker:
+    """Claims segment jobs of projects that have an active model and processes them one at a time."""
+
+    def __init__(self, settings: Settings, store: Store, *, log: Callable[[str], None] = print):
+        self.settings = settings
+        self.store = store
+        self.log = log
+        self.owner = f"inference@{socket.gethostname()}:{os.getpid()}"
+        self._predictors: dict[str, OnnxPredictor] = {}
+        self.processed = 0
+
+    def predictor(self, model: dict) -> OnnxPredictor:
+        """The loaded session of a model (sessions of models no longer active are dropped)."""
+        if model["id"] not in self._predictors:
+            self._predictors = {model["id"]: OnnxPredictor(model["path"]), **self._predictors}
+            active = set(self.store.active_projects().values())
+            self._predictors = {k: v for k, v in self._predictors.items() if k in active or k == model["id"]}
+        return self._predictors[model["id"]]
+
+    def run_once(self) -> bool:
+        """Process one job if there is one; True when a job was taken."""
+        active = self.store.active_projects()
+        job = self.store.claim(SEGMENT, self.owner, lease_seconds=self.settings.lease_seconds, projects=active)
+        if job is None:
+            return False
+        self.process(job, active[job["project"]])
+        return True
+
+    def process(self, job: dict, model_id: str) -> None:
+        image = self.store.image(job["key"])
+        path = Path(image["path"])
+        key = stat_key(path)
+        if key is None:
+            self._finish_without_result(job, image, "missing", f"{path} disappeared before it was segmented")
+            return
+        if key != (image["size"], image["mtime_ns"]):
+            self._finish_without_result(job, image, "superseded", f"{path} changed; the new version is queued")
+            return
+        try:
+            pixels = read_image(path)
+        except ImageReadError as error:
+            if time.time() - key[1] / 1e9 < self.settings.quiet_period:
+                # maybe written in pauses longer than stable_seconds: look again later without counting an attempt
+                self.store.release(job["id"], self.owner, retry_after=self.settings.stable_seconds, note=str(error))
+            else:
+                self._give_up(job, image, str(error))
+            return
+        model = self.store.model(model_id)
+        started = time.perf_counter()
+        try:
+            predictor = self.predictor(model)
+            labels = predictor.predict(pixels)
+        except ApplianceError as error:
+            self._give_up(job, image, str(error))
+            return
+        mask_path, overlay_path = result_paths(self.settings.results, image["project"], image["relpath"])
+        write_label_image(mask_path, labels)
+        write_png(overlay_path, overlay(pixels, labels))
+        rows = measure(
+            labels, class_names=predictor.class_names, image=image["relpath"], pixel_size_um=predictor.pixel_size_um
+        )
+        finished = self.store.finish_image(
+            image["id"],
+            job["id"],
+            self.owner,
+            rows=rows,
+            model_id=model_id,
+            mask_path=str(mask_path),
+            overlay_path=str(overlay_path),
+            processed_time=time.time(),
+            error=None,
+        )
+        if finished:
+            write_project_csv(self.store, self.settings.results, image["project"])
+            self.processed += 1
+            self.log(
+                f"segmented {image['project']}/{image['relpath']} with {model_id} "
+                f"in {time.perf_counter() - started:.2f} s on {predictor.provider}"
+            )
+
+    def _finish_without_result(self, job: dict, image: dict, status: str, message: str) -> None:
+        self.store.update_image(image["id"], status=status, error=message)
+        self.store.complete(job["id"], self.owner, {"status": status})
+        self.log(message)
+
+    def _give_up(self, job: dict, image: dict, message: str) -> None:
+        self.store.update_image(image["id"], status="failed", error=message)
+        self.store.give_up(job["id"], self.owner, message)
+        self.store.event(None, f"image {image['project']}/{image['relpath']} not segmented: {message}", level="error")
+        self.log(f"image {image['project']}/{image['relpath']} not segmented: {message}")

@@ -1,0 +1,192 @@
+"""The training worker: one training job at a time, each in its own child process.
+
+The supervisor (a thread of ``appliance run``) claims a ``train`` job, starts
+``python -m appliance.service.training <job id>`` with the settings on stdin, renews the job's lease while the child
+lives and records the outcome. The child trains (``appliance.automl.job.train_set``, which resumes an unfinished run
+of the same set from its last checkpoints, or reuses a finished one), then applies the activation rule. A separate
+process keeps the watchers and inference alive if training crashes or runs out of memory, releases all GPU memory
+after each job, and dies with the service (``PR_SET_PDEATHSIG``), so a killed service never leaves training orphaned.
+
+On shutdown the child gets SIGINT: halving stops, the run stays resumable from its checkpoints, and the job is given
+back without counting an attempt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance.service.disk import training_space
+from appliance.settings import Settings
+from appliance.store import Store
+
+TRAIN = "train"
+STOP_GRACE_SECONDS = 30.0
+RETRY_AFTER_SECONDS = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class TrainingSupervisor:
+    """Runs the training jobs of the queue one after the other; ``run_once`` does one job."""
+
+    def __init__(self, settings: Settings, store: Store, *, log: Callable[[str], None] = print):
+        self.settings = settings
+        self.store = store
+        self.log = log
+        self.owner = f"training@{socket.gethostname()}:{os.getpid()}"
+        self.state = "idle"
+        self.detail = ""
+        self._disk_message: str | None = None
+
+    def run_once(self, stop: threading.Event) -> bool:
+        """Claim and run one job; True when one ran. Waits (False) while the disk is below the reserve."""
+        allowed, message = training_space(self.settings)
+        if not allowed:
+            if message != self._disk_message:
+                self.store.event(None, f"training waits: {message}", level="warning")
+                self.log(f"training waits: {message}")
+            self._disk_message = message
+            self.state, self.detail = "waiting for disk", message
+            return False
+        if self._disk_message is not None:
+            self.store.event(None, "training resumes: free space is above the reserve again")
+            self._disk_message = None
+        job = self.store.claim(TRAIN, self.owner, lease_seconds=self.settings.lease_seconds)
+        if job is None:
+            self.state, self.detail = "idle", ""
+            return False
+        self._run(job, stop)
+        self.state, self.detail = "idle", ""
+        return True
+
+    def _run(self, job: dict, stop: threading.Event) -> None:
+        payload = json.loads(job["payload"])
+        self.state, self.detail = "training", f"job {job['id']}: {payload['set_name']} for {payload['project']}"
+        self.log(f"training job {job['id']} (attempt {job['attempts']}): {self.detail}")
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.settings.logs_dir / f"train-job-{job['id']}.log"
+        result_path = self.settings.logs_dir / f"train-job-{job['id']}.json"
+        result_path.unlink(missing_ok=True)
+        settings_json = json.dumps(self.settings.to_dict(hide_password=False))
+        with open(log_path, "ab") as log_file:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "appliance.service.training", str(job["id"]), str(result_path)],
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+            child.stdin.write(settings_json.encode())
+            child.stdin.close()
+            stopped = self._watch(child, job, stop)
+        if stopped:
+            self.store.release(job["id"], self.owner, note="interrupted by shutdown; resumes from its checkpoints")
+            self.log(f"training job {job['id']} stopped for shutdown; it resumes at the next start")
+        elif child.returncode == 0 and result_path.is_file():
+            result = json.loads(result_path.read_text())
+            self.store.complete(job["id"], self.owner, result)
+            self.log(f"training job {job['id']} done: {result.get('summary', '')}")
+        else:
+            tail = _tail(log_path)
+            status = self.store.fail(
+                job["id"], self.owner, f"exit code {child.returncode}: {tail}", retry_after=RETRY_AFTER_SECONDS
+            )
+            level = "error" if status == "failed" else "warning"
+            self.store.event(
+                None, f"training job {job['id']} failed (exit {child.returncode}), now {status}: {tail}", level=level
+            )
+            self.log(f"training job {job['id']} failed, now {status}; log: {log_path}")
+
+    def _watch(self, child: subprocess.Popen, job: dict, stop: threading.Event) -> bool:
+        """Renew the lease while the child runs; on ``stop`` interrupt it. True when stopped for shutdown."""
+        beat = max(self.settings.lease_seconds / 3, 0.5)
+        while child.poll() is None:
+            if stop.wait(min(beat, 1.0)):
+                child.send_signal(signal.SIGINT)
+                try:
+                    child.wait(STOP_GRACE_SECONDS)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                return True
+            self.store.heartbeat(job["id"], self.owner, lease_seconds=self.settings.lease_seconds)
+        return False
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])[-1500:]
+
+
+def finished_run(store: Store, set_dir: str, budget: float, top_n: int, seed: int) -> dict | None:
+    """A finished run of this managed set with a registered model, if there is one (a job retried after the
+    training finished must not train again)."""
+    for run in store.runs():
+        if (
+            run["set_dir"] == set_dir
+            and run["status"] == "finished"
+            and run["model_id"]
+            and run["budget_seconds"] == budget
+            and run["top_n"] == top_n
+            and run["seed"] == seed
+        ):
+            return run
+    return None
+
+
+def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume, or reuse) the run of a training job, then apply the activation rule."""
+    from appliance.automl.job import train_set
+    from appliance.service.activation import decide_activation
+
+    store = Store(settings.store_path)
+    payload = json.loads(store.job(job_id)["payload"])
+    set_dir = str(Path(payload["set_dir"]).resolve())
+    run = finished_run(store, set_dir, payload["budget"], settings.top_n, settings.seed)
+    if run is None:
+        result = train_set(set_dir, settings, budget=payload["budget"], log=log, store=store)
+        run = result.run
+    else:
+        log(f"run {run['id']} of this set already finished; applying the activation rule only")
+    decision = decide_activation(store, model_id=run["model_id"], project=payload["project"])
+    verb = "activated" if decision.activated else "not activated"
+    summary = f"run {run['id']}: model {run['model_id']} {verb} for {payload['project']} ({decision.reason})"
+    log(summary)
+    return {"run_id": run["id"], "model_id": run["model_id"], "activated": decision.activated, "summary": summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Child entry point: ``python -m appliance.service.training JOB_ID RESULT_JSON`` with the settings on stdin."""
+    from appliance.data.io import atomic_write
+
+    job_id, result_path = (argv or sys.argv[1:])[:2]
+    settings = Settings.from_dict(json.loads(sys.stdin.read()))
+    try:
+        result = run_job(int(job_id), settings, log=lambda message: print(message, flush=True))
+    except KeyboardInterrupt:
+        print("interrupted; the run resumes from its checkpoints", flush=True)
+        return 130
+    atomic_write(result_path, lambda tmp: Path(tmp).write_text(json.dumps(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Fixtures of the service tests: settings on a temp data dir, a store, and one real tiny exported model."""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance.settings import Settings
+from appliance.store import Store
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        quiet_period=5.0,
+        stable_seconds=1.0,
+        disk_reserve_gb=0.0,
+        default_budget=40.0,
+        top_n=2,
+    )
+
+
+@pytest.fixture
+def store(settings) -> Store:
+    store = Store(settings.store_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def dropped_set(settings, demo_set_dir) -> Path:
+    """The bundled demo set copied into the labelled inbox (a fresh copy per test)."""
+    target = settings.labelled_inbox / "phase_cells"
+    shutil.copytree(demo_set_dir, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, demo_set) -> Path:
+    """A real model folder (model.onnx + model.json) trained for a few seconds on the demo set."""
+    from appliance.pipeline.config import PipelineConfig
+    from appliance.pipeline.workflow import train_configuration
+
+    out = tmp_path_factory.mktemp("model")
+    config = PipelineConfig(patch_size=64, batch_size=4, learning_rate=0.001, encoder="resnet18", flip=0.5)
+    train_configuration(demo_set, config, seconds=4, out_dir=out, progress=False)
+    return out
+
+
+def tree_digest(root: Path, *, ignore_name: str | None = None) -> str:
+    """One hash of every path, kind, content and mtime below ``root`` (files named ``ignore_name`` left out)."""
+    digest = hashlib.sha256()
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names + dirs):
+            path = Path(folder) / name
+            if name == ignore_name:
+                continue
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                digest.update(f"L {relative} -> {os.readlink(path)}\n".encode())
+            elif path.is_dir():
+                digest.update(f"D {relative}\n".encode())
+            else:
+                info = path.stat()
+                digest.update(f"F {relative} {info.st_mtime_ns} {info.st_mode}\n".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,177 @@
+"""Automatic inference with a real ONNX model, exactly once; the activation rule; the disk guard."""
+
+import csv
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from appliance.data.io import read_image
+from appliance.data.labelled_set import load_labelled_set
+from appliance.data.splits import split_stems
+from appliance.pipeline.export import write_model_folder
+from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.trainer import Trainer
+from appliance.service.activation import decide_activation
+from appliance.service.images import ImageDetector
+from appliance.service.inference import InferenceWorker
+from appliance.service.training import TrainingSupervisor
+
+
+def register(store, model_dir, set_dir):
+    """A finished run on ``set_dir`` whose exported model is ``model_dir`` (what train_set records)."""
+    labelled_set = load_labelled_set(set_dir)
+    split = split_stems(labelled_set.stems, seed=0)
+    run_id = store.create_run(set_name=labelled_set.name, set_dir=str(set_dir), split=json.dumps(split.to_dict()))
+    model_id = store.register_model(run_id=run_id, set_name=labelled_set.name, path=str(model_dir))
+    store.update_run(run_id, status="finished", model_id=model_id)
+    return model_id
+
+
+@pytest.fixture(scope="session")
+def background_model(tmp_path_factory, trained_model, demo_set):
+    """The trained model with its head forced to predict background everywhere: strictly worse."""
+    trainer = Trainer.load(trained_model / "checkpoint.pt", device="cpu")
+    head = trainer.model.segmentation_head
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.zero_()
+        head[0].bias[0] = 10.0
+    out = tmp_path_factory.mktemp("background-model")
+    write_model_folder(out, trainer.model, config=trainer.config, in_channels=1, class_names=["cell"])
+    return out
+
+
+def _drop_images(settings, store, demo_images_dir, names=("set20", "set21", "set22"), project="phase-demo"):
+    detector = ImageDetector(settings, store, log=lambda m: None)
+    folder = settings.images_inbox / project / "plate1"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(demo_images_dir / f"{name}.tif", folder / f"{name}.tif")
+    detector.rescan()
+    detector.tick(clock=0.0)
+    return detector.tick(clock=2.0)
+
+
+def _csv_rows(settings, project="phase-demo"):
+    with open(settings.results / project / "measurements.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_waiting_images_are_segmented_once_when_a_model_activates(
+    settings, store, demo_images_dir, demo_set_dir, trained_model
+):
+    registered = _drop_images(settings, store, demo_images_dir)
+    worker = InferenceWorker(settings, store, log=lambda m: None)
+    assert len(registered) == 3 and not worker.run_once()  # no model yet: they wait
+
+    model_id = register(store, trained_model, demo_set_dir)
+    decision = decide_activation(store, model_id=model_id, project="phase-demo")
+    assert decision.activated and decision.reason == "first model of the project" and decision.new_score >= 0
+    while worker.run_once():
+        pass
+    assert worker.processed == 3 and not worker.run_once()
+
+    predictor = OnnxPredictor(trained_model)
+    for name in ("set20", "set21", "set22"):
+        mask = tifffile.imread(settings.results / "phase-demo" / "plate1" / f"{name}_mask.tif")
+        expected = predictor.predict(read_image(demo_images_dir / f"{name}.tif"))
+        assert np.array_equal(mask, expected)
+        assert (settings.results / "phase-demo" / "plate1" / f"{name}_overlay.png").stat().st_size > 0
+    rows = _csv_rows(settings)
+    assert [row["image"] for row in rows] == [f"plate1/{n}.tif" for n in ("set20", "set21", "set22")]
+    assert {row["model_id"] for row in rows} == {model_id} and {row["class_name"] for row in rows} == {"cell"}
+    assert {image["status"] for image in store.images()} == {"done"}
+
+
+def test_an_interrupted_image_is_done_again_without_a_duplicate_row(
+    settings, store, demo_images_dir, demo_set_dir, trained_model
+):
+    _drop_images(settings, store, demo_images_dir, names=("set20", "set21"))
+    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    worker = InferenceWorker(settings, store, log=lambda m: None)
+    worker.run_once()
+    store.claim("segment", "a worker that died", lease_seconds=3600)  # killed mid-image
+    (settings.results / "phase-demo" / "plate1" / "set21_mask.tif").write_bytes(b"half a file")
+    assert [job["status"] for job in store.recover_jobs()] == ["queued"]
+    while worker.run_once():
+        pass
+    assert len(_csv_rows(settings)) == 2
+    assert tifffile.imread(settings.results / "phase-demo" / "plate1" / "set21_mask.tif").shape == (384, 384)
+
+
+def test_a_changed_image_replaces_its_rows(settings, store, demo_images_dir, demo_set_dir, trained_model):
+    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    worker = InferenceWorker(settings, store, log=lambda m: None)
+    _drop_images(settings, store, demo_images_dir, names=("set20",))
+    worker.run_once()
+    target = settings.images_inbox / "phase-demo" / "plate1" / "set20.tif"
+    shutil.copy(demo_images_dir / "set22.tif", target)
+    detector = ImageDetector(settings, store, log=lambda m: None)
+    detector.rescan()
+    detector.tick(clock=0.0)
+    (new_version,) = detector.tick(clock=2.0)
+    worker.run_once()
+    (row,) = _csv_rows(settings)
+    assert row["image"] == "plate1/set20.tif" and store.image(new_version)["status"] == "done"
+    assert len(store.images(status="done")) == 2  # both versions are on record
+
+
+def test_an_unreadable_image_fails_with_its_reason_unless_it_may_still_be_written(
+    settings, store, demo_images_dir, demo_set_dir, trained_model
+):
+    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    folder = settings.images_inbox / "phase-demo"
+    folder.mkdir(parents=True)
+    payload = (demo_images_dir / "set20.tif").read_bytes()
+    (folder / "old.tif").write_bytes(payload[:5000])
+    os.utime(folder / "old.tif", (1_000_000_000, 1_000_000_000))  # long unchanged: it will not get better
+    (folder / "fresh.tif").write_bytes(payload[:5000])
+    detector = ImageDetector(settings, store, log=lambda m: None)
+    detector.rescan()
+    detector.tick(clock=0.0)
+    detector.tick(clock=2.0)
+    worker = InferenceWorker(settings, store, log=lambda m: None)
+    worker.run_once()
+    worker.run_once()
+    old = store.latest_image("phase-demo", "old.tif")
+    assert old["status"] == "failed" and "cannot be decoded" in old["error"]
+    assert store.job(old["job_id"])["status"] == "failed"
+    fresh = store.job(store.latest_image("phase-demo", "fresh.tif")["job_id"])
+    assert fresh["status"] == "queued" and fresh["attempts"] == 0 and fresh["not_before"] > 0
+    assert any("old.tif not segmented" in event["message"] for event in store.events())
+
+
+def test_a_better_or_equal_model_activates_a_worse_one_does_not(
+    store, demo_set_dir, trained_model, background_model, tmp_path
+):
+    first = register(store, trained_model, demo_set_dir)
+    assert decide_activation(store, model_id=first, project="p").activated
+    same = register(store, shutil.copytree(trained_model, tmp_path / "same"), demo_set_dir)
+    equal = decide_activation(store, model_id=same, project="p")
+    assert (
+        equal.activated and equal.new_score == pytest.approx(equal.previous_score) and equal.previous_model_id == first
+    )
+    worse = register(store, background_model, demo_set_dir)
+    decision = decide_activation(store, model_id=worse, project="p")
+    assert not decision.activated and decision.new_score < decision.previous_score
+    assert "new 0.000 < active" in decision.reason
+    assert store.active_model("p")["id"] == same
+    assert [(a["model_id"], a["activated"]) for a in store.activations("p")] == [(first, 1), (same, 1), (worse, 0)]
+    assert [m["id"] for m in store.models() if m["active"]] == [same]
+    assert decide_activation(store, model_id=worse, project="p") == decision  # decided once
+
+
+def test_training_waits_while_the_disk_is_below_the_reserve(settings, store):
+    settings = settings.with_values(disk_reserve_gb=10**9)
+    store.enqueue("train", "k", payload={"set_name": "s", "project": "p"})
+    supervisor = TrainingSupervisor(settings, store, log=lambda m: None)
+    assert not supervisor.run_once(threading.Event()) and not supervisor.run_once(threading.Event())
+    assert supervisor.state == "waiting for disk" and "below the reserve of 1e+09 GB" in supervisor.detail
+    assert store.jobs("train")[0]["status"] == "queued"
+    assert [e["message"] for e in store.events()].count(f"training waits: {supervisor.detail}") == 1

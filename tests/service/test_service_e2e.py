@@ -1,0 +1,171 @@
+"""End to end: a real ``appliance run`` subprocess on a temp data dir, CPU, a 30 s training budget."""
+
+import csv
+import os
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import tifffile
+
+from appliance.data.io import read_image
+from appliance.pipeline.predictor import OnnxPredictor
+from appliance.service.intake import READY_FILE, REJECTED_FILE
+
+from .bad_inputs import BAD_SETS, make_bad_set
+from .conftest import tree_digest
+from .e2e import ServiceProcess, drop
+
+TRAINING_TIMEOUT = 600
+
+
+def _csv(data_dir, project="phase-demo"):
+    path = data_dir / "results" / project / "measurements.csv"
+    if not path.is_file():
+        return []
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_in_chunks(path, image, *, chunks=4, pause=1.5):
+    """Write a TIFF the way a slow microscope export does: in pieces, pausing longer than the stable time."""
+    staging = path.with_name(".whole.tif")  # hidden names are ignored by the watcher
+    tifffile.imwrite(staging, image)
+    payload = staging.read_bytes()
+    staging.unlink()
+    size = len(payload) // chunks + 1
+    with open(path, "wb") as handle:
+        for start in range(0, len(payload), size):
+            handle.write(payload[start : start + size])
+            handle.flush()
+            time.sleep(pause)
+
+
+@pytest.mark.slow
+def test_set_dropped_then_images_are_segmented_exactly_once(tmp_path, demo_set_dir, demo_images_dir):
+    data = tmp_path / "data"
+    service = ServiceProcess(data).start()
+    try:
+        code, report = service.health()
+        assert code == 0 and "training" in report and "inference" in report and "watcher" in report, report
+        dropped = drop(demo_set_dir, data / "inbox" / "labelled" / "phase_cells")
+        (dropped / READY_FILE).touch()
+        service.wait_for(
+            lambda: service.rows("select active_model_id from projects where name = 'phase-demo'"),
+            TRAINING_TIMEOUT,
+            "the trained model to be activated",
+        )
+        ((model_id, model_path),) = service.rows("select id, path from models")
+        assert (data / "models" / model_id / "model.onnx").is_file()
+        ((activated, reason),) = service.rows("select activated, reason from activations")
+        assert activated == 1 and reason == "first model of the project"
+
+        images = data / "inbox" / "images" / "phase-demo"
+        names = []
+        for index, source in enumerate(sorted(demo_images_dir.glob("*.tif")) * 2):
+            if index == 5:
+                break
+            relative = f"plate{index % 2}/{source.stem}.tif"
+            drop(source, images / relative)
+            names.append(relative)
+        big = np.pad(read_image(demo_images_dir / "set22.tif")[:, :, 0], ((0, 384), (0, 384)), mode="reflect")
+        _write_in_chunks(images / "slow.tif", big)
+        names.append("slow.tif")
+        service.wait_for(lambda: len(_csv(data)) >= len(names), 300, "every image to be segmented")
+        time.sleep(8)  # a rescan and a few more ticks: nothing may be processed twice
+
+        rows = _csv(data)
+        assert sorted(row["image"] for row in rows) == sorted(names)
+        for name in names:
+            stem = name.removesuffix(".tif")
+            assert (data / "results" / "phase-demo" / f"{stem}_mask.tif").is_file()
+            assert (data / "results" / "phase-demo" / f"{stem}_overlay.png").is_file()
+        done = service.rows("select relpath from images where status = 'done'")
+        assert sorted(r[0] for r in done) == sorted(names)
+        slow_mask = tifffile.imread(data / "results" / "phase-demo" / "slow_mask.tif")
+        assert np.array_equal(slow_mask, OnnxPredictor(model_path).predict(big[:, :, None]))
+        files = [p for p in (data / "results").rglob("*") if p.is_file()]
+        assert len(files) == 2 * len(names) + 1  # masks, overlays and one CSV; no temporary files left
+    finally:
+        assert service.terminate() == 0, service.log()
+    assert "service stopped" in service.log()
+    assert service.health()[0] == 1
+
+
+@pytest.mark.slow
+def test_killed_during_training_and_during_inference_everything_completes_once(tmp_path, demo_set_dir, demo_images_dir):
+    data = tmp_path / "data"
+    service = ServiceProcess(data).start()
+    images = data / "inbox" / "images" / "phase-demo"
+    names = [f"{source.stem}-{copy}.tif" for copy in range(3) for source in sorted(demo_images_dir.glob("*.tif"))]
+    for name in names:
+        drop(demo_images_dir / f"{name.split('-')[0]}.tif", images / name)
+    drop(demo_set_dir, data / "inbox" / "labelled" / "phase_cells")
+
+    service.wait_for(lambda: service.rows("select 1 from step_results"), TRAINING_TIMEOUT, "training to be under way")
+    service.kill()
+    time.sleep(1)
+    assert not service.rows("select 1 from models")
+    children = os.popen("ps -eo args").read()
+    assert "appliance.service.training" not in children or str(data) not in children
+
+    service.start()
+    service.wait_for(
+        lambda: service.rows("select 1 from images where status = 'done'"), TRAINING_TIMEOUT, "inference to begin"
+    )
+    service.kill()
+    done_before = service.rows("select count(*) from images where status = 'done'")[0][0]
+    assert done_before < len(names), "inference finished before it could be interrupted"
+
+    service.start()
+    try:
+        service.wait_for(lambda: len(_csv(data)) >= len(names), 300, "every image to be segmented")
+        # the second kill may also have caught the training child between activation and its exit
+        service.wait_for(
+            lambda: service.rows("select 1 from jobs where kind = 'train' and status = 'done'"),
+            TRAINING_TIMEOUT,
+            "the training job to be done",
+        )
+        time.sleep(6)
+        rows = _csv(data)
+        assert Counter(row["image"] for row in rows) == Counter(names)
+        assert len(service.rows("select 1 from models")) == 1 and len(service.rows("select 1 from runs")) == 1
+        assert len(service.rows("select 1 from activations")) == 1
+        ((job_id, attempts),) = service.rows("select id, attempts from jobs where kind = 'train'")
+        assert attempts in (2, 3)
+        done = service.rows("select relpath from images where status = 'done'")
+        assert Counter(r[0] for r in done) == Counter(names)
+        assert "resuming run" in (data / "logs" / f"train-job-{job_id}.log").read_text()
+        assert not [p for p in (data / "results").rglob("*.tmp")]
+    finally:
+        assert service.terminate() == 0, service.log()
+
+
+@pytest.mark.slow
+def test_bad_sets_are_rejected_with_specific_reasons_and_the_inbox_stays_byte_identical(tmp_path, demo_set_dir):
+    data = tmp_path / "data"
+    staging = tmp_path / "staging"
+    expected = {}
+    for kind in BAD_SETS:
+        folder, text = make_bad_set(kind, demo_set_dir, staging)
+        expected[folder.name] = text
+    before = tree_digest(staging)
+    service = ServiceProcess(data).start()
+    try:
+        inbox = data / "inbox" / "labelled"
+        for folder in sorted(staging.iterdir()):
+            os.rename(folder, inbox / folder.name)
+        service.wait_for(
+            lambda: len(list(inbox.glob(f"*/{REJECTED_FILE}"))) == len(expected), 120, "every set to be rejected"
+        )
+        time.sleep(6)  # a rescan: nothing decided twice
+        for name, text in expected.items():
+            assert text in (inbox / name / REJECTED_FILE).read_text(), name
+        assert len(service.rows("select 1 from labelled_sets where status = 'rejected'")) == len(expected)
+        assert not service.rows("select 1 from jobs")
+    finally:
+        assert service.terminate() == 0, service.log()
+    for folder in sorted(inbox.iterdir()):
+        os.rename(folder, staging / folder.name)
+    assert tree_digest(staging, ignore_name=REJECTED_FILE) == before
