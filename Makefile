@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint lock bench
+.PHONY: install demo test lint lock bench deploy-check
 
 $(STAMP): requirements.lock requirements-source.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check appliance tests benchmarks docs
 	$(BIN)/ruff format --check appliance tests benchmarks docs
 
-test: lint
+deploy-check:
+	bash scripts/check-deploy.sh
+
+test: lint deploy-check
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
