@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint lock bench deploy-check
+.PHONY: install demo test lint lock bench deploy-check browser
 
 $(STAMP): requirements.lock requirements-source.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,21 +16,28 @@ $(STAMP): requirements.lock requirements-source.lock pyproject.toml
 
 install: $(STAMP)
 
+# The service on a fresh data dir with the bundled set and images dropped in; Ctrl-C stops it.
 demo: $(STAMP)
+	rm -rf demo-output
 	$(BIN)/appliance demo --out demo-output
 
 lint: $(STAMP)
-	$(BIN)/ruff check appliance tests benchmarks docs
-	$(BIN)/ruff format --check appliance tests benchmarks docs
+	$(BIN)/ruff check appliance streamlit_app tests benchmarks docs
+	$(BIN)/ruff format --check appliance streamlit_app tests benchmarks docs
 
 deploy-check:
 	bash scripts/check-deploy.sh
 
-test: lint deploy-check
+# Headless Chromium for the status page's browser test (Debian packages; needs root, as in CI).
+browser:
+	sh scripts/install-browser.sh
+
+test: lint deploy-check browser
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/page.py
 
 lock: $(STAMP)
 	head -2 requirements.lock > requirements.lock.new

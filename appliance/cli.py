@@ -137,23 +137,49 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path):
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where to write the demo run (default: a new temporary folder).",
+    help="A fresh data dir for the demo (default: a new temporary folder).",
 )
 @click.option(
     "--seconds",
     default=DEMO_SECONDS,
     show_default=True,
     type=click.FloatRange(min=1),
-    help="Training budget of the demo configuration.",
+    help="Training budget for the bundled set.",
 )
-def demo(out_dir: Path | None, seconds: float):
-    """Train one configuration on the bundled phase-contrast sample and segment the sample images."""
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Instead of the service: train the paper's default configuration, segment the sample images and exit.",
+)
+def demo(out_dir: Path | None, seconds: float, once: bool):
+    """The appliance on its embedded defaults: the service on a fresh data dir with the bundled labelled set and
+    sample images dropped in; it trains, activates the model, segments the images and keeps running (Ctrl-C stops)."""
+    out_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="appliance-demo-"))
+    if once:
+        _demo_once(out_dir, seconds)
+        return
+    from appliance.service.demo import prepare_demo
+    from appliance.service.runner import Service
+
+    try:
+        settings = prepare_demo(_service_settings(None, data_dir=out_dir, default_budget=seconds))
+        click.echo(f"demo: data dir {settings.data_dir.resolve()}; the bundled set trains for {seconds:.0f} s")
+        click.echo(
+            f"demo: results appear in {settings.results.resolve()}; status page on "
+            f"http://{settings.page_address}:{settings.page_port}"
+        )
+        code = Service(settings, page=True).run()
+    except ApplianceError as error:
+        _fail(error)
+    sys.exit(code)
+
+
+def _demo_once(out_dir: Path, seconds: float) -> None:
     from appliance.data.labelled_set import load_labelled_set
     from appliance.pipeline.config import PAPER_DEFAULT
     from appliance.pipeline.predictor import OnnxPredictor
     from appliance.pipeline.workflow import segment_files, train_configuration
 
-    out_dir = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="appliance-demo-"))
     demo_data = files("appliance") / "demo_data"
     set_dir = out_dir / "inbox" / "labelled" / "usiigaci_phase_cells_demo"
     images_dir = out_dir / "inbox" / "images" / "phase-demo"

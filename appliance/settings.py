@@ -125,7 +125,7 @@ class Settings:
     polling: bool = False
     polling_interval: float = 1.0
     rescan_interval: float = 60.0
-    page_address: str = "0.0.0.0"
+    page_address: str = "127.0.0.1"
     page_port: int = 8501
     page_password: str = field(default="", repr=False)
     disk_reserve_gb: float = 5.0

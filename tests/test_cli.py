@@ -100,7 +100,10 @@ def test_demo_runs_from_the_console_script(tmp_path):
     """The README's run command, with a short budget: trains, segments the samples, says where."""
     script = Path(sys.executable).with_name("appliance")
     result = subprocess.run(
-        [str(script), "demo", "--out", str(tmp_path), "--seconds", "8"], capture_output=True, text=True, timeout=600
+        [str(script), "demo", "--once", "--out", str(tmp_path), "--seconds", "8"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert f"results: {(tmp_path / 'results' / 'phase-demo').resolve()}" in result.stdout

@@ -290,6 +290,7 @@ class Service:
                 environment[f"APPLIANCE_{name.upper()}"] = str(value)
         command = [sys.executable, "-m", "streamlit", "run", str(PAGE_SCRIPT), "--server.headless", "true"]
         command += ["--server.address", self.settings.page_address, "--server.port", str(self.settings.page_port)]
+        command += ["--client.toolbarMode", "viewer", "--browser.gatherUsageStats", "false"]
         log = open(self.settings.logs_dir / "page.log", "ab")
         self.page_process = subprocess.Popen(
             command, env=environment, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent

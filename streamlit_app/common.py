@@ -1,0 +1,111 @@
+"""What every page shares: the settings, the store, the password gate and the refresh interval."""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Callable
+
+import streamlit as st
+
+from appliance.errors import ApplianceError
+from appliance.settings import Settings
+from appliance.store import Store
+
+REFRESH_SECONDS = 5.0
+_local = threading.local()
+
+
+def settings() -> Settings:
+    """The appliance's settings (``APPLIANCE_*`` variables / ``APPLIANCE_CONFIG``; cheap to read on every run)."""
+    return Settings.from_env()
+
+
+def open_store() -> Store | None:
+    """The store of this session's thread (SQLite connections are not shared between threads), or None when the
+    appliance has not created its store yet. The page never creates the store file."""
+    path = settings().store_path
+    if not path.is_file():
+        return None
+    stores = getattr(_local, "stores", None)
+    if stores is None:
+        stores = _local.stores = {}
+    if path not in stores:
+        stores[path] = Store(path)
+    return stores[path]
+
+
+def password_matches(entered: str, password: str) -> bool:
+    """Constant-time comparison of the entered password with the configured one."""
+    return hmac.compare_digest(entered.encode("utf-8"), password.encode("utf-8"))
+
+
+def password_required() -> bool:
+    return bool(settings().page_password)
+
+
+def authenticated() -> bool:
+    return not password_required() or bool(st.session_state.get("authenticated"))
+
+
+def login_page() -> None:
+    """The only page shown until the password is given. The password goes through a form (never a URL), and
+    neither it nor a failed attempt is logged."""
+    st.title("Microscope AutoML appliance")
+    st.write("This status page is protected. Enter the page password (`APPLIANCE_PAGE_PASSWORD`).")
+    with st.form("login", clear_on_submit=True):
+        entered = st.text_input("Password", type="password", key="login_password")
+        submitted = st.form_submit_button("Log in")
+    if submitted:
+        if password_matches(entered, settings().page_password):
+            st.session_state["authenticated"] = True
+            st.session_state.pop("login_password", None)
+            st.rerun()
+        else:
+            st.error("Wrong password.")
+
+
+def require_login() -> None:
+    """Stop the script unless the session has logged in (a second lock behind the navigation's)."""
+    if not authenticated():
+        st.warning("Log in first.")
+        st.stop()
+
+
+def auto_refresh() -> float | None:
+    """The refresh interval of the live parts of a page (None: the user switched it off in the sidebar)."""
+    on = st.sidebar.toggle("Auto-refresh", value=True, key="auto_refresh", help=f"every {REFRESH_SECONDS:g} s")
+    return REFRESH_SECONDS if on else None
+
+
+def live(body: Callable[[], None]) -> None:
+    """Run ``body`` as a fragment that reruns every few seconds (while auto-refresh is on)."""
+    st.fragment(run_every=auto_refresh())(body)()
+
+
+def store_or_note() -> Store | None:
+    """The store, or a note that there is none yet."""
+    store = open_store()
+    if store is None:
+        st.info(
+            f"Nothing yet: no store at {settings().store_path}. It appears when the appliance first runs "
+            "(`appliance run` or `appliance train`)."
+        )
+    return store
+
+
+def guarded(title: str, section: Callable[[], None]) -> None:
+    """Run one section of a page; a store error shows as a message in that section, not a traceback."""
+    try:
+        section()
+    except (ApplianceError, OSError) as error:
+        st.error(f"{title}: {error}")
+    except Exception as error:  # sqlite3 errors from a store an older or newer appliance wrote
+        if type(error).__module__ == "sqlite3":
+            st.warning(f"{title}: nothing to show yet ({error}).")
+        else:
+            raise
+
+
+def nothing_yet(what: str) -> None:
+    st.caption(f"Nothing yet: {what}.")

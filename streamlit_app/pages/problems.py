@@ -1,0 +1,91 @@
+"""Problems: rejected labelled sets and images that were not segmented, each with its reason and what to do."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from streamlit_app import common, queries, shaping
+
+
+def rejected_sets(store) -> None:
+    st.subheader("Rejected labelled sets")
+    rows = shaping.rejected_set_rows(store.intakes())
+    if not rows:
+        st.success("No rejected labelled set.")
+        return
+    sets = len({r["folder"] for r in rows})
+    st.error(
+        f"{sets} set(s) rejected with {len(rows)} problem(s). Fix the files named below; the set is checked again."
+    )
+    st.dataframe(rows, hide_index=True, width="stretch")
+
+
+def images(store) -> None:
+    st.subheader("Images not segmented")
+    rows = queries.problem_images(store)
+    if not rows:
+        st.success("Every image found so far was segmented or is waiting for its turn.")
+        return
+    st.warning(f"{len(rows)} image(s) not segmented.")
+    st.dataframe(
+        [
+            {
+                "project": r["project"],
+                "image": r["relpath"],
+                "status": r["status"],
+                "reason": r["error"],
+                "found": shaping.local_time(r["detected_at"]),
+            }
+            for r in rows
+        ],
+        hide_index=True,
+        width="stretch",
+    )
+
+
+def jobs_and_runs(store) -> None:
+    st.subheader("Failed jobs and runs")
+    jobs, runs = queries.failed_jobs(store), queries.failed_runs(store)
+    if not jobs and not runs:
+        st.success("No failed job or training run.")
+        return
+    if runs:
+        st.markdown("**Training runs**")
+        st.dataframe(
+            [{"run": r["id"], "set": r["set_name"], "error": r["error"], "at": shaping.local_time(r["finished_at"])}
+             for r in runs],
+            hide_index=True,
+            width="stretch",
+        )  # fmt: skip
+    if jobs:
+        st.markdown("**Jobs** (out of attempts)")
+        st.dataframe(
+            [{"job": j["id"], "kind": j["kind"], "project": j["project"], "attempts": j["attempts"],
+              "error": j["error"], "at": shaping.local_time(j["finished_at"])} for j in jobs],
+            hide_index=True,
+            width="stretch",
+        )  # fmt: skip
+
+
+def warnings(store) -> None:
+    st.subheader("Warnings and errors")
+    rows = queries.recent_events(store, levels=("warning", "error"), limit=100)
+    if not rows:
+        common.nothing_yet("no warning or error events")
+        return
+    st.dataframe(shaping.event_rows(rows), hide_index=True, width="stretch")
+
+
+def body() -> None:
+    store = common.store_or_note()
+    if store is None:
+        return
+    common.guarded("Rejected sets", lambda: rejected_sets(store))
+    common.guarded("Images", lambda: images(store))
+    common.guarded("Failed work", lambda: jobs_and_runs(store))
+    common.guarded("Events", lambda: warnings(store))
+
+
+common.require_login()
+st.title("Problems")
+common.live(body)

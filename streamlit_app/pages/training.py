@@ -1,0 +1,175 @@
+"""Training runs: the live successive-halving race, the budget, the meta-model's predictions and the run's events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from streamlit_app import common, shaping
+
+STATUS_COLOURS = {"winner": "#d62728", "active": "#1f77b4", "dropped": "#9e9e9e", "failed": "#ff7f0e"}
+
+
+def halving_chart(rows: list[dict], steps_total: int) -> alt.LayerChart:
+    """Validation IoU per trial per step: dropped trials thin and grey, trials still in the race (and the winner) in
+    colour with a legend of their own."""
+    frame = pd.DataFrame(rows)
+    steps = list(range(1, max(steps_total, max(r["step"] for r in rows)) + 1))  # steps to come stay on the axis
+    x = alt.X("step:O", title="halving step", axis=alt.Axis(labelAngle=0), scale=alt.Scale(domain=steps))
+    y = alt.Y("validation_iou:Q", title="validation mean IoU", scale=alt.Scale(zero=False))
+    tooltip = ["trial", "step", alt.Tooltip("validation_iou:Q", format=".3f"), "status"]
+    dropped = (
+        alt.Chart(frame[~frame["survivor"]])
+        .mark_line(point=alt.OverlayMarkDef(size=20, color="#b0b0b0"), color="#b0b0b0", strokeWidth=1, opacity=0.7)
+        .encode(x=x, y=y, detail="trial:N", tooltip=tooltip)
+    )
+    survivors = frame[frame["survivor"]]
+    colour = alt.Color("trial:N", legend=alt.Legend(title="still in the race"))
+    if (survivors["status"] == "winner").any():
+        colour = alt.Color("trial:N", legend=alt.Legend(title="winner"), scale=alt.Scale(range=["#d62728"]))
+    alive = (
+        alt.Chart(survivors)
+        .mark_line(point=alt.OverlayMarkDef(size=60, filled=True), strokeWidth=3)
+        .encode(x=x, y=y, color=colour, tooltip=tooltip)
+    )
+    return alt.layer(dropped, alive).properties(height=320)
+
+
+def run_label(run: dict) -> str:
+    return f"{run['id']} · {run.get('set_name') or '?'} · {run.get('status')}"
+
+
+def budget(run: dict, results: list[dict], trials: list[dict]) -> None:
+    progress = shaping.budget_progress(run, results, len(trials), now=datetime.now(UTC))
+    a, b, c, d = st.columns(4)
+    a.metric("Status", run.get("status") or "?")
+    b.metric("Budget used", shaping.format_duration(progress["used_seconds"]))
+    c.metric("Budget left", shaping.format_duration(progress["left_seconds"]) if progress["running"] else "-")
+    if progress["eta"]:
+        eta = datetime.fromtimestamp(progress["eta"]).astimezone()
+        d.metric("Halving ends (ETA)", f"{eta:%H:%M:%S}")
+    else:
+        d.metric("Budget", shaping.format_duration(progress["budget_seconds"]))
+    st.progress(
+        progress["fraction"],
+        text=f"{progress['fraction']:.0%} of {shaping.format_duration(progress['budget_seconds'])} · "
+        f"step {min(progress['step_reached'], progress['steps_total'])} of {progress['steps_total']} · "
+        f"{sum(t['status'] in shaping.SURVIVING for t in trials)} of {len(trials)} trials in the race",
+    )
+    if run.get("status") == "finished":
+        st.caption(
+            f"Winner {run.get('winner_config_id')}: validation IoU {run.get('validation_iou') or 0:.3f}, "
+            f"test IoU {run.get('test_iou') or 0:.3f}, model {run.get('model_id')}"
+        )
+    if run.get("error"):
+        st.error(run["error"])
+
+
+def race(results: list[dict], trials: list[dict]) -> None:
+    st.subheader("Successive halving")
+    rows = shaping.halving_chart_rows(results, trials)
+    if not rows:
+        common.nothing_yet("no trial has finished its first slice")
+        return
+    st.altair_chart(halving_chart(rows, shaping.halving_steps(len(trials))), width="stretch")
+
+
+def predictions(results: list[dict], trials: list[dict]) -> None:
+    st.subheader("Meta-model: predicted vs realised")
+    rows = shaping.predicted_vs_realised(trials, results)
+    if not rows or all(r["predicted"] is None for r in rows):
+        common.nothing_yet("no evaluated configuration with a predicted score (a fallback ranking predicts none)")
+        if rows:
+            st.dataframe(rows, hide_index=True, width="stretch")
+        return
+    rho = shaping.rank_correlation([r["predicted"] for r in rows], [r["realised"] for r in rows])
+    left, right = st.columns([3, 2])
+    with left:
+        chart = (
+            alt.Chart(pd.DataFrame(rows))
+            .mark_circle(size=70)
+            .encode(
+                x=alt.X("predicted:Q", title="predicted score", scale=alt.Scale(zero=False)),
+                y=alt.Y("realised:Q", title="realised validation IoU", scale=alt.Scale(zero=False)),
+                color=alt.Color(
+                    "status:N",
+                    scale=alt.Scale(
+                        domain=[s for s in STATUS_COLOURS if any(r["status"] == s for r in rows)],
+                        range=[c for s, c in STATUS_COLOURS.items() if any(r["status"] == s for r in rows)],
+                    ),
+                ),
+                tooltip=["rank", "configuration", "predicted", "realised", "after step", "status"],
+            )
+            .properties(height=260)
+        )
+        st.altair_chart(chart, width="stretch")
+    with right:
+        st.metric("Spearman ρ (predicted, realised)", "-" if rho is None else f"{rho:.2f}")
+        st.caption("Realised = the last validation IoU a trial reached (dropped trials stop early).")
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "predicted": st.column_config.NumberColumn(format="%.3f"),
+            "realised": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+
+
+def run_events(store, run_id: str) -> None:
+    st.subheader("Events")
+    rows = store.events(run_id, limit=100)
+    if not rows:
+        common.nothing_yet("no events for this run")
+        return
+    st.dataframe(shaping.event_rows(rows, with_run=False), hide_index=True, width="stretch")
+
+
+def body() -> None:
+    store = common.store_or_note()
+    if store is None:
+        return
+    runs = store.runs()
+    if not runs:
+        common.nothing_yet("no training run; drop a labelled set into the inbox")
+        return
+    runs = sorted(runs, key=lambda r: r.get("status") not in ("halving", "ranking", "exporting"))  # live run first
+    labels = {run_label(r): r["id"] for r in runs}
+    run_id = labels[st.selectbox("Run", list(labels), key="training_run")]
+    run = store.run(run_id)
+    trials = store.trials(run_id)
+    results = store.step_results(run_id)
+    common.guarded("Budget", lambda: budget(run, results, trials))
+    common.guarded("Halving", lambda: race(results, trials))
+    common.guarded("Predictions", lambda: predictions(results, trials))
+    common.guarded("Trials", lambda: trial_table(trials))
+    common.guarded("Events", lambda: run_events(store, run_id))
+
+
+def trial_table(trials: list[dict]) -> None:
+    with st.expander(f"All {len(trials)} trials"):
+        st.dataframe(
+            [
+                {
+                    "rank": t["rank"],
+                    "configuration": t["config_id"],
+                    "settings": shaping.config_summary(t.get("config")),
+                    "predicted": t.get("predicted_score"),
+                    "status": t["status"],
+                    "dropped after step": None if t.get("dropped_after_step") is None else t["dropped_after_step"] + 1,
+                    "reason": t.get("reason"),
+                }
+                for t in trials
+            ],
+            hide_index=True,
+            width="stretch",
+        )
+
+
+common.require_login()
+st.title("Training runs")
+common.live(body)

@@ -1,0 +1,408 @@
+"""Pure functions that turn store rows into what the status page shows. No Streamlit, no SQLite: plain dicts in,
+plain dicts, lists and numbers out, so each one is unit-tested on its own (``tests/page/test_shaping.py``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+
+STALE_SECONDS = 15.0
+DOWN_STATES = ("down", "stopped", "failed")
+SURVIVING = ("active", "winner")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An ISO 8601 time stamp from the store as an aware datetime (UTC when it has no zone), or None."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def local_time(text: str | None, tz=None) -> str:
+    """A store time stamp (UTC, ISO 8601) as ``"YYYY-MM-DD HH:MM:SS"`` in the page's local time zone (or ``tz``).
+
+    >>> local_time("2026-01-01T12:00:00+00:00", tz=UTC), local_time(None)
+    ('2026-01-01 12:00:00', '')
+    """
+    moment = parse_time(text)
+    return "" if moment is None else f"{moment.astimezone(tz):%Y-%m-%d %H:%M:%S}"
+
+
+def event_rows(events: Iterable[Mapping], *, with_run: bool = True) -> list[dict]:
+    """Events for a table: local time, level, run (or "service"), message."""
+    rows = []
+    for e in events:
+        row = {"at": local_time(e.get("at")), "level": e.get("level")}
+        if with_run:
+            row["run"] = e.get("run_id") or "service"
+        row["message"] = e.get("message")
+        rows.append(row)
+    return rows
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"-"``, ``"42 s"``, ``"3 min 05 s"``, ``"2 h 07 min"``.
+
+    >>> format_duration(42.4), format_duration(185), format_duration(7620), format_duration(None)
+    ('42 s', '3 min 05 s', '2 h 07 min', '-')
+    """
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "-"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def format_bytes(count: float | None) -> str:
+    """Bytes as ``"512 B"``, ``"3.2 MB"``, ``"41.0 GB"`` (powers of 1024).
+
+    >>> format_bytes(512), format_bytes(3.2 * 1024**2), format_bytes(41 * 1024**3)
+    ('512 B', '3.2 MB', '41.0 GB')
+    """
+    if count is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def json_list(text: str | None) -> list:
+    """A JSON list column (``survivors``, ``problems``, per-class IoU); ``[]`` when empty or not valid JSON."""
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    return value if isinstance(value, list) else []
+
+
+# -- overview -----------------------------------------------------------------------------------------------------
+
+
+def component_health(components: Iterable[Mapping], *, clock: float) -> list[dict]:
+    """One row per service component: state, detail, seconds since its heartbeat and whether it is alive
+    (state not down and heartbeat no older than ``max(15 s, 3 × its interval)``, the rule of ``appliance health``)."""
+    rows = []
+    for row in components:
+        beat = row.get("heartbeat")
+        age = None if beat is None else max(0.0, clock - beat)
+        limit = max(STALE_SECONDS, 3 * (row.get("interval") or 1))
+        alive = row.get("state") not in DOWN_STATES and age is not None and age <= limit
+        rows.append(
+            {
+                "component": row["name"],
+                "ok": alive,
+                "status": "alive" if alive else "not responding",
+                "state": row.get("state") or "",
+                "last heartbeat": "never" if age is None else f"{format_duration(age)} ago",
+                "detail": row.get("detail") or "",
+            }
+        )
+    return rows
+
+
+def queue_summary(counts: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+    """``(kind, status, count)`` rows as ``{kind: {status: count}}`` with every status present (0 when none).
+
+    >>> queue_summary([("segment", "queued", 3), ("train", "done", 1)])["train"]
+    {'queued': 0, 'running': 0, 'done': 1, 'failed': 0}
+    """
+    statuses = ("queued", "running", "done", "failed")
+    summary: dict[str, dict[str, int]] = {}
+    for kind, status, count in counts:
+        summary.setdefault(kind, dict.fromkeys(statuses, 0))
+        summary[kind][status] = summary[kind].get(status, 0) + count
+    return summary
+
+
+def disk_state(free: int, total: int, reserve_gb: float) -> dict:
+    """Free space on the data disk against the training reserve."""
+    reserve = reserve_gb * 1024**3
+    return {
+        "free": format_bytes(free),
+        "total": format_bytes(total),
+        "used_fraction": 0.0 if total <= 0 else 1 - free / total,
+        "below_reserve": free < reserve,
+        "reserve": format_bytes(reserve),
+    }
+
+
+# -- training runs ------------------------------------------------------------------------------------------------
+
+
+def trial_label(rank: int, config_id: str | None) -> str:
+    return f"#{rank} {config_id or ''}".strip()
+
+
+def halving_chart_rows(step_results: Iterable[Mapping], trials: Iterable[Mapping]) -> list[dict]:
+    """Validation IoU of every trial after every step (steps counted from 1), with the trial's status and whether it
+    is still in the race (``active`` or ``winner``): the data of the live successive-halving chart."""
+    status = {t["rank"]: t for t in trials}
+    rows = []
+    for r in step_results:
+        trial = status.get(r["rank"], {})
+        state = trial.get("status") or "active"
+        rows.append(
+            {
+                "trial": trial_label(r["rank"], r.get("config_id")),
+                "rank": r["rank"],
+                "step": r["step"] + 1,
+                "validation_iou": r.get("validation_iou"),
+                "status": state,
+                "survivor": state in SURVIVING,
+            }
+        )
+    return sorted(rows, key=lambda row: (row["rank"], row["step"]))
+
+
+def halving_steps(n_trials: int) -> int:
+    """⌊log₂ n⌋ + 1 steps for n trials (6 for 50).
+
+    >>> halving_steps(50), halving_steps(4), halving_steps(1)
+    (6, 3, 1)
+    """
+    return max(1, int(math.floor(math.log2(max(n_trials, 1)))) + 1)
+
+
+def budget_progress(run: Mapping, step_results: Sequence[Mapping], n_trials: int, *, now: datetime) -> dict:
+    """Budget of the successive halving of a run: seconds used and left, fraction, ETA and the step reached.
+
+    Used = the wall seconds of the recorded slices (time a resumed run spent before a restart still counts, as in
+    the halving schedule itself); while the run trains, the time since its last recorded slice is added. A finished
+    run reports its measured halving time. The ETA is when the budget runs out (halving then stops; the winner's
+    test and export follow, which take seconds to a minute).
+    """
+    budget = float(run.get("budget_seconds") or 0.0)
+    status = run.get("status") or ""
+    steps_total = halving_steps(n_trials) if n_trials else 0
+    recorded = sum(float(r.get("wall_seconds") or 0.0) for r in step_results)
+    if status in ("finished", "exporting") and run.get("halving_seconds"):
+        used = float(run["halving_seconds"])
+    else:
+        used = recorded
+        if status == "halving":
+            last = max((parse_time(r.get("finished_at")) for r in step_results if r.get("finished_at")), default=None)
+            since = last or parse_time(run.get("started_at"))
+            if since is not None:
+                used += max(0.0, (now - since).total_seconds())
+    left = max(0.0, budget - used) if status in ("halving", "ranking", "created") else 0.0
+    step_reached = 1 + max((r["step"] for r in step_results), default=-1)
+    return {
+        "budget_seconds": budget,
+        "used_seconds": used,
+        "left_seconds": left,
+        "fraction": 0.0 if budget <= 0 else min(1.0, used / budget),
+        "eta": None if not left else now.timestamp() + left,
+        "steps_total": steps_total,
+        "step_reached": step_reached,
+        "running": status in ("halving", "ranking", "created", "exporting"),
+    }
+
+
+def predicted_vs_realised(trials: Iterable[Mapping], step_results: Iterable[Mapping]) -> list[dict]:
+    """For every trial with at least one validation score: the meta-model's predicted score, the last (realised)
+    validation IoU, the step it was reached at, and the trial's status."""
+    last: dict[int, Mapping] = {}
+    for r in step_results:
+        if r.get("validation_iou") is None:
+            continue
+        if r["rank"] not in last or r["step"] > last[r["rank"]]["step"]:
+            last[r["rank"]] = r
+    rows = []
+    for t in trials:
+        result = last.get(t["rank"])
+        if result is None:
+            continue
+        rows.append(
+            {
+                "rank": t["rank"],
+                "configuration": t.get("config_id"),
+                "predicted": t.get("predicted_score"),
+                "realised": result["validation_iou"],
+                "after step": result["step"] + 1,
+                "status": t.get("status"),
+            }
+        )
+    return rows
+
+
+def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None with fewer than 3 pairs or no spread.
+
+    >>> round(rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]), 6), round(rank_correlation([1, 2, 3], [3, 2, 1]), 6)
+    (1.0, -1.0)
+    """
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
+    if len(pairs) < 3:
+        return None
+
+    def ranks(values: Sequence[float]) -> list[float]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        result = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                result[order[k]] = (i + j) / 2
+            i = j + 1
+        return result
+
+    rx, ry = ranks([p[0] for p in pairs]), ranks([p[1] for p in pairs])
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    if sx == 0 or sy == 0:
+        return None
+    return cov / (sx * sy)
+
+
+def config_summary(config_json: str | None) -> str:
+    """``"patch 128, batch 16, lr 0.001, resnet18, flip 0.5"`` from a trial's configuration JSON."""
+    try:
+        config = json.loads(config_json or "{}")
+    except ValueError:
+        return ""
+    parts = []
+    for key, label in (("patch_size", "patch"), ("batch_size", "batch"), ("learning_rate", "lr")):
+        if key in config:
+            parts.append(f"{label} {config[key]:g}" if isinstance(config[key], float) else f"{label} {config[key]}")
+    if "encoder" in config:
+        parts.append(str(config["encoder"]))
+    for key, label in (("flip", "flip"), ("brightness_blur", "bright/blur"), ("grid_distortion", "grid")):
+        if config.get(key):
+            parts.append(f"{label} {config[key]:g}")
+    return ", ".join(parts)
+
+
+# -- models -------------------------------------------------------------------------------------------------------
+
+
+def model_projects(
+    models: Iterable[Mapping], runs: Iterable[Mapping], intakes: Iterable[Mapping], activations: Iterable[Mapping]
+) -> dict[str, str]:
+    """Model id → project. An activation decision names it; else the intake of the set the run trained on (its
+    managed copy is the run's ``set_dir``); else the set's name (the default project of a set)."""
+    run_set = {r["id"]: r.get("set_dir") for r in runs}
+    set_project = {i.get("store_dir"): i.get("project") for i in intakes if i.get("store_dir") and i.get("project")}
+    decided = {a["model_id"]: a["project"] for a in activations}
+    result = {}
+    for m in models:
+        project = decided.get(m["id"]) or set_project.get(run_set.get(m.get("run_id"))) or m.get("set_name")
+        result[m["id"]] = project or "(no project)"
+    return result
+
+
+def per_class_scores(test: Mapping | None, class_names: Sequence[str]) -> list[dict]:
+    """Rows of class name, test IoU and Dice from a run's ``qc/test.json`` (index 0 is the background)."""
+    if not test:
+        return []
+    overall = test.get("overall") or {}
+    iou, dice = overall.get("iou") or [], overall.get("dice") or []
+    rows = []
+    for index, score in enumerate(iou):
+        name = "background" if index == 0 else (class_names[index - 1] if index - 1 < len(class_names) else str(index))
+        rows.append({"class": name, "IoU": score, "Dice": dice[index] if index < len(dice) else None})
+    return rows
+
+
+def activation_history(activations: Iterable[Mapping]) -> list[dict]:
+    """The decisions of a project, newest first, with both numbers behind each."""
+    rows = []
+    for a in sorted(activations, key=lambda a: a["id"], reverse=True):
+        rows.append(
+            {
+                "decided": local_time(a.get("decided_at")),
+                "model": a.get("model_id"),
+                "activated": bool(a.get("activated")),
+                "new score": a.get("new_score"),
+                "active model": a.get("previous_model_id"),
+                "its score": a.get("previous_score"),
+                "reason": a.get("reason"),
+            }
+        )
+    return rows
+
+
+def rollback_target(activations: Iterable[Mapping], active_model_id: str | None) -> str | None:
+    """The model that was active before the current one (from the latest decision that activated the current one)."""
+    for a in sorted(activations, key=lambda a: a["id"], reverse=True):
+        if a.get("activated") and a.get("model_id") == active_model_id:
+            return a.get("previous_model_id")
+    return None
+
+
+# -- results ------------------------------------------------------------------------------------------------------
+
+
+def measurement_table(rows: Iterable[Mapping]) -> list[dict]:
+    """Measurement rows of the store (``row`` holds the JSON of :func:`appliance.pipeline.measurements.measure`)
+    flattened into one dict per image and class."""
+    table = []
+    for r in rows:
+        values = json.loads(r["row"]) if isinstance(r.get("row"), str) else dict(r.get("row") or {})
+        table.append(
+            {
+                "project": r.get("project"),
+                "image": r.get("relpath") or values.get("image"),
+                "processed_at": r.get("processed_at"),
+                "model_id": r.get("model_id"),
+                **{k: v for k, v in values.items() if k != "image"},
+            }
+        )
+    return table
+
+
+def csv_text(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV text (header first); None as an empty cell."""
+    import csv
+    import io
+
+    columns = list(columns or (rows[0].keys() if rows else []))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+    return buffer.getvalue()
+
+
+# -- problems -----------------------------------------------------------------------------------------------------
+
+
+def rejected_set_rows(intakes: Iterable[Mapping]) -> list[dict]:
+    """One row per problem of each rejected labelled set (file and what to do), newest set first."""
+    rows = []
+    for intake in intakes:
+        if intake.get("status") != "rejected":
+            continue
+        problems = json_list(intake.get("problems")) or [{"file": "", "message": "rejected (no problem recorded)"}]
+        for problem in problems:
+            if isinstance(problem, Mapping):
+                file, message = problem.get("file", ""), problem.get("message", "")
+            else:
+                file, message = "", str(problem)
+            rows.append(
+                {
+                    "set": intake.get("name"),
+                    "checked": local_time(intake.get("detected_at")),
+                    "file": file,
+                    "problem": message,
+                    "folder": intake.get("inbox_path"),
+                }
+            )
+    return rows

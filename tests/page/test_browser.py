@@ -1,0 +1,183 @@
+"""The status page in a real browser: ``streamlit run`` on a free loopback port with a seeded store and a password,
+driven by headless Chromium (Debian's ``chromium`` + ``chromedriver``, installed by ``scripts/install-browser.sh``).
+Screenshots of every page go to ``test-artifacts/page/``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from appliance.store import Store
+from tests.page.conftest import APP
+from tests.page.seed import seed_results, seed_typical
+
+ROOT = APP.parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "page"
+PASSWORD = "correct horse 42"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+PAGES = (
+    ("Overview", "overview", ["Service", "ONNX Runtime provider", "Free disk", "Segmentation jobs", "Recent events"]),
+    ("Training runs", "training", ["Successive halving", "Budget used", "predicted vs realised", "Events"]),
+    ("Models", "models", ["Active model", "Activation history", "Test-split QC per class", "Download model.onnx"]),
+    ("Results", "results", ["Recent images", "Trends per day", "Measurements", "Download CSV"]),
+    ("Problems", "problems", ["Rejected labelled sets", "1 set(s) rejected with 2 problem(s)", "Warnings and errors"]),
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian's chromium and chromedriver: run scripts/install-browser.sh (as root)",
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"streamlit did not answer on {url} within {timeout:.0f} s:\n{log.read_text()}")
+
+
+def beat_like_the_service(store_path: Path, stop: threading.Event) -> None:
+    """Renew the seeded components' heartbeats every second, as ``appliance run`` does (the scanner stays stale)."""
+    store = Store(store_path)
+    rows = {r["name"]: r for r in store.components() if r["name"] != "scanner"}
+    while not stop.wait(1.0):
+        for name, row in rows.items():
+            store.component_beat(name, state=row["state"], detail=row["detail"], interval=1, pid=row["pid"])
+    store.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The page as the service starts it, on loopback, with a seeded store and a password in the environment."""
+    data_dir = tmp_path / "data"
+    seed_typical(data_dir)
+    seed_results(data_dir, 600)
+    port = free_port()
+    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_PAGE_PASSWORD": PASSWORD}
+    env.pop("APPLIANCE_CONFIG", None)
+    log = tmp_path / "page.log"
+    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true"]
+    command += ["--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    command += ["--client.toolbarMode", "viewer"]
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
+    beats = threading.Thread(target=beat_like_the_service, args=(data_dir / "appliance.sqlite", stop), daemon=True)
+    beats.start()
+    try:
+        wait_healthy(url, process, log)
+        yield url, log
+    finally:
+        stop.set()
+        beats.join(5)
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for_text(driver, texts: list[str], timeout: float = 45.0) -> str:
+    """Wait until every text is visible and Streamlit has finished running the script; return the page's text."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        body = driver.find_element(By.TAG_NAME, "body").text
+        running = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+        if all(text in body for text in texts) and not running:
+            return body
+        time.sleep(0.5)
+    missing = [text for text in texts if text not in body]
+    pytest.fail(f"not visible after {timeout:.0f} s: {missing}\n--- page text ---\n{body}")
+
+
+def screenshot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    height = driver.execute_script(
+        "const main = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
+        "return Math.max(main.scrollHeight, document.body.scrollHeight);"
+    )
+    driver.set_window_size(1400, min(max(int(height) + 120, 900), 6000))
+    time.sleep(1.0)  # charts re-lay themselves out after the resize
+    driver.save_screenshot(str(path))
+    return path
+
+
+def test_login_and_every_page_in_chromium(server, browser):
+    from selenium.webdriver.common.by import By
+
+    url, log = server
+    browser.get(url)
+    wait_for_text(browser, ["Enter the page password"])
+    assert "Training runs" not in browser.find_element(By.TAG_NAME, "body").text  # nothing before the password
+    screenshot(browser, "0-login")
+
+    field = browser.find_element(By.CSS_SELECTOR, 'input[type="password"]')
+    field.send_keys("not the password")
+    browser.find_element(By.XPATH, "//button[.//p[text()='Log in']]").click()
+    wait_for_text(browser, ["Wrong password."])
+
+    field = browser.find_element(By.CSS_SELECTOR, 'input[type="password"]')
+    assert field.get_attribute("value") == ""  # the form forgets a wrong password
+    field.send_keys(PASSWORD)
+    browser.find_element(By.XPATH, "//button[.//p[text()='Log in']]").click()
+    wait_for_text(browser, PAGES[0][2])
+
+    for index, (title, path, texts) in enumerate(PAGES):
+        if index:
+            link = browser.find_element(By.CSS_SELECTOR, f'[data-testid="stSidebarNav"] a[href$="/{path}"]')
+            link.click()
+        wait_for_text(browser, [title, *texts])
+        assert browser.find_element(By.TAG_NAME, "h1").text.startswith(title)
+        assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]') == [], f"exception on {title}"
+        assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]'), f"no table on {title}"
+        screenshot(browser, f"{index + 1}-{path}")
+        browser.set_window_size(1400, 1800)
+
+    assert PASSWORD not in browser.current_url
+    assert PASSWORD not in log.read_text(errors="replace")  # no secret in the server's log

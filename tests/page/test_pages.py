@@ -1,0 +1,182 @@
+"""Every page rendered by Streamlit's AppTest (the real script runner) against real SQLite stores: none, empty,
+a typical day, and 10,000 segmented images. Plus the password gate and the activation action."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from appliance.store import Store
+from tests.page.conftest import APP, PAGES
+from tests.page.seed import PROJECT, seed_typical
+
+TITLES = {
+    "pages/overview.py": "Overview",
+    "pages/training.py": "Training runs",
+    "pages/models.py": "Models",
+    "pages/results.py": "Results",
+    "pages/problems.py": "Problems",
+}
+
+
+def open_page(page: str) -> AppTest:
+    app = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not app.exception, app.exception
+    app.switch_page(page).run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def texts(app: AppTest) -> str:
+    """Everything a person reads on the page, as one string."""
+    parts = []
+    for kind in ("title", "subheader", "markdown", "caption", "info", "success", "warning", "error"):
+        parts += [str(element.value) for element in getattr(app, kind)]
+    parts += [f"{m.label} {m.value}" for m in app.metric]
+    for frame in app.dataframe:
+        parts.append(frame.value.to_string())
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_without_a_store_says_nothing_yet(page, page_env, tmp_path):
+    page_env(tmp_path / "not-created")
+    app = open_page(page)
+    assert app.title[0].value == TITLES[page]
+    assert "Nothing yet" in texts(app) or page == "pages/overview.py"
+    assert not (tmp_path / "not-created" / "appliance.sqlite").exists()  # the page never creates the store
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_with_an_empty_store(page, page_env, empty_store):
+    page_env(empty_store)
+    app = open_page(page)
+    assert app.title[0].value == TITLES[page]
+    shown = texts(app)
+    assert "Traceback" not in shown
+    if page != "pages/problems.py":
+        assert "Nothing yet" in shown
+
+
+EXPECTED = {
+    "pages/overview.py": ["Service", "inference", "scanner", "GPU", "ONNX Runtime provider", "Free disk",
+                          "Segmentation jobs", "service started"],
+    "pages/training.py": ["Successive halving", "Budget used", "Budget left", "Halving ends (ETA)",
+                          "Meta-model: predicted vs realised", "Spearman"],
+    "pages/models.py": ["Active model", "Activation history", "first model of the project", "Test-split QC per class",
+                        "cell", "Learning curve"],
+    "pages/results.py": ["Recent images", "Segmented", "Trends per day", "Measurements", "cell"],
+    "pages/problems.py": ["plate7_labels", "masks/img03.png", "scan_0042.tif", "not a readable TIFF",
+                          "OutOfMemoryError"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_with_a_typical_store(page, page_env, typical_store):
+    page_env(typical_store)
+    app = open_page(page)
+    shown = texts(app)
+    for text in EXPECTED[page]:
+        assert text in shown, f"{text!r} missing on {page}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_with_10000_result_rows(page, page_env, big_store):
+    page_env(big_store)
+    app = open_page(page)
+    assert app.title[0].value == TITLES[page]
+    if page == "pages/results.py":
+        assert "Showing the newest 1000 of 20006 rows" in texts(app)
+        assert app.dataframe[-1].value.shape[0] == 1000
+
+
+def test_training_opens_on_the_live_run_and_shows_a_finished_ones_winner(page_env, typical_store):
+    page_env(typical_store)
+    app = open_page("pages/training.py")
+    run = app.selectbox(key="training_run")
+    assert run.value.endswith("· nuclei_fluo · halving")
+    finished = next(option for option in run.options if option.endswith("· finished"))
+    run.select(finished).run()
+    assert not app.exception
+    shown = texts(app)
+    assert "Winner c-" in shown and "test IoU" in shown
+    assert "Halving ends (ETA)" not in shown
+
+
+def test_results_filters_by_project_and_date(page_env, big_store):
+    page_env(big_store)
+    app = open_page("pages/results.py")
+    app.selectbox(key="results_project").select("nuclei-screen").run()
+    assert not app.exception
+    assert set(app.dataframe[-1].value["project"]) == {"nuclei-screen"}
+    first = app.dataframe[-1].value["processed_at"].min()[:10]
+    import datetime as dt
+
+    day = dt.date.fromisoformat(first)
+    app.date_input(key="results_from").set_value(day).run()
+    app.date_input(key="results_to").set_value(day).run()
+    assert not app.exception
+    assert set(app.dataframe[-1].value["processed_at"].str[:10]) == {first}
+
+
+def test_every_page_asks_for_the_password(page_env, typical_store):
+    page_env(typical_store, password="s3cret pass")
+    app = AppTest.from_file(str(APP), default_timeout=60).run()
+    assert not app.exception
+    assert [t.value for t in app.title] == ["Microscope AutoML appliance"]
+    assert "Overview" not in texts(app)
+    with pytest.raises(ValueError):  # no page is registered before login, so none can be opened by its path
+        app.switch_page("pages/problems.py")
+    app.text_input(key="login_password").input("wrong")
+    app.button[0].click().run()
+    assert [e.value for e in app.error] == ["Wrong password."]
+    assert "Overview" not in [t.value for t in app.title]
+    app.text_input(key="login_password").input("s3cret pass")
+    app.button[0].click().run()
+    assert not app.exception
+    assert app.title[0].value == "Overview"
+    app.switch_page("pages/problems.py").run()
+    assert app.title[0].value == "Problems"
+
+
+def test_activation_needs_a_password_to_be_configured(page_env, typical_store):
+    page_env(typical_store)
+    app = open_page("pages/models.py")
+    assert "Admin actions need a page password" in texts(app)
+
+
+def test_roll_back_with_confirmation(page_env, tmp_path):
+    seed_typical(tmp_path)
+    page_env(tmp_path, password="pw")
+    store = Store(tmp_path / "appliance.sqlite")
+    active = store.active_model(PROJECT)["id"]
+    previous = store.activations(PROJECT)[-1]["previous_model_id"]
+    app = AppTest.from_file(str(APP), default_timeout=60).run()
+    app.text_input(key="login_password").input("pw")
+    app.button[0].click().run()
+    app.switch_page("pages/models.py").run()
+    assert not app.exception
+    form_select = next(s for s in app.selectbox if s.label == "Model to make active")
+    assert form_select.value == f"{previous} (previously active: roll back)"
+    password = next(t for t in app.text_input if t.label.startswith("Page password"))
+    submit = next(b for b in app.button if b.label == "Activate")
+
+    password.input("pw")
+    submit.click().run()  # not confirmed
+    assert "Tick the confirmation first." in [w.value for w in app.warning]
+    assert store.active_model(PROJECT)["id"] == active
+
+    next(c for c in app.checkbox if c.label.startswith("Yes,")).check()
+    next(t for t in app.text_input if t.label.startswith("Page password")).input("wrong")
+    next(b for b in app.button if b.label == "Activate").click().run()
+    assert "Wrong password; nothing changed." in [e.value for e in app.error]
+    assert store.active_model(PROJECT)["id"] == active
+
+    next(c for c in app.checkbox if c.label.startswith("Yes,")).check()
+    next(t for t in app.text_input if t.label.startswith("Page password")).input("pw")
+    next(b for b in app.button if b.label == "Activate").click().run()
+    assert not app.exception
+    assert store.active_model(PROJECT)["id"] == previous
+    decision = store.activations(PROJECT)[-1]
+    assert (decision["model_id"], decision["previous_model_id"], decision["activated"]) == (previous, active, 1)
+    assert decision["reason"].startswith("roll back on the status page")

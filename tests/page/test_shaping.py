@@ -1,0 +1,257 @@
+"""The functions that shape store rows for the page, on hand-made rows with hand-computed answers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from streamlit_app import shaping
+
+
+def test_component_health_uses_the_health_rule():
+    rows = shaping.component_health(
+        [
+            {
+                "name": "inference",
+                "state": "running",
+                "detail": "3 image(s) segmented",
+                "interval": 1,
+                "heartbeat": 98.0,
+            },
+            {"name": "scanner", "state": "running", "detail": "", "interval": 1, "heartbeat": 50.0},
+            {"name": "training", "state": "stopped", "detail": "", "interval": 1, "heartbeat": 99.0},
+            {"name": "slow", "state": "running", "detail": "", "interval": 10, "heartbeat": 75.0},
+        ],
+        clock=100.0,
+    )
+    assert [(r["component"], r["ok"]) for r in rows] == [
+        ("inference", True),
+        ("scanner", False),  # 50 s old > 15 s
+        ("training", False),  # stopped
+        ("slow", True),  # 25 s old <= 3 x 10 s
+    ]
+    assert rows[0]["last heartbeat"] == "2 s ago"
+
+
+def test_queue_summary_fills_every_status():
+    summary = shaping.queue_summary([("segment", "queued", 3), ("segment", "done", 10), ("train", "running", 1)])
+    assert summary == {
+        "segment": {"queued": 3, "running": 0, "done": 10, "failed": 0},
+        "train": {"queued": 0, "running": 1, "done": 0, "failed": 0},
+    }
+    assert shaping.queue_summary([]) == {}
+
+
+def test_disk_state_flags_the_reserve():
+    gb = 1024**3
+    assert shaping.disk_state(4 * gb, 100 * gb, 5.0) == {
+        "free": "4.0 GB",
+        "total": "100.0 GB",
+        "used_fraction": 0.96,
+        "below_reserve": True,
+        "reserve": "5.0 GB",
+    }
+    assert not shaping.disk_state(6 * gb, 100 * gb, 5.0)["below_reserve"]
+
+
+def test_halving_chart_rows_mark_survivors():
+    trials = [
+        {"rank": 1, "status": "winner"},
+        {"rank": 2, "status": "dropped"},
+        {"rank": 3, "status": "active"},
+    ]
+    results = [
+        {"rank": 2, "step": 0, "config_id": "c-b", "validation_iou": 0.4},
+        {"rank": 1, "step": 1, "config_id": "c-a", "validation_iou": 0.7},
+        {"rank": 1, "step": 0, "config_id": "c-a", "validation_iou": 0.5},
+        {"rank": 3, "step": 0, "config_id": "c-c", "validation_iou": 0.45},
+    ]
+    rows = shaping.halving_chart_rows(results, trials)
+    assert [(r["trial"], r["step"], r["survivor"]) for r in rows] == [
+        ("#1 c-a", 1, True),
+        ("#1 c-a", 2, True),
+        ("#2 c-b", 1, False),
+        ("#3 c-c", 1, True),
+    ]
+
+
+@pytest.mark.parametrize(("n", "steps"), [(50, 6), (16, 5), (8, 4), (4, 3), (3, 2), (1, 1)])
+def test_halving_steps_follow_the_paper(n, steps):
+    assert shaping.halving_steps(n) == steps
+
+
+def test_budget_progress_of_a_running_run_counts_time_since_the_last_slice():
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    run = {"budget_seconds": 600.0, "status": "halving", "started_at": (now - timedelta(seconds=200)).isoformat()}
+    results = [
+        {"step": 0, "rank": 1, "wall_seconds": 100.0, "finished_at": (now - timedelta(seconds=90)).isoformat()},
+        {"step": 0, "rank": 2, "wall_seconds": 80.0, "finished_at": (now - timedelta(seconds=10)).isoformat()},
+    ]
+    progress = shaping.budget_progress(run, results, 8, now=now)
+    assert progress["used_seconds"] == pytest.approx(190.0)  # 180 recorded + 10 since the last slice
+    assert progress["left_seconds"] == pytest.approx(410.0)
+    assert progress["eta"] == pytest.approx(now.timestamp() + 410.0)
+    assert progress["fraction"] == pytest.approx(190 / 600)
+    assert (progress["steps_total"], progress["step_reached"], progress["running"]) == (4, 1, True)
+
+
+def test_budget_progress_of_a_finished_run_uses_its_measured_halving_time():
+    run = {"budget_seconds": 240.0, "status": "finished", "halving_seconds": 238.5}
+    progress = shaping.budget_progress(run, [{"step": 2, "rank": 1, "wall_seconds": 10}], 4, now=datetime.now(UTC))
+    assert (progress["used_seconds"], progress["left_seconds"], progress["eta"]) == (238.5, 0.0, None)
+    assert progress["step_reached"] == 3 and not progress["running"]
+
+
+def test_predicted_vs_realised_takes_each_trials_last_score():
+    trials = [
+        {"rank": 1, "config_id": "c-a", "predicted_score": 0.8, "status": "winner"},
+        {"rank": 2, "config_id": "c-b", "predicted_score": 0.7, "status": "dropped"},
+        {"rank": 3, "config_id": "c-c", "predicted_score": 0.6, "status": "active"},  # no result yet
+    ]
+    results = [
+        {"rank": 1, "step": 0, "validation_iou": 0.5},
+        {"rank": 1, "step": 1, "validation_iou": 0.72},
+        {"rank": 2, "step": 0, "validation_iou": 0.41},
+    ]
+    assert shaping.predicted_vs_realised(trials, results) == [
+        {"rank": 1, "configuration": "c-a", "predicted": 0.8, "realised": 0.72, "after step": 2, "status": "winner"},
+        {"rank": 2, "configuration": "c-b", "predicted": 0.7, "realised": 0.41, "after step": 1, "status": "dropped"},
+    ]
+
+
+def test_rank_correlation_handles_ties_and_too_few_points():
+    assert shaping.rank_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert shaping.rank_correlation([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254)
+    assert shaping.rank_correlation([1, 2], [2, 1]) is None
+    assert shaping.rank_correlation([1, 1, 1], [1, 2, 3]) is None
+    assert shaping.rank_correlation([None, 1, 2, 3], [5, 1, 2, 3]) == pytest.approx(1.0)
+
+
+def test_config_summary():
+    config = {
+        "patch_size": 128,
+        "batch_size": 16,
+        "learning_rate": 0.001,
+        "encoder": "resnet18",
+        "flip": 0.5,
+        "brightness_blur": 0.0,
+        "grid_distortion": 0.5,
+    }
+    assert shaping.config_summary(json.dumps(config)) == "patch 128, batch 16, lr 0.001, resnet18, flip 0.5, grid 0.5"
+    assert shaping.config_summary("not json") == ""
+
+
+def test_model_projects_prefers_decisions_then_intakes_then_the_set_name():
+    models = [
+        {"id": "m1", "run_id": "r1", "set_name": "a"},
+        {"id": "m2", "run_id": "r2", "set_name": "b"},
+        {"id": "m3", "run_id": "r3", "set_name": "c"},
+    ]
+    runs = [{"id": "r1", "set_dir": "/s/a"}, {"id": "r2", "set_dir": "/s/b"}, {"id": "r3", "set_dir": "/s/c"}]
+    intakes = [{"store_dir": "/s/b", "project": "plates"}, {"store_dir": None, "project": "x"}]
+    activations = [{"model_id": "m1", "project": "phase"}]
+    assert shaping.model_projects(models, runs, intakes, activations) == {"m1": "phase", "m2": "plates", "m3": "c"}
+
+
+def test_per_class_scores_names_classes_from_the_model():
+    test = {"overall": {"iou": [0.9, 0.6, 0.3], "dice": [0.95, 0.75, None]}}
+    assert shaping.per_class_scores(test, ["cell", "debris"]) == [
+        {"class": "background", "IoU": 0.9, "Dice": 0.95},
+        {"class": "cell", "IoU": 0.6, "Dice": 0.75},
+        {"class": "debris", "IoU": 0.3, "Dice": None},
+    ]
+    assert shaping.per_class_scores(None, []) == []
+
+
+def test_activation_history_and_rollback_target():
+    decisions = [
+        {"id": 1, "model_id": "m1", "previous_model_id": None, "activated": 1, "new_score": 0.7, "previous_score": None,
+         "reason": "first", "decided_at": "t1"},
+        {"id": 2, "model_id": "m2", "previous_model_id": "m1", "activated": 0, "new_score": 0.6, "previous_score": 0.7,
+         "reason": "worse", "decided_at": "t2"},
+        {"id": 3, "model_id": "m3", "previous_model_id": "m1", "activated": 1, "new_score": 0.8, "previous_score": 0.7,
+         "reason": "better", "decided_at": "t3"},
+    ]  # fmt: skip
+    history = shaping.activation_history(decisions)
+    assert [(h["model"], h["activated"], h["new score"], h["its score"]) for h in history] == [
+        ("m3", True, 0.8, 0.7),
+        ("m2", False, 0.6, 0.7),
+        ("m1", True, 0.7, None),
+    ]
+    assert shaping.rollback_target(decisions, "m3") == "m1"
+    assert shaping.rollback_target(decisions, "m1") is None
+    assert shaping.rollback_target([], None) is None
+
+
+def test_measurement_table_and_csv():
+    rows = [
+        {
+            "project": "p",
+            "relpath": "d/a.tif",
+            "model_id": "m",
+            "processed_at": "2026-01-01T00:00:00+00:00",
+            "row": json.dumps({"image": "d/a.tif", "class_index": 1, "class_name": "cell", "pixel_fraction": 0.25,
+                               "object_count": 3, "area_mean_px": None}),
+        }
+    ]  # fmt: skip
+    table = shaping.measurement_table(rows)
+    assert table == [
+        {
+            "project": "p",
+            "image": "d/a.tif",
+            "processed_at": "2026-01-01T00:00:00+00:00",
+            "model_id": "m",
+            "class_index": 1,
+            "class_name": "cell",
+            "pixel_fraction": 0.25,
+            "object_count": 3,
+            "area_mean_px": None,
+        }
+    ]
+    assert shaping.csv_text(table, ["image", "class_name", "pixel_fraction", "area_mean_px"]) == (
+        "image,class_name,pixel_fraction,area_mean_px\nd/a.tif,cell,0.25,\n"
+    )
+    assert shaping.csv_text([]) == "\n"
+
+
+def test_rejected_set_rows_one_per_problem():
+    intakes = [
+        {"name": "ok", "status": "accepted", "problems": "[]"},
+        {
+            "name": "bad",
+            "status": "rejected",
+            "inbox_path": "/in/bad",
+            "detected_at": "t",
+            "problems": json.dumps([{"file": "masks/x.png", "message": "no image"}, {"file": "", "message": "empty"}]),
+        },
+        {"name": "odd", "status": "rejected", "inbox_path": "/in/odd", "detected_at": "t", "problems": "oops"},
+    ]
+    rows = shaping.rejected_set_rows(intakes)
+    assert [(r["set"], r["file"], r["problem"]) for r in rows] == [
+        ("bad", "masks/x.png", "no image"),
+        ("bad", "", "empty"),
+        ("odd", "", "rejected (no problem recorded)"),
+    ]
+
+
+def test_formatting():
+    assert shaping.format_duration(59.6) == "1 min 00 s"
+    assert shaping.format_bytes(2048) == "2.0 KB"
+    assert shaping.parse_time("2026-01-01T00:00:00") == datetime(2026, 1, 1, tzinfo=UTC)
+    assert shaping.parse_time("garbage") is None
+    assert shaping.json_list('{"a": 1}') == []
+
+
+def test_local_time_and_event_rows():
+    assert shaping.local_time("2026-01-01T12:00:00+00:00", tz=UTC) == "2026-01-01 12:00:00"
+    rows = shaping.event_rows([{"at": None, "level": "info", "run_id": None, "message": "service started"}])
+    assert rows == [{"at": "", "level": "info", "run": "service", "message": "service started"}]
+    assert "run" not in shaping.event_rows([{"at": None, "level": "info", "message": "m"}], with_run=False)[0]
+
+
+def test_doctests_of_the_module():
+    import doctest
+
+    assert doctest.testmod(shaping).failed == 0
