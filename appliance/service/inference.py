@@ -74,6 +74,10 @@ class InferenceWorker:
             self._predictors = {k: v for k, v in self._predictors.items() if k in active or k == model["id"]}
         return self._predictors[model["id"]]
 
+    def providers_in_use(self) -> list[str]:
+        """The ONNX Runtime providers the loaded sessions really run on (CUDA may fall back to the CPU)."""
+        return sorted({predictor.provider for predictor in list(self._predictors.values())})
+
     def run_once(self) -> bool:
         """Process one job if there is one; True when a job was taken."""
         active = self.store.active_projects()

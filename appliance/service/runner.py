@@ -305,7 +305,11 @@ class Service:
         return f"{self.intake.pending} set(s) and {self.detector.pending} image(s) waiting to be complete"
 
     def _inference_detail(self) -> str:
-        return "starting" if self.inference is None else f"{self.inference.processed} image(s) segmented"
+        if self.inference is None:
+            return "starting"
+        providers = self.inference.providers_in_use()
+        sessions = f"; sessions on {', '.join(providers)}" if providers else ""
+        return f"{self.inference.processed} image(s) segmented{sessions}"
 
     @staticmethod
     def _worker_state(worker: TrainingSupervisor | None) -> tuple[str, str]:

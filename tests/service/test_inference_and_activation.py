@@ -76,6 +76,8 @@ def test_waiting_images_are_segmented_once_when_a_model_activates(
     while worker.run_once():
         pass
     assert worker.processed == 3 and not worker.run_once()
+    # the provider the one loaded session really runs on, as the page shows it
+    assert worker.providers_in_use() in (["CPUExecutionProvider"], ["CUDAExecutionProvider"])
 
     predictor = OnnxPredictor(trained_model)
     for name in ("set20", "set21", "set22"):
