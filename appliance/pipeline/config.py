@@ -50,7 +50,7 @@ class PipelineConfig:
     --------
     >>> config = PipelineConfig(patch_size=128, batch_size=16, learning_rate=0.001, flip=0.5)
     >>> config.id
-    'c-5ad3a2d2c4'
+    'c-f10d9fea8e'
     >>> PipelineConfig.from_yaml(config.to_yaml()) == config
     True
     """
