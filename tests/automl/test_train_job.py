@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def test_train_keeps_the_budget_and_exports_a_working_model(tmp_path, demo_set, 
     labels = predictor.predict(image)
     assert labels.shape == mask.shape
     assert set(np.unique(labels)) <= {0, 1}
-    qc = result.model_dir.parents[2] / "runs" / result.run_id / "qc"
+    qc = Path(result.run["run_dir"]) / "qc"
     assert (qc / "halving.png").stat().st_size > 0
     assert len(list(qc.glob("*.png"))) == 1 + len(result.test.per_image)
 
