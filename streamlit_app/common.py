@@ -107,5 +107,11 @@ def guarded(title: str, section: Callable[[], None]) -> None:
             raise
 
 
+def score_table(rows, scores: tuple[str, ...]) -> None:
+    """A full-width table whose ``scores`` columns show three decimals."""
+    column_config = {name: st.column_config.NumberColumn(format="%.3f") for name in scores}
+    st.dataframe(rows, hide_index=True, width="stretch", column_config=column_config)
+
+
 def nothing_yet(what: str) -> None:
     st.caption(f"Nothing yet: {what}.")

@@ -37,15 +37,7 @@ def quality(store, model: dict) -> None:
         st.markdown("**Test-split QC per class**")
         scores = shaping.per_class_scores(read_json(run_dir / "qc" / "test.json") if run_dir else None, class_names)
         if scores:
-            st.dataframe(
-                scores,
-                hide_index=True,
-                width="stretch",
-                column_config={
-                    "IoU": st.column_config.NumberColumn(format="%.3f"),
-                    "Dice": st.column_config.NumberColumn(format="%.3f"),
-                },
-            )
+            common.score_table(scores, ("IoU", "Dice"))
         else:
             common.nothing_yet("no test report (qc/test.json) for this model's run")
     with right:
@@ -156,27 +148,11 @@ def project_view(store, project: str, models: list[dict]) -> None:
         }
         for m in models
     ]
-    st.dataframe(
-        table,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "validation IoU": st.column_config.NumberColumn(format="%.3f"),
-            "test IoU": st.column_config.NumberColumn(format="%.3f"),
-        },
-    )
+    common.score_table(table, ("validation IoU", "test IoU"))
     st.subheader("Activation history")
     history = shaping.activation_history(store.activations(project))
     if history:
-        st.dataframe(
-            history,
-            hide_index=True,
-            width="stretch",
-            column_config={
-                "new score": st.column_config.NumberColumn(format="%.3f"),
-                "its score": st.column_config.NumberColumn(format="%.3f"),
-            },
-        )
+        common.score_table(history, ("new score", "its score"))
     else:
         common.nothing_yet("no activation decision for this project")
 

@@ -109,15 +109,7 @@ def predictions(results: list[dict], trials: list[dict]) -> None:
     with right:
         st.metric("Spearman ρ (predicted, realised)", "-" if rho is None else f"{rho:.2f}")
         st.caption("Realised = the last validation IoU a trial reached (dropped trials stop early).")
-    st.dataframe(
-        rows,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "predicted": st.column_config.NumberColumn(format="%.3f"),
-            "realised": st.column_config.NumberColumn(format="%.3f"),
-        },
-    )
+    common.score_table(rows, ("predicted", "realised"))
 
 
 def run_events(store, run_id: str) -> None:
