@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import functools
 import itertools
 import json
 import math
@@ -263,6 +264,7 @@ def run_job(job: Job, prepared: PreparedSet, *, device: torch.device) -> list[di
     return [{**row, **provenance} for row in rows]
 
 
+@functools.cache
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -283,6 +285,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@functools.cache
 def code_version() -> str:
     """Package version plus the git commit when run from a checkout."""
     try:
