@@ -78,6 +78,14 @@ def test_focal_loss_matches_the_formula_and_ignores_padding():
     assert focal_loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_focal_loss_is_zero_with_zero_gradient_when_every_pixel_is_ignored():
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]], requires_grad=True)
+    loss = focal_loss(logits, torch.full((1, 1, 2), IGNORE_LABEL))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(logits.grad) == 0
+
+
 def test_training_reduces_the_loss_on_real_data(patches):
     trainer = Trainer(PipelineConfig(patch_size=64, batch_size=4), in_channels=1, num_classes=1, seed=0, device="cpu")
     first = trainer.train(patches, max_steps=3).mean_loss
