@@ -18,7 +18,7 @@ from appliance.data.splits import Split
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.evaluation import evaluate
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
-from appliance.pipeline.patches import TrainingPatches, make_training_patches
+from appliance.pipeline.patches import PatchCache
 from appliance.pipeline.trainer import Trainer, default_device
 from appliance.pipeline.workflow import read_split_images
 
@@ -55,14 +55,7 @@ class TorchBackend:
         self.train_images, self.train_masks = read_split_images(labelled_set, split.train)
         self.validation_images, self.validation_masks = read_split_images(labelled_set, split.validation)
         self.validation_names = split.validation
-        self._patches: dict[int, TrainingPatches] = {}
-
-    def patches(self, patch_size: int) -> TrainingPatches:
-        if patch_size not in self._patches:
-            self._patches[patch_size] = make_training_patches(
-                self.train_images, self.train_masks, patch_size=patch_size, num_classes=self.labelled_set.num_classes
-            )
-        return self._patches[patch_size]
+        self.patches = PatchCache(self.train_images, self.train_masks, num_classes=labelled_set.num_classes)
 
     def start(self, config: PipelineConfig) -> Trainer:
         return Trainer(

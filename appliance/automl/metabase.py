@@ -52,7 +52,7 @@ from appliance.data.splits import Split, split_stems
 from appliance.errors import ConfigError
 from appliance.pipeline.config import SEARCH_SPACE, PipelineConfig
 from appliance.pipeline.evaluation import evaluate
-from appliance.pipeline.patches import TrainingPatches, make_training_patches
+from appliance.pipeline.patches import PatchCache
 from appliance.pipeline.trainer import Trainer, default_device
 from appliance.pipeline.workflow import read_split_images
 
@@ -172,7 +172,12 @@ class PreparedSet:
     validation_images: list[np.ndarray]
     validation_masks: list[np.ndarray]
     validation_names: tuple[str, ...]
-    patches: dict[int, TrainingPatches] = field(default_factory=dict)
+    training_patches: PatchCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.training_patches = PatchCache(
+            self.train_images, self.train_masks, num_classes=self.labelled_set.num_classes
+        )
 
     @classmethod
     def load(cls, set_dir: Path, seed: int) -> PreparedSet:
@@ -191,13 +196,6 @@ class PreparedSet:
             validation_masks=[mask for _, mask in crops],
             validation_names=names,
         )
-
-    def training_patches(self, patch_size: int) -> TrainingPatches:
-        if patch_size not in self.patches:
-            self.patches[patch_size] = make_training_patches(
-                self.train_images, self.train_masks, patch_size=patch_size, num_classes=self.labelled_set.num_classes
-            )
-        return self.patches[patch_size]
 
 
 def centre_crop(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

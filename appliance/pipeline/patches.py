@@ -107,3 +107,18 @@ def make_training_patches(
         class_fractions=fractions,
         class_factors=factors,
     )
+
+
+class PatchCache:
+    """The training patches of one set of images, cut once per patch size and kept for later trials."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], *, num_classes: int):
+        self.images, self.masks, self.num_classes = images, masks, num_classes
+        self._by_size: dict[int, TrainingPatches] = {}
+
+    def __call__(self, patch_size: int) -> TrainingPatches:
+        if patch_size not in self._by_size:
+            self._by_size[patch_size] = make_training_patches(
+                self.images, self.masks, patch_size=patch_size, num_classes=self.num_classes
+            )
+        return self._by_size[patch_size]

@@ -10,8 +10,6 @@ CPU with the same seed; augmentations are seeded per step and sample).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from appliance import __version__
+from appliance.data.io import atomic_write
 from appliance.errors import CheckpointError
 from appliance.pipeline.augment import augment, build_augmentation
 from appliance.pipeline.config import PipelineConfig
@@ -213,17 +212,8 @@ class Trainer:
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint atomically (temp file + rename), so a crash never leaves half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        state = self.state_dict()
+        return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> Trainer:
