@@ -46,7 +46,7 @@ import numpy as np
 from scipy import stats
 
 from appliance import __version__
-from appliance.data.io import atomic_write
+from appliance.data.io import atomic_write, read_format_json
 from appliance.errors import ConfigError, ModelFileError
 from appliance.pipeline.config import ENCODERS, PipelineConfig
 
@@ -1255,17 +1255,10 @@ class MetaModel:
     def load(cls, directory: str | Path) -> MetaModel:
         directory = Path(directory)
         meta_path, model_path = directory / META_FILE, directory / MODEL_FILE
-        for path in (meta_path, model_path):
-            if not path.is_file():
-                raise ModelFileError(f"{path}: meta-model file missing")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelFileError(f"{meta_path}: not valid JSON ({exc})") from exc
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ModelFileError(
-                f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
-            )
+        remedy = "retrain it with `appliance metamodel train` or restore the shipped models/ folder"
+        meta = read_format_json(meta_path, key="format_version", expected=FORMAT_VERSION, remedy=remedy)
+        if not model_path.is_file():
+            raise ModelFileError(f"{model_path} not found beside {meta_path}; {remedy}")
         if meta.get("model") not in MODELS:
             raise ModelFileError(f"{meta_path}: unknown model kind {meta.get('model')!r}")
         try:

@@ -18,6 +18,7 @@ computed on the whole image before any tiling.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -26,7 +27,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
-from appliance.errors import ImageReadError
+from appliance.errors import ImageReadError, ModelFileError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -149,6 +150,26 @@ def atomic_write(path: str | Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_format_json(path: str | Path, *, key: str, expected: object, remedy: str) -> dict:
+    """A JSON object file written by this appliance whose ``key`` must equal ``expected``.
+
+    Raises :class:`~appliance.errors.ModelFileError` naming the file, what is wrong and ``remedy``
+    (what to do) when it is missing, not JSON, not an object or of another format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path} not found; {remedy}")
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON ({exc}); {remedy}") from exc
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path} holds a JSON {type(value).__name__}, not an object; {remedy}")
+    if value.get(key) != expected:
+        raise ModelFileError(f"{path} has {key} {value.get(key)!r}, this version reads {expected!r}; {remedy}")
+    return value
 
 
 def _read_array(path: Path) -> np.ndarray:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-import json
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from appliance.data.io import NORMALISATION, normalise
+from appliance.data.io import NORMALISATION, normalise, read_format_json
 from appliance.errors import ModelFileError
 from appliance.pipeline.export import METADATA_FILE, METADATA_FORMAT
 from appliance.pipeline.inference import TileSettings, sliding_window_logits
@@ -103,14 +102,12 @@ def read_model_metadata(model_dir: str | Path) -> dict:
     """Load and check ``model.json`` of a model folder."""
     model_dir = Path(model_dir)
     path = model_dir / METADATA_FILE
-    if not path.is_file():
-        raise ModelFileError(f"{path} not found; a model folder needs model.onnx and model.json (from export)")
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path} is not valid JSON ({exc}); export the model again") from exc
-    if metadata.get("format") != METADATA_FORMAT:
-        raise ModelFileError(f"{path} has format {metadata.get('format')!r}, this version reads {METADATA_FORMAT}")
+    metadata = read_format_json(
+        path,
+        key="format",
+        expected=METADATA_FORMAT,
+        remedy="a model folder needs model.onnx and model.json; export the model again",
+    )
     if metadata.get("normalisation") != NORMALISATION:
         raise ModelFileError(
             f"{path} uses normalisation {metadata.get('normalisation')}, this version applies {NORMALISATION}"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from appliance.data.io import normalise, read_image, read_mask
-from appliance.errors import ImageReadError
+from appliance.data.io import normalise, read_format_json, read_image, read_mask
+from appliance.errors import ImageReadError, ModelFileError
 
 H, W = 24, 32
 
@@ -242,3 +242,21 @@ def test_atomic_write_gives_the_usual_file_permissions(tmp_path):
     assert path.read_text() == "done"
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_read_format_json_names_the_file_the_problem_and_the_remedy(tmp_path):
+    path = tmp_path / "model.json"
+    with pytest.raises(ModelFileError, match=r"model.json not found; export again"):
+        read_format_json(path, key="format", expected=1, remedy="export again")
+    path.write_text("{not json")
+    with pytest.raises(ModelFileError, match=r"model.json is not valid JSON .*; export again"):
+        read_format_json(path, key="format", expected=1, remedy="export again")
+    path.write_text("[1, 2]")
+    with pytest.raises(ModelFileError, match="holds a JSON list, not an object"):
+        read_format_json(path, key="format", expected=1, remedy="export again")
+    path.write_text('{"format": 2}')
+    with pytest.raises(ModelFileError, match="has format 2, this version reads 1; export again"):
+        read_format_json(path, key="format", expected=1, remedy="export again")
+    path.write_text('{"format": 1, "x": "y"}')
+    assert read_format_json(path, key="format", expected=1, remedy="export again") == {"format": 1, "x": "y"}
+    assert path.read_text() == '{"format": 1, "x": "y"}'
