@@ -11,6 +11,7 @@ import streamlit as st
 from appliance.errors import ApplianceError
 from appliance.settings import Settings
 from appliance.store import Store
+from streamlit_app import queries, shaping
 
 REFRESH_SECONDS = 5.0
 _local = threading.local()
@@ -115,3 +116,12 @@ def score_table(rows, scores: tuple[str, ...]) -> None:
 
 def nothing_yet(what: str) -> None:
     st.caption(f"Nothing yet: {what}.")
+
+
+def events_table(store: Store, *, levels: tuple[str, ...] | None, limit: int, empty: str) -> None:
+    """The newest events (of ``levels`` only, when given) as a table, or a note when there are none."""
+    rows = queries.recent_events(store, levels=levels, limit=limit)
+    if not rows:
+        nothing_yet(empty)
+        return
+    st.dataframe(shaping.event_rows(rows), hide_index=True, width="stretch")

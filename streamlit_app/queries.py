@@ -16,6 +16,13 @@ def has_table(store: Store, name: str) -> bool:
     return store.db[name].exists()
 
 
+def rows_where(store: Store, table: str, where: str | None = None, args=None, **options) -> list[dict]:
+    """``sqlite_utils`` ``rows_where`` as a list; no rows when the table does not exist yet."""
+    if not has_table(store, table):
+        return []
+    return list(store.db[table].rows_where(where, args, **options))
+
+
 def queue_counts(store: Store) -> list[tuple[str, str, int]]:
     """``(kind, status, count)`` of the job queue."""
     if not has_table(store, "jobs"):
@@ -25,12 +32,10 @@ def queue_counts(store: Store) -> list[tuple[str, str, int]]:
 
 def recent_events(store: Store, *, levels: tuple[str, ...] | None = None, limit: int = 50) -> list[dict]:
     """The newest events of every run and of the service, optionally only of some levels."""
-    if not has_table(store, "events"):
-        return []
     where, args = None, None
     if levels:
         where, args = f"level in ({', '.join('?' for _ in levels)})", list(levels)
-    return list(store.db["events"].rows_where(where, args, order_by="id desc", limit=limit))
+    return rows_where(store, "events", where, args, order_by="id desc", limit=limit)
 
 
 def projects(store: Store) -> list[str]:
@@ -77,17 +82,15 @@ def recent_images(
     limit: int = RECENT_IMAGES,
 ) -> list[dict]:
     """The newest segmented images (status ``done``), newest first, within the filters."""
-    if not has_table(store, "images"):
-        return []
     where, args = _image_filter(project, since, until)
-    return list(
-        store.db["images"].rows_where(
-            f"status = 'done' and {where}",
-            args,
-            order_by="processed_at desc, rowid desc",
-            limit=limit,
-            select="id, project, relpath, model_id, overlay_path, mask_path, processed_at",
-        )
+    return rows_where(
+        store,
+        "images",
+        f"status = 'done' and {where}",
+        args,
+        order_by="processed_at desc, rowid desc",
+        limit=limit,
+        select="id, project, relpath, model_id, overlay_path, mask_path, processed_at",
     )
 
 
@@ -153,36 +156,28 @@ def daily_trends(
 
 def problem_images(store: Store, *, limit: int = 500) -> list[dict]:
     """Images that were not segmented (failed, missing, superseded), newest first."""
-    if not has_table(store, "images"):
-        return []
-    return list(
-        store.db["images"].rows_where(
-            "status in ('failed', 'missing', 'superseded')",
-            order_by="rowid desc",
-            limit=limit,
-            select="project, relpath, status, error, detected_at",
-        )
+    return rows_where(
+        store,
+        "images",
+        "status in ('failed', 'missing', 'superseded')",
+        order_by="rowid desc",
+        limit=limit,
+        select="project, relpath, status, error, detected_at",
     )
 
 
 def failed_jobs(store: Store, *, limit: int = 200) -> list[dict]:
-    if not has_table(store, "jobs"):
-        return []
-    return list(
-        store.db["jobs"].rows_where(
-            "status = 'failed'",
-            order_by="id desc",
-            limit=limit,
-            select="id, kind, project, attempts, error, finished_at",
-        )
+    return rows_where(
+        store,
+        "jobs",
+        "status = 'failed'",
+        order_by="id desc",
+        limit=limit,
+        select="id, kind, project, attempts, error, finished_at",
     )
 
 
 def failed_runs(store: Store) -> list[dict]:
-    if not has_table(store, "runs"):
-        return []
-    return list(
-        store.db["runs"].rows_where(
-            "status = 'failed'", order_by="created_at desc", select="id, set_name, error, finished_at"
-        )
+    return rows_where(
+        store, "runs", "status = 'failed'", order_by="created_at desc", select="id, set_name, error, finished_at"
     )

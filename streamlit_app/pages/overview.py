@@ -118,11 +118,7 @@ def queue(store) -> None:
 
 def events(store) -> None:
     st.subheader("Recent events")
-    rows = queries.recent_events(store, limit=30)
-    if not rows:
-        common.nothing_yet("no events")
-        return
-    st.dataframe(shaping.event_rows(rows), hide_index=True, width="stretch")
+    common.events_table(store, levels=None, limit=30, empty="no events")
 
 
 def body() -> None:

@@ -69,11 +69,7 @@ def jobs_and_runs(store) -> None:
 
 def warnings(store) -> None:
     st.subheader("Warnings and errors")
-    rows = queries.recent_events(store, levels=("warning", "error"), limit=100)
-    if not rows:
-        common.nothing_yet("no warning or error events")
-        return
-    st.dataframe(shaping.event_rows(rows), hide_index=True, width="stretch")
+    common.events_table(store, levels=("warning", "error"), limit=100, empty="no warning or error events")
 
 
 def body() -> None:
