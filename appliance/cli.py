@@ -114,16 +114,24 @@ def train_config(set_dir: Path, config_path: Path, seconds: float, out_dir: Path
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for <stem>_mask.tif, <stem>_overlay.png and measurements.csv.",
 )
-def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path):
+@click.option(
+    "--min-object-px",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Components smaller than this many pixels are not counted as objects (default: setting min_object_px).",
+)
+def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, min_object_px: int | None):
     """Segment IMAGES with an exported model; write masks, overlays and measurements."""
     from appliance.pipeline.predictor import OnnxPredictor
     from appliance.pipeline.workflow import segment_files
 
     try:
+        if min_object_px is None:
+            min_object_px = _service_settings(None).min_object_px
         predictor = OnnxPredictor(model_dir)
     except ApplianceError as error:
         _fail(error)
-    done, failures = segment_files(predictor, list(images), out_dir=out_dir)
+    done, failures = segment_files(predictor, list(images), out_dir=out_dir, min_object_px=min_object_px)
     click.echo(f"segmented {len(done)} image(s) on {predictor.provider}; results in {out_dir.resolve()}")
     for failure in failures:
         click.secho(f"skipped: {failure}", fg="yellow", err=True)

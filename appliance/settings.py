@@ -110,6 +110,9 @@ class Settings:
         Times a job is tried (crashes and interruptions included) before it is marked failed.
     lease_seconds : float
         How long a claimed job stays leased without a heartbeat before another worker may take it over.
+    min_object_px : int
+        Segmented components smaller than this many pixels are not counted as objects in the measurements
+        (specks of a few misclassified pixels); they still count in a class's pixel fraction. 0 counts all.
     """
 
     data_dir: Path = Path("appliance-data")
@@ -131,6 +134,7 @@ class Settings:
     disk_reserve_gb: float = 5.0
     max_attempts: int = 3
     lease_seconds: float = 60.0
+    min_object_px: int = 10
 
     def __post_init__(self) -> None:
         if self.top_n < 1:
@@ -142,7 +146,7 @@ class Settings:
         for name in ("gpu_memory_gb", "default_budget", "stable_seconds", "polling_interval", "rescan_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("quiet_period", "disk_reserve_gb", "lease_seconds"):
+        for name in ("quiet_period", "disk_reserve_gb", "lease_seconds", "min_object_px"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
 
@@ -264,7 +268,7 @@ _DURATIONS = (
     "rescan_interval",
     "lease_seconds",
 )
-_INTS = ("top_n", "seed", "page_port", "max_attempts")
+_INTS = ("top_n", "seed", "page_port", "max_attempts", "min_object_px")
 _FLOATS = ("gpu_memory_gb", "disk_reserve_gb")
 _STRINGS = ("page_address", "page_password")
 

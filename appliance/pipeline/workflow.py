@@ -156,10 +156,11 @@ class SegmentedImage:
 
 
 def segment_files(
-    predictor: OnnxPredictor, image_paths: list[Path], *, out_dir: str | Path
+    predictor: OnnxPredictor, image_paths: list[Path], *, out_dir: str | Path, min_object_px: int = 0
 ) -> tuple[list[SegmentedImage], list[ApplianceError]]:
     """Segment each image file with ``predictor``: write ``<stem>_mask.tif`` (label image),
-    ``<stem>_overlay.png`` and one ``measurements.csv`` for all of them into ``out_dir``.
+    ``<stem>_overlay.png`` and one ``measurements.csv`` for all of them into ``out_dir``
+    (objects below ``min_object_px`` pixels are not counted, see :func:`measure`).
 
     An image that cannot be read or does not fit the model is skipped and its error returned; the
     others are still processed.
@@ -175,7 +176,11 @@ def segment_files(
             failures.append(exc)
             continue
         rows = measure(
-            labels, class_names=predictor.class_names, image=path.name, pixel_size_um=predictor.pixel_size_um
+            labels,
+            class_names=predictor.class_names,
+            image=path.name,
+            pixel_size_um=predictor.pixel_size_um,
+            min_object_px=min_object_px,
         )
         done.append(
             SegmentedImage(

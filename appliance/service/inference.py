@@ -118,7 +118,11 @@ class InferenceWorker:
         write_label_image(mask_path, labels)
         write_png(overlay_path, overlay(pixels, labels))
         rows = measure(
-            labels, class_names=predictor.class_names, image=image["relpath"], pixel_size_um=predictor.pixel_size_um
+            labels,
+            class_names=predictor.class_names,
+            image=image["relpath"],
+            pixel_size_um=predictor.pixel_size_um,
+            min_object_px=self.settings.min_object_px,
         )
         finished = self.store.finish_image(
             image["id"],

@@ -190,3 +190,19 @@ def test_csv_read_refuses_other_header(tmp_path):
     path.write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(ValueError, match="header"):
         read_measurements_csv(path)
+
+
+def test_components_below_the_minimum_size_are_not_objects_but_keep_their_pixels():
+    cell, debris, dead = measure(tiny_labels(), class_names=CLASS_NAMES, min_object_px=5)
+    assert cell["object_count"] == 1
+    assert (cell["area_min_px"], cell["area_max_px"], cell["area_mean_px"]) == (9, 9, 9.0)
+    assert cell["pixel_fraction"] == pytest.approx(13 / 100)  # the 4 px square still counts as cell pixels
+    assert debris["object_count"] == 0 and debris["area_mean_px"] is None
+    assert debris["pixel_fraction"] == pytest.approx(1 / 100)
+    assert measure(tiny_labels(), class_names=CLASS_NAMES, min_object_px=4)[0]["object_count"] == 2  # ≥, not >
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "3"])
+def test_a_minimum_size_that_is_not_a_whole_number_of_pixels_is_refused(bad):
+    with pytest.raises(ValueError, match="min_object_px must be a whole number of pixels"):
+        measure(tiny_labels(), class_names=CLASS_NAMES, min_object_px=bad)
