@@ -14,6 +14,7 @@ configuration takes seconds on a CPU. The estimate counts tensors only: a CUDA d
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -80,7 +81,7 @@ def estimate_training_memory(
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     config = group.config()
     size = (group.batch_size, in_channels, group.patch_size, group.patch_size)
-    with FakeTensorMode() if fake else _no_mode():
+    with FakeTensorMode() if fake else contextlib.nullcontext():
         torch.manual_seed(0)
         model = build_model(config, in_channels=in_channels, num_classes=num_classes)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -148,11 +149,3 @@ def measure_training_memory(
     finally:
         del trainer
         torch.cuda.empty_cache()
-
-
-class _no_mode:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
