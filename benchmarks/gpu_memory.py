@@ -22,7 +22,6 @@ halving records it and enters the next-ranked configuration instead).
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from appliance.automl.memory import (
     measure_training_memory,
     memory_groups,
 )
+from appliance.pipeline.device import cap_gpu_memory, device_name, release_cached_memory, resolve_device
 
 DEFAULT_SET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "dsb2018_fluo_nuclei"
 
@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda") if cuda else torch.device("cpu")
+    device = resolve_device("cuda" if cuda else "cpu")
     groups = memory_groups()
     started = time.perf_counter()
     estimates = {
@@ -60,18 +60,16 @@ def main() -> None:
     estimate_seconds = time.perf_counter() - started
     measurements: dict[MemoryGroup, MemoryMeasurement | str] = {}
     if cuda:
-        from appliance.automl.backend import cap_gpu_memory
-
         cap_gpu_memory(device, args.gpu_memory_gb)
         for group in groups:
             try:
                 measurements[group] = measure_training_memory(group, device, in_channels=args.in_channels)
             except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
+                release_cached_memory(device)
                 measurements[group] = f"does not fit {args.gpu_memory_gb:g} GB"
     demo = demonstrate_cap(args.set, measurements, device) if args.demo_cap and cuda else None
 
-    machine = torch.cuda.get_device_name(device) if cuda else f"{platform.processor() or platform.machine()} CPU"
+    machine = device_name(device)
     text = report(groups, estimates, measurements, demo, args, machine, estimate_seconds)
     print(text)
     if args.write:

@@ -23,6 +23,14 @@ import torch
 
 from appliance.automl.search_space import search_space
 from appliance.pipeline.config import PipelineConfig
+from appliance.pipeline.device import (
+    is_cuda,
+    peak_memory_mb,
+    peak_reserved_mb,
+    release_cached_memory,
+    reset_peak_memory,
+    resolve_device,
+)
 
 PRECISIONS = ("bf16", "fp32")
 
@@ -129,23 +137,20 @@ def measure_training_memory(
     from appliance.pipeline.patches import make_training_patches
     from appliance.pipeline.trainer import Trainer
 
-    if device.type != "cuda":
+    if not is_cuda(device):
         raise ValueError("measuring training memory needs a CUDA device; use estimate_training_memory on a CPU")
+    device = resolve_device(device)
     rng = np.random.default_rng(0)
     side = max(2 * group.patch_size, 256)
     images = [rng.random((side, side, in_channels), dtype=np.float32) for _ in range(2)]
     masks = [rng.integers(0, num_classes + 1, (side, side), dtype=np.uint8) for _ in range(2)]
     patches = make_training_patches(images, masks, patch_size=group.patch_size, num_classes=num_classes)
     trainer = Trainer(group.config(), in_channels=in_channels, num_classes=num_classes, seed=0, device=device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
+    release_cached_memory(device)
+    reset_peak_memory(device)
     try:
         trainer.train(patches, max_steps=steps)
-        return MemoryMeasurement(
-            group=group,
-            allocated_mb=torch.cuda.max_memory_allocated(device) / 2**20,
-            reserved_mb=torch.cuda.max_memory_reserved(device) / 2**20,
-        )
+        return MemoryMeasurement(group=group, allocated_mb=peak_memory_mb(device), reserved_mb=peak_reserved_mb(device))
     finally:
         del trainer
-        torch.cuda.empty_cache()
+        release_cached_memory(device)

@@ -24,15 +24,11 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import functools
 import itertools
 import json
 import math
 import multiprocessing
 import os
-import platform
-import resource
-import subprocess
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -45,16 +41,17 @@ import numpy as np
 import torch
 import yaml
 
-from appliance import __version__
 from appliance.data.io import atomic_write
 from appliance.data.labelled_set import LabelledSet, load_labelled_set
 from appliance.data.splits import Split, split_stems
 from appliance.errors import ConfigError
 from appliance.pipeline.config import SEARCH_SPACE, PipelineConfig
+from appliance.pipeline.device import device_name, process_peak_memory_mb, reset_peak_memory, resolve_device
 from appliance.pipeline.evaluation import evaluate
 from appliance.pipeline.patches import PatchCache
-from appliance.pipeline.trainer import Trainer, default_device
+from appliance.pipeline.trainer import Trainer
 from appliance.pipeline.workflow import read_split_images
+from appliance.version import code_version
 
 DEFAULT_CURVE_MP: tuple[float, ...] = (0.5, 1.0, 2.0)
 VALIDATION_CROP = 512
@@ -218,8 +215,7 @@ def run_job(job: Job, prepared: PreparedSet, *, device: torch.device) -> list[di
     """Train ``job.config`` from scratch and evaluate it at each curve point; one row per point."""
     labelled_set = prepared.labelled_set
     k = labelled_set.num_classes
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     patches = prepared.training_patches(job.config.patch_size)
     trainer = Trainer(job.config, in_channels=labelled_set.channels, num_classes=k, seed=job.seed, device=device)
     rows, evaluation, eval_seconds = [], None, 0.0
@@ -255,49 +251,11 @@ def run_job(job: Job, prepared: PreparedSet, *, device: torch.device) -> list[di
         )
     provenance = {
         "device": device_name(device),
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "peak_memory_mb": round(process_peak_memory_mb(device), 1),
         "code_version": code_version(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return [{**row, **provenance} for row in rows]
-
-
-@functools.cache
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"cpu {model} ({torch.get_num_threads()} threads)"
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory of the run on CUDA; on the CPU the process's peak resident memory (Linux reports KiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@functools.cache
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
 
 
 # -- the store --------------------------------------------------------------------------------------
@@ -489,7 +447,7 @@ def _work_quiet(settings: BuildSettings, todo: list[Job], worker: int, workers: 
 
 
 def _work(settings: BuildSettings, todo: list[Job], worker: int, workers: int, log: Callable[[str], None]) -> int:
-    device = torch.device(settings.device) if settings.device else default_device()
+    device = resolve_device(settings.device)
     if device.type == "cpu" and workers > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     cache = _feature_cache(settings)

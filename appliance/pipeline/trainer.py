@@ -23,15 +23,11 @@ from appliance.data.io import atomic_write
 from appliance.errors import CheckpointError
 from appliance.pipeline.augment import augment, build_augmentation
 from appliance.pipeline.config import PipelineConfig
+from appliance.pipeline.device import amp_dtype, resolve_device
 from appliance.pipeline.inference import DEFAULT_TILES, BatchRunner, TileSettings, segment, torch_runner
 from appliance.pipeline.model import build_model, focal_loss
 from appliance.pipeline.patches import TrainingPatches
 from appliance.pipeline.sampling import epoch_order
-
-
-def default_device() -> torch.device:
-    """CUDA when a GPU is present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -71,11 +67,11 @@ class Trainer:
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.seed = seed
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         torch.manual_seed(seed)
         self.model = build_model(config, in_channels=in_channels, num_classes=num_classes).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
-        self.amp_dtype = _amp_dtype(self.device)
+        self.amp_dtype = amp_dtype(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.augmentation = build_augmentation(config)
         self.rng = np.random.default_rng(seed)
@@ -247,9 +243,3 @@ class Trainer:
         trainer.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
         return trainer
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
