@@ -7,7 +7,7 @@ def test_fifty_configurations_follow_the_paper():
     schedule = HalvingSchedule(configurations=50, budget_seconds=600)
     assert schedule.steps == 6
     assert schedule.active == [50, 25, 12, 6, 3, 1]
-    assert schedule.step_seconds == 100
+    assert schedule.step_seconds == pytest.approx([100] * 6)
     assert schedule.slice_seconds[0] == pytest.approx(2.0) and schedule.slice_seconds[-1] == pytest.approx(100)
     assert schedule.winner_share == pytest.approx(0.2739, abs=1e-4)
 
@@ -18,7 +18,19 @@ def test_fifty_configurations_follow_the_paper():
 def test_step_counts_and_survivors(n, steps, active):
     schedule = HalvingSchedule(configurations=n, budget_seconds=60)
     assert schedule.steps == steps and schedule.active == active
-    assert sum(schedule.step_seconds for _ in range(steps)) == pytest.approx(60)
+    assert sum(schedule.step_seconds) == pytest.approx(60)
+    assert schedule.deadline(steps - 1) == pytest.approx(60)
+
+
+def test_growing_steps_give_the_winner_more():
+    paper = HalvingSchedule(configurations=4, budget_seconds=700)
+    grown = HalvingSchedule(configurations=4, budget_seconds=700, growth=2.0)
+    assert grown.step_seconds == pytest.approx([100, 200, 400])
+    assert grown.slice_seconds == pytest.approx([25, 100, 400])
+    assert [grown.deadline(s) for s in range(3)] == pytest.approx([100, 300, 700])
+    assert grown.winner_share == pytest.approx(525 / 700)
+    assert paper.winner_share == pytest.approx((1 / 4 + 1 / 2 + 1) / 3)
+    assert HalvingSchedule.from_dict(grown.to_dict()) == grown
 
 
 def test_survivors_are_half_rounded_down_but_never_zero():
@@ -34,7 +46,12 @@ def test_ties_and_missing_scores_are_broken_by_meta_model_rank():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"configurations": 0, "budget_seconds": 1}, {"configurations": 5, "budget_seconds": 0}]
+    "kwargs",
+    [
+        {"configurations": 0, "budget_seconds": 1},
+        {"configurations": 5, "budget_seconds": 0},
+        {"configurations": 5, "budget_seconds": 10, "growth": 0.5},
+    ],
 )
 def test_invalid_schedules_say_why(kwargs):
     with pytest.raises(ValueError):

@@ -1,14 +1,16 @@
 """Budgeted successive halving over the top-ranked configurations (paper §3.7), resumable after a kill.
 
 For ``n`` trials and a total wall-clock budget ``T`` (:class:`~appliance.automl.schedule.HalvingSchedule`):
-``⌊log₂ n⌋ + 1`` steps of ``T / steps`` each. Within a step, every active trial gets an equal share of
+``⌊log₂ n⌋ + 1`` steps of ``T / steps`` each (the paper), or growing with ``growth`` (the budget-aware race of
+:mod:`appliance.automl.race`). Within a step, every active trial gets an equal share of
 the time left until the step's deadline; the share covers loading its checkpoint, training, evaluating
 on the validation images and saving the checkpoint, so all of that counts against ``T``. Step ``s``
 ends at ``start + s · T / steps`` and shares are recomputed before each trial, so a trial that overruns
 (on a busy CPU one optimiser step can take longer than a share) is paid for by the trials after it, in
 the same or a later step, not by the budget. After a step the better half by validation mean
 foreground IoU continues (ties and missing scores broken by the meta-model rank); survivors continue
-from their checkpoints, nothing is retrained.
+from their checkpoints, nothing is retrained. A last step with a single trial decides nothing, so it is
+not validated inside the budget (the job validates and tests the winner afterwards).
 
 Memory rule (GPU): before its first slice each trial runs one probe step with peak-memory tracking
 under the process's memory cap. A trial that does not fit is marked ``does_not_fit`` and replaced by
@@ -25,15 +27,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.automl.schedule import HalvingSchedule, select_survivors
 from appliance.errors import ApplianceError
 from appliance.pipeline.config import PipelineConfig
 from appliance.store import Store
+
+if TYPE_CHECKING:
+    from appliance.automl.race import Candidate, RacePlan
 
 
 class DoesNotFit(ApplianceError):
@@ -58,8 +63,8 @@ class TrainedSlice:
 
 @dataclass(frozen=True)
 class Validation:
-    mean_iou: float
-    per_class: list[float | None]
+    mean_iou: float | None  # None: not validated (a last step with one trial)
+    per_class: list[float | None] | None
 
 
 class TrialBackend(Protocol):
@@ -85,6 +90,7 @@ class SuccessiveHalving:
         *,
         budget_seconds: float,
         run_dir: Path,
+        growth: float = 1.0,
         clock: Callable[[], float] = time.perf_counter,
         on_slice: Callable[[dict], None] | None = None,
     ):
@@ -93,13 +99,16 @@ class SuccessiveHalving:
         self.backend = backend
         self.budget_seconds = budget_seconds
         self.run_dir = Path(run_dir)
+        self.growth = growth
         self.clock = clock
         self.on_slice = on_slice or (lambda result: None)
+        # measured per trial: seconds of a slice spent outside training (loading, checkpointing) and validating
         self.overheads: dict[int, float] = {}
+        self.validation_seconds: dict[int, float] = {}
 
     def run(self) -> dict:
         """Run every step not recorded yet; return the winning trial."""
-        schedule = HalvingSchedule(self._initial_count(), self.budget_seconds)
+        schedule = HalvingSchedule(self._initial_count(), self.budget_seconds, self.growth)
         finished = {row["step"] for row in self.store.finished_steps(self.run_id)}
         # Time already spent by recorded slices counts as spent, so a resumed run keeps the same deadlines.
         spent = sum(row["wall_seconds"] for row in self.store.step_results(self.run_id))
@@ -107,7 +116,7 @@ class SuccessiveHalving:
         for step in range(schedule.steps):
             if step in finished:
                 continue
-            self._run_step(step, schedule, deadline=started + (step + 1) * schedule.step_seconds)
+            self._run_step(step, schedule, deadline=started + schedule.deadline(step))
         active = self.store.trials(self.run_id, status="active")
         if not active:
             raise TrialFailed("every configuration failed or did not fit; see the run's events")
@@ -126,10 +135,11 @@ class SuccessiveHalving:
         step_started = self.clock()
         queue = [t for t in self.store.trials(self.run_id, status="active") if t["rank"] not in done]
         self.store.event(self.run_id, f"step {step + 1}/{schedule.steps}: {len(queue)} trial(s) to train")
+        decides = not (step == schedule.steps - 1 and len(queue) + len(done) == 1)
         while queue:
             trial = queue.pop(0)
             share = (deadline - self.clock()) / (len(queue) + 1)
-            if not self._slice(trial, step, share) and step == 0:
+            if not self._slice(trial, step, share, validate=decides) and step == 0:
                 replacement = self._replacement()
                 if replacement is not None:
                     queue.append(replacement)
@@ -148,15 +158,17 @@ class SuccessiveHalving:
         for trial in active:
             if trial["rank"] not in survivors:
                 self._delete_checkpoints(trial["rank"])
-        best = max((results[r]["validation_iou"] for r in ranks if r in results), default=0.0)
+        scores = [results[r]["validation_iou"] for r in ranks if r in results]
+        best = max((score for score in scores if score is not None), default=None)
         self.store.event(
             self.run_id,
-            f"step {step + 1}/{schedule.steps} done: {len(survivors)} of {len(ranks)} continue "
-            f"(best validation IoU {best:.3f})",
+            f"step {step + 1}/{schedule.steps} done: {len(survivors)} of {len(ranks)} continue"
+            + (f" (best validation IoU {best:.3f})" if best is not None else " (not validated: nothing to decide)"),
         )
 
-    def _slice(self, trial: dict, step: int, share: float) -> bool:
-        """Train one trial for its share of the step; False when it did not fit or failed."""
+    def _slice(self, trial: dict, step: int, share: float, *, validate: bool = True) -> bool:
+        """Train one trial for its share of the step (then validate it when the step decides something);
+        False when it did not fit or failed."""
         rank, config = trial["rank"], PipelineConfig.from_dict(json.loads(trial["config"]))
         started = self.clock()
         previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
@@ -167,9 +179,13 @@ class SuccessiveHalving:
                 peak = self.backend.probe(trainer)
                 self.store.update_trial(self.run_id, rank, probe_peak_memory_mb=peak)
             overhead = self.overheads.get(rank, max(self.overheads.values(), default=0.0))
+            if validate:
+                overhead += self.validation_seconds.get(rank, max(self.validation_seconds.values(), default=0.0))
             budget = max(0.0, share - overhead - (self.clock() - started))
             trained = self.backend.train(trainer, budget)
-            validation = self.backend.validate(trainer)
+            validation_started = self.clock()
+            validation = self.backend.validate(trainer) if validate else Validation(None, None)
+            validation_seconds = self.clock() - validation_started
         except DoesNotFit as error:
             self.store.update_trial(
                 self.run_id, rank, status="does_not_fit", reason=str(error), probe_peak_memory_mb=error.peak_memory_mb
@@ -185,7 +201,9 @@ class SuccessiveHalving:
         path = self.run_dir / "trials" / f"rank-{rank:03d}" / f"step-{step}.pt"
         self.backend.save(trainer, path)
         wall = self.clock() - started
-        self.overheads[rank] = max(0.0, wall - trained.seconds)
+        self.overheads[rank] = max(0.0, wall - trained.seconds - validation_seconds)
+        if validate:
+            self.validation_seconds[rank] = validation_seconds
         result = {
             "config_id": config.id,
             "seconds_trained": trained.seconds,
@@ -193,7 +211,7 @@ class SuccessiveHalving:
             "optimizer_steps": trained.optimizer_steps,
             "work_mp": trained.work_mp,
             "validation_iou": validation.mean_iou,
-            "validation_iou_per_class": json.dumps(validation.per_class),
+            "validation_iou_per_class": None if validation.per_class is None else json.dumps(validation.per_class),
             "peak_memory_mb": self.backend.peak_memory_mb(),
             "wall_seconds": wall,
             "checkpoint": str(path),
@@ -231,3 +249,12 @@ def enter_trials(store: Store, run_id: str, configurations, scores, top_n: int) 
     store.save_ranking(run_id, [(c.id, c.to_dict(), s) for c, s in zip(configurations, scores, strict=True)])
     for rank, (config, score) in enumerate(zip(configurations[:top_n], scores[:top_n], strict=True), start=1):
         store.add_trial(run_id, rank, config.id, config.to_dict(), score)
+
+
+def enter_race(store: Store, run_id: str, candidates: Sequence[Candidate], plan: RacePlan) -> None:
+    """Record the time-aware order of every configuration (rank 1 = best value), the plan, and its trials."""
+    store.save_ranking(run_id, [(c.config.id, c.config.to_dict(), c.predicted_score) for c in candidates])
+    rank = {c.config: position for position, c in enumerate(candidates, start=1)}
+    for trial in plan.trials:
+        store.add_trial(run_id, rank[trial.config], trial.config.id, trial.config.to_dict(), trial.predicted_score)
+    store.update_run(run_id, plan=json.dumps(plan.to_dict()))

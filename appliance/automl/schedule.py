@@ -1,10 +1,14 @@
 """The budget arithmetic of successive halving (paper §3.7, thesis §4.8), as plain data.
 
-For ``n`` configurations and a total wall-clock budget ``T``: ``steps = ⌊log₂ n⌋ + 1``; every step
-gets ``T / steps``, shared equally by the configurations still active; after each step the better
-half (rounded down, at least one) continues from its checkpoint. For n = 50 the active counts are
-50, 25, 12, 6, 3, 1 and the winner has received ``T/6 · (1/50 + 1/25 + 1/12 + 1/6 + 1/3 + 1) ≈ 27.4 %``
-of ``T``.
+For ``n`` configurations and a total wall-clock budget ``T``: ``steps = ⌊log₂ n⌋ + 1``; the configurations
+still active share a step's budget equally; after each step the better half (rounded down, at least one)
+continues from its checkpoint. The paper gives every step ``T / steps`` (``growth`` 1): for n = 50 the active
+counts are 50, 25, 12, 6, 3, 1 and the winner has received
+``T/6 · (1/50 + 1/25 + 1/12 + 1/6 + 1/3 + 1) ≈ 27.4 %`` of ``T``.
+
+With ``growth`` g > 1 step ``s`` (from 0) gets a budget proportional to ``g**s``, so later steps, where
+fewer and better configurations train, get more of ``T``: the budget-aware race
+(:mod:`appliance.automl.race`) chooses g so that the winner receives a guaranteed share of ``T``.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ class HalvingSchedule:
 
     configurations: int
     budget_seconds: float
+    growth: float = 1.0
 
     def __post_init__(self) -> None:
         if self.configurations < 1:
             raise ValueError(f"successive halving needs at least 1 configuration, got {self.configurations}")
         if not self.budget_seconds > 0:
             raise ValueError(f"the budget must be positive, got {self.budget_seconds} s")
+        if not 1.0 <= self.growth <= 16.0:
+            raise ValueError(f"the step budget growth must be between 1 (the paper) and 16, got {self.growth}")
 
     @property
     def steps(self) -> int:
@@ -33,9 +40,14 @@ class HalvingSchedule:
         return int(math.floor(math.log2(self.configurations))) + 1
 
     @property
-    def step_seconds(self) -> float:
-        """Wall-clock budget of one step, ``T / steps``."""
-        return self.budget_seconds / self.steps
+    def step_seconds(self) -> list[float]:
+        """Wall-clock budget of each step: ``T / steps`` each with growth 1, else proportional to ``growth**step``."""
+        weights = [self.growth**step for step in range(self.steps)]
+        return [self.budget_seconds * weight / sum(weights) for weight in weights]
+
+    def deadline(self, step: int) -> float:
+        """Seconds from the start of the race at which ``step`` (from 0) must end."""
+        return sum(self.step_seconds[: step + 1])
 
     @property
     def active(self) -> list[int]:
@@ -48,12 +60,27 @@ class HalvingSchedule:
     @property
     def slice_seconds(self) -> list[float]:
         """Seconds each active configuration trains in each step."""
-        return [self.step_seconds / count for count in self.active]
+        return [seconds / count for seconds, count in zip(self.step_seconds, self.active, strict=True)]
 
     @property
     def winner_share(self) -> float:
         """Fraction of ``T`` the last survivor has trained in all (≈ 0.274 for n = 50)."""
         return sum(self.slice_seconds) / self.budget_seconds
+
+    def to_dict(self) -> dict:
+        return {
+            "configurations": self.configurations,
+            "budget_seconds": self.budget_seconds,
+            "growth": self.growth,
+            "active": self.active,
+            "step_seconds": self.step_seconds,
+            "slice_seconds": self.slice_seconds,
+            "winner_share": self.winner_share,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HalvingSchedule:
+        return cls(int(data["configurations"]), float(data["budget_seconds"]), float(data.get("growth", 1.0)))
 
 
 def survivors(active: int) -> int:
