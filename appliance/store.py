@@ -11,6 +11,8 @@ Tables (all created on open; WAL journal, so the page can read while training wr
 * ``steps``: one row per finished halving step with its survivors; a step with a row is never repeated.
 * ``events``: a log of what happened, for people.
 * ``models``: the model registry: every exported model with its scores.
+* ``throughput``: training steps per second of each memory group (patch × batch × encoder) per device name and
+  code version, from a probe or from real training slices (:mod:`appliance.automl.throughput`).
 
 The service's tables:
 
@@ -61,6 +63,7 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
             "test_iou": float,
             "model_id": str,
             "halving_seconds": float,
+            "plan": str,
             "error": str,
             "created_at": str,
             "started_at": str,
@@ -111,6 +114,19 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
         ("run_id", "step"),
     ),
     "events": ({"id": int, "run_id": str, "at": str, "level": str, "message": str}, "id"),
+    "throughput": (
+        {
+            "device": str,
+            "code_version": str,
+            "patch_size": int,
+            "batch_size": int,
+            "encoder": str,
+            "steps_per_second": float,
+            "source": str,
+            "measured_at": str,
+        },
+        ("device", "code_version", "patch_size", "batch_size", "encoder"),
+    ),
     "models": (
         {
             "id": str,
@@ -236,6 +252,9 @@ class Store:
         self.db.enable_wal()
         for name, (columns, pk) in SCHEMA.items():
             self.db[name].create(columns, pk=pk, if_not_exists=True)
+            missing = {column: kind for column, kind in columns.items() if column not in self.db[name].columns_dict}
+            for column, kind in missing.items():  # a store written by an older version gains the new columns
+                self.db[name].add_column(column, kind)
         self.db["events"].create_index(["run_id"], if_not_exists=True)
         self.db["jobs"].create_index(["kind", "key"], unique=True, if_not_exists=True)
         self.db["jobs"].create_index(["status", "kind"], if_not_exists=True)
@@ -336,6 +355,31 @@ class Store:
 
     def finished_steps(self, run_id: str) -> list[dict]:
         return list(self.db["steps"].rows_where("run_id = ?", [run_id], order_by="step"))
+
+    # -- training throughput ------------------------------------------------------------------
+
+    def record_throughput(self, device: str, code_version: str, group, steps_per_second: float, *, source: str) -> None:
+        """Keep the latest steps per second of ``group`` (a :class:`~appliance.automl.memory.MemoryGroup`)."""
+        self.db["throughput"].insert(
+            {
+                "device": device,
+                "code_version": code_version,
+                "patch_size": group.patch_size,
+                "batch_size": group.batch_size,
+                "encoder": group.encoder,
+                "steps_per_second": steps_per_second,
+                "source": source,
+                "measured_at": now(),
+            },
+            replace=True,
+        )
+
+    def throughput(self, device: str, code_version: str) -> list[dict]:
+        return list(
+            self.db["throughput"].rows_where(
+                "device = ? and code_version = ?", [device, code_version], order_by="patch_size, batch_size, encoder"
+            )
+        )
 
     # -- events and models --------------------------------------------------------------------
 
