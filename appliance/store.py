@@ -293,9 +293,24 @@ class Store:
             {"run_id": run_id, "rank": rank, "config_id": config_id, "config": json.dumps(config), "predicted_score": s}
             for rank, (config_id, config, s) in enumerate(ranking, start=1)
         ]
-        with self.db.conn:
+        with self.db.atomic():
             self.db["rankings"].delete_where("run_id = ?", [run_id])
             self.db["rankings"].insert_all(rows)
+
+    def enter_race(
+        self,
+        run_id: str,
+        ranking: Iterable[tuple[str, dict, float | None]],
+        trials: Iterable[tuple[int, str, dict, float | None]],
+        plan: dict,
+    ) -> None:
+        """Record a run's ranking, its trials ``(rank, config_id, config, predicted_score)`` and its race plan in one
+        transaction, so a run killed while planning has either all of them or none (and then plans again)."""
+        with self.db.atomic():
+            self.save_ranking(run_id, ranking)
+            for rank, config_id, config, score in trials:
+                self.add_trial(run_id, rank, config_id, config, score)
+            self.update_run(run_id, plan=json.dumps(plan))
 
     def ranking(self, run_id: str) -> list[dict]:
         return list(self.db["rankings"].rows_where("run_id = ?", [run_id], order_by="rank"))
@@ -337,7 +352,7 @@ class Store:
 
     def finish_step(self, run_id: str, step: int, *, active: list[int], survivors: list[int], seconds: float) -> None:
         """Record a finished step and drop the trials that did not survive it, in one transaction."""
-        with self.db.conn:
+        with self.db.atomic():
             self.db["steps"].insert(
                 {
                     "run_id": run_id,
@@ -404,7 +419,7 @@ class Store:
         self, kind: str, key: str, *, payload: dict | None = None, project: str | None = None, max_attempts: int = 3
     ) -> tuple[int, bool]:
         """Queue a job unless one with the same ``(kind, key)`` exists; returns ``(job id, newly queued)``."""
-        with self.db.conn:
+        with self.db.atomic():
             cursor = self.db.execute(
                 "insert or ignore into jobs (kind, key, project, payload, status, attempts, max_attempts, not_before,"
                 " created_at) values (?, ?, ?, ?, ?, 0, ?, 0, ?)",
@@ -439,7 +454,7 @@ class Store:
                 return None
             where += f" and project in ({', '.join('?' for _ in projects)})"
             args += projects
-        with self.db.conn:
+        with self.db.atomic():
             row = self.db.execute(
                 f"update jobs set status = 'running', attempts = attempts + 1, lease_owner = ?, lease_expires = ?,"
                 f" heartbeat_at = ?, started_at = ? where id = (select id from jobs where {where} order by id limit 1)"
@@ -450,7 +465,7 @@ class Store:
 
     def heartbeat(self, job_id: int, owner: str, *, lease_seconds: float) -> bool:
         """Renew ``owner``'s lease; False when the job is no longer leased to it."""
-        with self.db.conn:
+        with self.db.atomic():
             cursor = self.db.execute(
                 "update jobs set lease_expires = ?, heartbeat_at = ? where id = ? and lease_owner = ?"
                 " and status = 'running'",
@@ -459,7 +474,7 @@ class Store:
         return cursor.rowcount == 1
 
     def complete(self, job_id: int, owner: str, result: dict | None = None) -> bool:
-        with self.db.conn:
+        with self.db.atomic():
             cursor = self.db.execute(
                 "update jobs set status = 'done', result = ?, error = null, finished_at = ?, lease_owner = null"
                 " where id = ? and lease_owner = ? and status = 'running'",
@@ -470,7 +485,7 @@ class Store:
     def fail(self, job_id: int, owner: str, error: str, *, retry_after: float = 0.0) -> str:
         """Record a failed attempt: queued again after ``retry_after`` seconds while attempts remain, else failed.
         Returns the job's new status."""
-        with self.db.conn:
+        with self.db.atomic():
             row = self.db.execute(
                 "update jobs set status = case when attempts < max_attempts then 'queued' else 'failed' end,"
                 " error = ?, not_before = ?, lease_owner = null,"
@@ -482,7 +497,7 @@ class Store:
 
     def release(self, job_id: int, owner: str, *, retry_after: float = 0.0, note: str | None = None) -> None:
         """Give a job back without counting the attempt (shutdown, or its input is not ready yet)."""
-        with self.db.conn:
+        with self.db.atomic():
             self.db.execute(
                 "update jobs set status = 'queued', attempts = max(attempts - 1, 0), lease_owner = null,"
                 " not_before = ?, error = coalesce(?, error) where id = ? and lease_owner = ? and status = 'running'",
@@ -492,7 +507,7 @@ class Store:
     def recover_jobs(self) -> list[dict]:
         """At start-up, when no other worker can be alive: running jobs were interrupted by a crash. Each is
         queued again (the interrupted attempt counts) or failed when out of attempts. Returns the jobs touched."""
-        with self.db.conn:
+        with self.db.atomic():
             rows = self.db.execute(
                 "update jobs set status = case when attempts < max_attempts then 'queued' else 'failed' end,"
                 " error = 'interrupted (the service stopped while it ran)', lease_owner = null, not_before = 0,"
@@ -542,7 +557,7 @@ class Store:
 
     def add_image(self, **fields) -> bool:
         """Insert an image version; False when this path + content hash is already known."""
-        with self.db.conn:
+        with self.db.atomic():
             cursor = self.db.execute(
                 f"insert or ignore into images ({', '.join(fields)}) values ({', '.join('?' for _ in fields)})",
                 list(fields.values()),
@@ -556,7 +571,7 @@ class Store:
         """In one transaction: the image is done, its measurement rows replace those of any older version of the
         same path, and its job is done. False (and nothing written) when the job is no longer leased to ``owner``."""
         image = self.image(image_id)
-        with self.db.conn:
+        with self.db.atomic():
             cursor = self.db.execute(
                 "update jobs set status = 'done', finished_at = ?, lease_owner = null, error = null"
                 " where id = ? and lease_owner = ? and status = 'running'",
@@ -623,7 +638,7 @@ class Store:
         reason: str,
     ) -> int:
         """Store an activation decision; when ``activated``, make the model the project's active one, in one go."""
-        with self.db.conn:
+        with self.db.atomic():
             decision = (
                 self.db["activations"]
                 .insert(
@@ -678,7 +693,7 @@ class Store:
 
     def give_up(self, job_id: int, owner: str, error: str) -> None:
         """Fail a job at once, attempts left or not (its input can never work, e.g. an unreadable image)."""
-        with self.db.conn:
+        with self.db.atomic():
             self.db.execute(
                 "update jobs set status = 'failed', error = ?, finished_at = ?, lease_owner = null"
                 " where id = ? and lease_owner = ? and status = 'running'",

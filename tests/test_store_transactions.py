@@ -1,0 +1,28 @@
+"""Writes the store promises as one transaction really are one: a failure half-way leaves nothing behind."""
+
+import pytest
+
+from appliance.store import Store
+
+
+def test_entering_a_race_is_all_or_nothing(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    run_id = store.create_run(set_name="s", budget_seconds=60.0, top_n=2, seed=0)
+    ranking = [("c-a", {"patch_size": 64}, 0.9), ("c-b", {"patch_size": 128}, 0.5)]
+    trials = [(1, "c-a", {"patch_size": 64}, 0.9), (2, "c-b", {"patch_size": 128}, 0.5)]
+    with pytest.raises(TypeError):
+        store.enter_race(run_id, ranking, trials, {"n": 2, "bad": object()})  # the plan cannot be written
+    assert store.ranking(run_id) == [] and store.trials(run_id) == [] and store.run(run_id)["plan"] is None
+    store.enter_race(run_id, ranking, trials, {"n": 2})
+    assert [t["config_id"] for t in store.trials(run_id)] == ["c-a", "c-b"]
+    assert len(store.ranking(run_id)) == 2 and store.run(run_id)["plan"] == '{"n": 2}'
+
+
+def test_a_finished_step_and_its_dropped_trials_are_one_write(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    run_id = store.create_run(set_name="s", budget_seconds=60.0, top_n=2, seed=0)
+    store.enter_race(run_id, [], [(1, "c-a", {}, None), (2, "c-b", {}, None)], {"n": 2})
+    with pytest.raises(TypeError):
+        store.finish_step(run_id, 0, active=[1, 2], survivors=[object()], seconds=1.0)
+    assert store.finished_steps(run_id) == []
+    assert {t["status"] for t in store.trials(run_id)} == {"active"}
