@@ -397,12 +397,24 @@ def metamodel_train(metabase_path, seeds, fidelity, models, variants, out_dir, m
 @main.command()
 @click.argument("set_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--budget", default=None, help="Wall-clock budget of successive halving, like 90s, 30m or 1h.")
-@click.option("--top", "top_n", default=None, type=click.IntRange(1, 576), help="Configurations entering halving.")
+@click.option(
+    "--top",
+    "top_n",
+    default=None,
+    type=click.IntRange(1, 576),
+    help="The most configurations that race (default: the top_n setting, 50); the budget decides how many do.",
+)
+@click.option(
+    "--trials",
+    default=None,
+    type=click.IntRange(1, 576),
+    help="Race exactly this many configurations instead of letting the budget decide (no step floor).",
+)
 @click.option("--seed", default=None, type=int, help="Seed of the split, weights and sampling.")
 @click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False, path_type=Path), help="State folder.")
 @click.option("--new", "start_new", is_flag=True, help="Start a new run even if an unfinished one can be resumed.")
-def train(set_dir: Path, budget, top_n, seed, device, data_dir, start_new):
+def train(set_dir: Path, budget, top_n, trials, seed, device, data_dir, start_new):
     """Find the best configuration for a labelled set within a budget and export it (resumes unfinished runs)."""
     from tqdm.auto import tqdm
 
@@ -416,13 +428,16 @@ def train(set_dir: Path, budget, top_n, seed, device, data_dir, start_new):
 
         def on_slice(result: dict) -> None:
             bar.update(1)
-            bar.set_postfix_str(f"step {result['step'] + 1} rank {result['rank']} IoU {result['validation_iou']:.3f}")
+            iou = result["validation_iou"]
+            score = f"IoU {iou:.3f}" if iou is not None else "not validated"
+            bar.set_postfix_str(f"step {result['step'] + 1} rank {result['rank']} {score}")
 
         result = train_set(
             set_dir,
             settings,
             budget=seconds,
             top_n=top_n,
+            trials=trials,
             seed=seed,
             device=device,
             resume=not start_new,
@@ -439,7 +454,8 @@ def _echo_summary(result) -> None:
     run = result.run
     scores: dict[int, list[float]] = {}
     for row in result.step_results:
-        scores.setdefault(row["rank"], []).append(row["validation_iou"])
+        if row["validation_iou"] is not None:
+            scores.setdefault(row["rank"], []).append(row["validation_iou"])
     # the winner first, then by how far each trial got, then by rank
     trials = sorted(result.trials, key=lambda t: (t["status"] != "winner", -len(scores.get(t["rank"], [])), t["rank"]))
     click.echo("")

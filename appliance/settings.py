@@ -85,7 +85,12 @@ class Settings:
     default_budget : float
         Training budget per labelled set, in seconds, when its ``dataset.yaml`` gives no ``budget_minutes``.
     top_n : int
-        Configurations from the meta-model's ranking that enter successive halving.
+        The most configurations that race in successive halving (the paper's 50). The budget-aware race takes
+        fewer when the budget cannot give each of them ``race_floor_steps`` optimiser steps in its first slice.
+    race_floor_steps : int
+        Optimiser steps every trial must get in its first slice (see :mod:`appliance.automl.race` for the data).
+    race_min_winner_share : float
+        Fraction of the budget the winner of a race must train for at least (the steps' budgets grow to give it).
     gpu_memory_gb : float
         GPU memory the training process may use; on a larger card it caps itself to this.
     seed : int
@@ -119,6 +124,8 @@ class Settings:
     models_dir: Path = REPOSITORY_MODELS
     default_budget: float = 1800.0
     top_n: int = 50
+    race_floor_steps: int = 30
+    race_min_winner_share: float = 0.6
     gpu_memory_gb: float = 8.0
     seed: int = 0
     inbox_dir: Path | None = None
@@ -139,6 +146,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.top_n < 1:
             raise ConfigError(f"top_n must be at least 1, got {self.top_n}")
+        if self.race_floor_steps < 1:
+            raise ConfigError(f"race_floor_steps must be at least 1, got {self.race_floor_steps}")
+        if not 0 < self.race_min_winner_share < 1:
+            raise ConfigError(f"race_min_winner_share must be between 0 and 1, got {self.race_min_winner_share}")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if not 0 < self.page_port < 65536:
@@ -268,8 +279,8 @@ _DURATIONS = (
     "rescan_interval",
     "lease_seconds",
 )
-_INTS = ("top_n", "seed", "page_port", "max_attempts", "min_object_px")
-_FLOATS = ("gpu_memory_gb", "disk_reserve_gb")
+_INTS = ("top_n", "race_floor_steps", "seed", "page_port", "max_attempts", "min_object_px")
+_FLOATS = ("gpu_memory_gb", "disk_reserve_gb", "race_min_winner_share")
 _STRINGS = ("page_address", "page_password")
 
 

@@ -167,6 +167,38 @@ def halving_chart_rows(step_results: Iterable[Mapping], trials: Iterable[Mapping
     return sorted(rows, key=lambda row: (row["rank"], row["step"]))
 
 
+def race_plan(run: Mapping) -> dict | None:
+    """The budget-aware race plan recorded with a run, for people: n, the steps, each step's budget, the winner's
+    share, why this n, and each trial's throughput on the device. None for a run without a plan (older runs)."""
+    try:
+        plan = json.loads(run.get("plan") or "")
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(plan, dict) or "schedule" not in plan:
+        return None
+    schedule = plan["schedule"]
+    return {
+        "n": plan["n"],
+        "search": plan.get("search", True),
+        "reason": plan.get("reason", ""),
+        "active": " → ".join(str(a) for a in schedule["active"]),
+        "step_budgets": ", ".join(format_duration(s) for s in schedule["step_seconds"]),
+        "race_budget": format_duration(schedule["budget_seconds"]),
+        "winner_share": schedule["winner_share"],
+        "floor_steps": plan.get("floor_steps"),
+        "trials": [
+            {
+                "configuration": t["config_id"],
+                "MPix/s": round(t["mpix_per_second"], 3),
+                "steps/s": round(t["steps_per_second"], 2),
+                "throughput": t.get("throughput_source"),
+                "first-slice steps (planned)": round(t["first_slice_steps"]),
+            }
+            for t in plan.get("trials", [])
+        ],
+    }
+
+
 def halving_steps(n_trials: int) -> int:
     """⌊log₂ n⌋ + 1 steps for n trials (6 for 50).
 

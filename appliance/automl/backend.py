@@ -7,6 +7,7 @@ memory under that cap before its first slice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +17,20 @@ from appliance.automl.halving import DoesNotFit, TrainedSlice, TrialFailed, Vali
 from appliance.data.labelled_set import LabelledSet
 from appliance.data.splits import Split
 from appliance.pipeline.config import PipelineConfig
+from appliance.pipeline.device import (
+    cap_gpu_memory,
+    is_cuda,
+    peak_memory_mb,
+    release_cached_memory,
+    reset_peak_memory,
+    resolve_device,
+    synchronize,
+)
 from appliance.pipeline.evaluation import evaluate
-from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
+from appliance.pipeline.inference import DEFAULT_TILES, TileSettings, tile_pixels
 from appliance.pipeline.patches import PatchCache
-from appliance.pipeline.trainer import Trainer, default_device
+from appliance.pipeline.trainer import Trainer
 from appliance.pipeline.workflow import read_split_images
-
-
-def cap_gpu_memory(device: torch.device, gpu_memory_gb: float) -> float | None:
-    """Limit this process's CUDA caching allocator to ``gpu_memory_gb``; returns the fraction set (None on CPU)."""
-    if device.type != "cuda":
-        return None
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, gpu_memory_gb * 2**30 / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
-    return fraction
 
 
 class TorchBackend:
@@ -45,11 +45,13 @@ class TorchBackend:
         device: str | torch.device | None = None,
         gpu_memory_gb: float = 8.0,
         tiles: TileSettings = DEFAULT_TILES,
+        on_throughput: Callable[[PipelineConfig, int, float], None] | None = None,
     ):
         self.labelled_set = labelled_set
         self.seed = seed
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.tiles = tiles
+        self.on_throughput = on_throughput or (lambda config, steps, seconds: None)
         self.memory_fraction = cap_gpu_memory(self.device, gpu_memory_gb)
         self.gpu_memory_gb = gpu_memory_gb
         self.train_images, self.train_masks = read_split_images(labelled_set, split.train)
@@ -74,7 +76,7 @@ class TorchBackend:
 
     def probe(self, trainer: Trainer) -> float | None:
         """One training step with peak-memory tracking (CUDA only; it counts as training, nothing is wasted)."""
-        if self.device.type != "cuda":
+        if not is_cuda(self.device):
             return None
         self._reset_peak()
         try:
@@ -91,17 +93,24 @@ class TorchBackend:
         self._reset_peak()
         try:
             result = trainer.train(self.patches(trainer.config.patch_size), seconds=max(seconds, 1e-3))
+            synchronize(self.device)
         except torch.cuda.OutOfMemoryError as error:
             self._release(trainer)
             raise TrialFailed(
                 f"CUDA out of memory under the {self.gpu_memory_gb:g} GB cap: {_first_line(error)}"
             ) from None
+        self.on_throughput(trainer.config, result.steps, result.seconds)
         return TrainedSlice(
             seconds=result.seconds,
             total_seconds=trainer.seconds,
             optimizer_steps=trainer.steps,
             work_mp=trainer.pixels_seen / 1e6,
         )
+
+    @property
+    def validation_tile_pixels(self) -> int:
+        """Pixels the network runs on to predict every validation image once (the cost of one validation)."""
+        return sum(tile_pixels(*image.shape[:2], tiles=self.tiles) for image in self.validation_images)
 
     def validate(self, trainer: Trainer) -> Validation:
         def predict(image: np.ndarray) -> np.ndarray:
@@ -117,18 +126,14 @@ class TorchBackend:
         return Validation(evaluation.mean_foreground_iou, evaluation.overall.iou[1:])
 
     def peak_memory_mb(self) -> float | None:
-        if self.device.type != "cuda":
-            return None
-        return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return peak_memory_mb(self.device)
 
     def _reset_peak(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
 
     def _release(self, trainer: Trainer) -> None:
         trainer.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_cached_memory(self.device)
 
 
 def _first_line(error: BaseException) -> str:

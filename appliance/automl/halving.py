@@ -253,8 +253,10 @@ def enter_trials(store: Store, run_id: str, configurations, scores, top_n: int) 
 
 def enter_race(store: Store, run_id: str, candidates: Sequence[Candidate], plan: RacePlan) -> None:
     """Record the time-aware order of every configuration (rank 1 = best value), the plan, and its trials."""
-    store.save_ranking(run_id, [(c.config.id, c.config.to_dict(), c.predicted_score) for c in candidates])
     rank = {c.config: position for position, c in enumerate(candidates, start=1)}
-    for trial in plan.trials:
-        store.add_trial(run_id, rank[trial.config], trial.config.id, trial.config.to_dict(), trial.predicted_score)
-    store.update_run(run_id, plan=json.dumps(plan.to_dict()))
+    store.enter_race(
+        run_id,
+        [(c.config.id, c.config.to_dict(), c.predicted_score) for c in candidates],
+        [(rank[t.config], t.config.id, t.config.to_dict(), t.predicted_score) for t in plan.trials],
+        plan.to_dict(),
+    )

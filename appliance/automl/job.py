@@ -1,4 +1,8 @@
-"""One training job, start to end: meta-features → ranking → successive halving → QC → ONNX export → registry.
+"""One training job, start to end: meta-features → ranking → race plan → successive halving → QC → ONNX → registry.
+
+The budget ``T`` counts from the start of the job: meta-features, ranking, the device's throughput probe (once
+per device and code version) and planning come out of it, and the race (:mod:`appliance.automl.race`) gets
+what is left. Only testing the winner and exporting it come after ``T``.
 
 Everything is recorded in the store as it happens; :func:`train_set` called again for the same set and
 the same parameters resumes an unfinished run instead of starting over.
@@ -18,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.automl.backend import TorchBackend
-from appliance.automl.halving import SuccessiveHalving, enter_trials
+from appliance.automl.halving import SuccessiveHalving, enter_race
 from appliance.automl.metafeatures import set_features
+from appliance.automl.race import plan_race, slice_overhead, time_aware_order
 from appliance.automl.ranking import Ranking, rank_for_set
 from appliance.automl.schedule import HalvingSchedule
+from appliance.automl.throughput import ensure_reference_measurements, record_training_throughput
 from appliance.data.io import atomic_write, write_png
 from appliance.data.labelled_set import LabelledSet, load_labelled_set
 from appliance.data.splits import Split, split_stems
@@ -68,11 +74,17 @@ def train_set(
     on_slice: Callable[[dict], None] | None = None,
     store: Store | None = None,
     ranking: Ranking | None = None,
+    trials: int | None = None,
+    growth: float | None = None,
+    include_default: bool = True,
 ) -> JobResult:
     """Run (or resume) the whole job on one labelled set; returns the finished run.
 
-    ``ranking`` replaces the meta-model's ranking (benchmarks use it to compare with random configurations).
+    Benchmarks compare with other searches through ``ranking`` (replaces the meta-model's ranking), ``trials``
+    (races exactly that many configurations instead of the budget-aware n) and ``include_default`` (False: the
+    paper default does not have to race); ``growth`` with ``trials`` fixes the step budgets' growth too.
     """
+    job_started = time.perf_counter()
     set_dir = Path(set_dir).resolve()
     budget = settings.default_budget if budget is None else budget
     top_n = settings.top_n if top_n is None else top_n
@@ -101,17 +113,50 @@ def train_set(
         store.event(run_id, "resumed")
     run_dir = Path(store.run(run_id)["run_dir"])
     try:
+        backend = TorchBackend(
+            labelled_set,
+            split,
+            seed=seed,
+            device=device,
+            gpu_memory_gb=settings.gpu_memory_gb,
+            on_throughput=lambda config, steps, seconds: record_training_throughput(
+                store, table, config, steps=steps, seconds=seconds
+            ),
+        )
+        table = ensure_reference_measurements(store, backend.device, log=log)
         if not store.trials(run_id):
-            started = time.perf_counter()
             store.update_run(run_id, status="ranking")
-            _rank(store, run_id, labelled_set, settings, top_n, log, ranking)
-            timings["ranking_seconds"] = time.perf_counter() - started
-        backend = TorchBackend(labelled_set, split, seed=seed, device=device, gpu_memory_gb=settings.gpu_memory_gb)
+            ranking = _rank(store, run_id, labelled_set, settings, log, ranking)
+            candidates = time_aware_order(ranking, table)
+            plan = plan_race(
+                candidates,
+                budget_seconds=max(1.0, budget - (time.perf_counter() - job_started)),
+                overhead=lambda candidate: slice_overhead(
+                    candidate, validation_pixels=backend.validation_tile_pixels, table=table
+                ),
+                max_trials=top_n,
+                floor_steps=settings.race_floor_steps,
+                min_winner_share=settings.race_min_winner_share,
+                trials=trials,
+                growth=growth,
+                include_default=include_default,
+            )
+            enter_race(store, run_id, candidates, plan)
+            timings["planning_seconds"] = time.perf_counter() - job_started
+            log(plan.describe())
+            store.event(run_id, plan.describe(), level="info" if plan.search else "warning")
+        schedule = _recorded_schedule(store.run(run_id), len(store.trials(run_id)))
         store.update_run(run_id, status="halving", device=str(backend.device))
-        schedule = HalvingSchedule(len(store.trials(run_id)), budget)
-        log(f"successive halving: {' → '.join(map(str, schedule.active))} configurations, {schedule.steps} steps")
         started = time.perf_counter()
-        halving = SuccessiveHalving(store, run_id, backend, budget_seconds=budget, run_dir=run_dir, on_slice=on_slice)
+        halving = SuccessiveHalving(
+            store,
+            run_id,
+            backend,
+            budget_seconds=schedule.budget_seconds,
+            growth=schedule.growth,
+            run_dir=run_dir,
+            on_slice=on_slice,
+        )
         winner = halving.run()
         timings["halving_seconds"] = time.perf_counter() - started
         store.update_run(run_id, status="exporting", halving_seconds=timings["halving_seconds"])
@@ -129,21 +174,27 @@ def train_set(
     )
 
 
+def _recorded_schedule(run: dict, trials: int) -> HalvingSchedule:
+    """The race's schedule as planned; a run recorded before plans existed races its trials the paper's way."""
+    if run.get("plan"):
+        return HalvingSchedule.from_dict(json.loads(run["plan"])["schedule"])
+    return HalvingSchedule(max(1, trials), run["budget_seconds"])
+
+
 def _rank(
-    store: Store, run_id: str, labelled_set: LabelledSet, settings: Settings, top_n: int, log, ranking: Ranking | None
-) -> None:
+    store: Store, run_id: str, labelled_set: LabelledSet, settings: Settings, log, ranking: Ranking | None
+) -> Ranking:
     if ranking is not None:
-        fallback_reason = None
         log(f"ranking: given ({ranking.source})")
     else:
         ranking, fallback_reason = rank_for_set(set_features(labelled_set), models_dir=settings.models_dir)
-    if fallback_reason:
-        store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")
-        log(f"ranking: {ranking.source} ({fallback_reason})")
-    elif ranking.scores[0] is not None:
-        log(f"ranking: {ranking.source}, best predicted {ranking.scores[0]:.3f} for {ranking.configurations[0].id}")
-    enter_trials(store, run_id, ranking.configurations, ranking.scores, top_n)
+        if fallback_reason:
+            store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")
+            log(f"ranking: {ranking.source} ({fallback_reason})")
+        else:
+            log(f"ranking: {ranking.source}, best predicted {ranking.scores[0]:.3f} for {ranking.configurations[0].id}")
     store.update_run(run_id, ranking_source=ranking.source)
+    return ranking
 
 
 def _finish(
@@ -175,9 +226,7 @@ def _finish(
     atomic_write(qc / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(test.to_dict(), indent=2)))
     write_halving_chart(store, run_id, qc / "halving.png")
 
-    validation_iou = max(
-        (r["validation_iou"] for r in store.step_results(run_id) if r["rank"] == winner["rank"]), default=None
-    )
+    validation_iou = backend.validate(trainer).mean_iou  # the winner as exported (its last slice is not validated)
     model_id = store.register_model(
         run_id=run_id,
         set_name=labelled_set.name,
@@ -232,7 +281,7 @@ def write_halving_chart(store: Store, run_id: str, path: Path) -> Path:
     winner = next((t["rank"] for t in store.trials(run_id) if t["status"] == "winner"), None)
     figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
     for rank in sorted({r["rank"] for r in results}):
-        rows = [r for r in results if r["rank"] == rank]
+        rows = [r for r in results if r["rank"] == rank and r["validation_iou"] is not None]
         steps = [r["step"] + 1 for r in rows]
         scores = [r["validation_iou"] for r in rows]
         if rank == winner:

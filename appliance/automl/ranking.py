@@ -27,6 +27,9 @@ class Ranking:
     configurations: tuple[PipelineConfig, ...]
     scores: tuple[float | None, ...]
     source: str
+    # from the meta-model, for weighing a score against throughput (appliance.automl.race); None: not known
+    work_doubling_gain: float | None = None
+    score_correlation: float | None = None
 
 
 def fallback_ranking() -> Ranking:
@@ -56,4 +59,11 @@ def rank_for_set(
         ranked = rank_configurations(model, dict(set_features), fidelity=fidelity)
     except ApplianceError as error:
         return fallback_ranking(), f"meta-model in {models_dir} not usable: {error}"
-    return Ranking(tuple(c for c, _ in ranked), tuple(float(s) for _, s in ranked), METAMODEL_SOURCE), None
+    ranking = Ranking(
+        tuple(c for c, _ in ranked),
+        tuple(float(s) for _, s in ranked),
+        METAMODEL_SOURCE,
+        work_doubling_gain=model.work_doubling_gain,
+        score_correlation=model.score_correlation,
+    )
+    return ranking, None

@@ -100,6 +100,7 @@ def train_and_report(
     table = evaluate(base, models=models, variants=variants, seeds=seeds, fidelity=fidelity)
     chosen = (model, variant) if model and variant else table.best()
     shipped = MetaModel.fit(base, model=chosen[0], variant=chosen[1], seed=seeds[0], fidelity=fidelity)
+    shipped.score_correlation = table.summary(*chosen)["pearson"][0]
     model_path = shipped.save(out_dir)
     if metabase_path.resolve() != (out_dir / METABASE_FILE).resolve():
         shutil.copyfile(metabase_path, out_dir / METABASE_FILE)

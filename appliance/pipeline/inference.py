@@ -55,22 +55,45 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def tile_layout(
+    height: int, width: int, *, tiles: TileSettings = DEFAULT_TILES
+) -> tuple[tuple[int, int], tuple[int, int], list[tuple[int, int]]]:
+    """How an ``height × width`` image is tiled: padded size, tile size and the tiles' top-left corners.
+
+    >>> tile_layout(100, 700, tiles=TileSettings(tile_size=512, overlap=0.5))
+    ((128, 704), (128, 512), [(0, 0), (0, 192)])
+    """
+    padded_h = max(_round_up(height, SIZE_MULTIPLE), SIZE_MULTIPLE)
+    padded_w = max(_round_up(width, SIZE_MULTIPLE), SIZE_MULTIPLE)
+    tile_h, tile_w = min(tiles.tile_size, padded_h), min(tiles.tile_size, padded_w)
+    step_h = max(SIZE_MULTIPLE, int(tile_h * (1 - tiles.overlap)) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    step_w = max(SIZE_MULTIPLE, int(tile_w * (1 - tiles.overlap)) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    corners = [
+        (int(y), int(x))
+        for y in grid_positions(padded_h, tile_h, step_h)
+        for x in grid_positions(padded_w, tile_w, step_w)
+    ]
+    return (padded_h, padded_w), (tile_h, tile_w), corners
+
+
+def tile_pixels(height: int, width: int, *, tiles: TileSettings = DEFAULT_TILES) -> int:
+    """Pixels the network runs on to segment an ``height × width`` image (every tile counted in full).
+
+    >>> tile_pixels(100, 700, tiles=TileSettings(tile_size=512, overlap=0.5))
+    131072
+    """
+    _, (tile_h, tile_w), corners = tile_layout(height, width, tiles=tiles)
+    return len(corners) * tile_h * tile_w
+
+
 def sliding_window_logits(
     normalised: np.ndarray, run_batch: BatchRunner, *, tiles: TileSettings = DEFAULT_TILES
 ) -> np.ndarray:
     """Logits ``(K + 1, H, W)`` for a normalised ``(H, W, C)`` float32 image."""
     height, width = normalised.shape[:2]
-    padded_h = max(_round_up(height, SIZE_MULTIPLE), SIZE_MULTIPLE)
-    padded_w = max(_round_up(width, SIZE_MULTIPLE), SIZE_MULTIPLE)
-    tile_h, tile_w = min(tiles.tile_size, padded_h), min(tiles.tile_size, padded_w)
+    (padded_h, padded_w), (tile_h, tile_w), corners = tile_layout(height, width, tiles=tiles)
     image = np.pad(normalised, ((0, padded_h - height), (0, padded_w - width), (0, 0)))
     image = np.ascontiguousarray(image.transpose(2, 0, 1))  # (C, H, W)
-
-    step_h = max(SIZE_MULTIPLE, int(tile_h * (1 - tiles.overlap)) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    step_w = max(SIZE_MULTIPLE, int(tile_w * (1 - tiles.overlap)) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    corners = [
-        (y, x) for y in grid_positions(padded_h, tile_h, step_h) for x in grid_positions(padded_w, tile_w, step_w)
-    ]
     weight = gaussian_weight(tile_h, tile_w)
 
     logits_sum: np.ndarray | None = None

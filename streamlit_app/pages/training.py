@@ -68,8 +68,27 @@ def budget(run: dict, results: list[dict], trials: list[dict]) -> None:
         st.error(run["error"])
 
 
-def race(results: list[dict], trials: list[dict]) -> None:
+def plan(run: dict) -> None:
+    summary = shaping.race_plan(run)
+    if summary is None:
+        return
+    if not summary["search"]:
+        st.warning(
+            f"No search: {summary['reason']}. The best predicted configuration trained for all "
+            f"{summary['race_budget']} instead; give the set a larger budget for a search."
+        )
+        return
+    st.caption(
+        f"Race of {summary['n']} configurations ({summary['active']}) over {summary['race_budget']}, step budgets "
+        f"{summary['step_budgets']}; the winner trains {summary['winner_share']:.0%} of it. n: {summary['reason']}."
+    )
+    with st.expander("Throughput of the racing configurations on this device"):
+        st.dataframe(summary["trials"], hide_index=True, width="stretch")
+
+
+def race(run: dict, results: list[dict], trials: list[dict]) -> None:
     st.subheader("Successive halving")
+    plan(run)
     rows = shaping.halving_chart_rows(results, trials)
     if not rows:
         common.nothing_yet("no trial has finished its first slice")
@@ -136,7 +155,7 @@ def body() -> None:
     trials = store.trials(run_id)
     results = store.step_results(run_id)
     common.guarded("Budget", lambda: budget(run, results, trials))
-    common.guarded("Halving", lambda: race(results, trials))
+    common.guarded("Halving", lambda: race(run, results, trials))
     common.guarded("Predictions", lambda: predictions(results, trials))
     common.guarded("Trials", lambda: trial_table(trials))
     common.guarded("Events", lambda: run_events(store, run_id))

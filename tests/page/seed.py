@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.automl.schedule import HalvingSchedule
 from appliance.data.io import read_image, read_mask, write_png
 from appliance.pipeline.measurements import measure
 from appliance.pipeline.overlay import comparison_panel, overlay
@@ -71,6 +72,30 @@ def _demo(stem: str) -> tuple[np.ndarray, np.ndarray]:
     return read_image(DEMO_SET / "images" / f"{stem}.png"), read_mask(DEMO_SET / "masks" / f"{stem}.png")
 
 
+def _plan(n_trials: int, budget: float) -> dict:
+    """A recorded race plan as :meth:`appliance.automl.race.RacePlan.to_dict` writes it."""
+    schedule = HalvingSchedule(n_trials, budget, 1.2)
+    return {
+        "n": n_trials,
+        "search": True,
+        "reason": "the largest n whose first slices reach 30 optimiser steps",
+        "floor_steps": 30,
+        "schedule": schedule.to_dict(),
+        "trials": [
+            {
+                "config_id": f"c-{rank:02d}",
+                "predicted_score": 0.5,
+                "value": 1.0,
+                "steps_per_second": 12.0,
+                "mpix_per_second": 3.1,
+                "throughput_source": "probe",
+                "first_slice_steps": 40.0,
+            }
+            for rank in range(1, n_trials + 1)
+        ],
+    }
+
+
 def _finished_run(store: Store, data_dir: Path, *, started: datetime, n_trials: int, quality: float) -> str:
     """A finished run with its trials, steps, QC files and exported, registered model. Returns the model id."""
     run_id = store.create_run(
@@ -84,7 +109,7 @@ def _finished_run(store: Store, data_dir: Path, *, started: datetime, n_trials: 
     )
     run_dir = data_dir / "runs" / run_id
     store.update_run(run_id, run_dir=str(run_dir), started_at=_iso(started), status="halving", device="cuda")
-    store.update_run(run_id, ranking_source="meta-model (xgb-rank)")
+    store.update_run(run_id, ranking_source="meta-model (xgb-rank)", plan=json.dumps(_plan(n_trials, 240.0)))
     rng = random.Random(n_trials)
     predicted = sorted((round(0.55 + 0.3 * rng.random(), 3) for _ in range(n_trials)), reverse=True)
     final = {}

@@ -101,6 +101,7 @@ def test_training_opens_on_the_live_run_and_shows_a_finished_ones_winner(page_en
     shown = texts(app)
     assert "Winner c-" in shown and "test IoU" in shown
     assert "Halving ends (ETA)" not in shown
+    assert "Race of " in shown and "the winner trains" in shown
 
 
 def test_results_filters_by_project_and_date(page_env, big_store):

@@ -82,6 +82,32 @@ def test_halving_steps_follow_the_paper(n, steps):
     assert shaping.halving_steps(n) == steps
 
 
+def test_race_plan_reads_the_recorded_plan_and_tolerates_runs_without_one():
+    from appliance.automl.memory import MemoryGroup
+    from appliance.automl.race import Candidate, plan_race
+    from appliance.automl.throughput import Throughput
+    from appliance.pipeline.config import PAPER_DEFAULT, PipelineConfig
+
+    def candidate(config, steps_per_second):
+        group = MemoryGroup(config.patch_size, config.batch_size, config.encoder)
+        return Candidate(config, 0.5, 1.0, Throughput(group, steps_per_second, "probe"))
+
+    fast = PipelineConfig(patch_size=64, batch_size=4)
+    plan = plan_race(
+        [candidate(fast, 10.0), candidate(PAPER_DEFAULT, 1.0)], budget_seconds=300.0, overhead=lambda c: 0.0
+    )
+    summary = shaping.race_plan({"plan": json.dumps(plan.to_dict())})
+    assert summary["n"] == 2 and summary["search"] and summary["active"] == "2 → 1"
+    # step budgets 60 s and 240 s (growth 4): the default's first slice of 30 s gives it exactly the 30-step floor
+    assert summary["race_budget"] == "5 min 00 s" and summary["winner_share"] == pytest.approx(0.9)
+    assert summary["step_budgets"] == "1 min 00 s, 4 min 00 s"
+    assert [row["first-slice steps (planned)"] for row in summary["trials"]] == [300, 30]
+    tiny = plan_race([candidate(fast, 10.0), candidate(PAPER_DEFAULT, 1.0)], budget_seconds=50.0, overhead=lambda c: 0)
+    assert shaping.race_plan({"plan": json.dumps(tiny.to_dict())})["search"] is False
+    assert shaping.race_plan({"plan": None}) is None and shaping.race_plan({}) is None
+    assert shaping.race_plan({"plan": "not json"}) is None
+
+
 def test_budget_progress_of_a_running_run_counts_time_since_the_last_slice():
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     run = {"budget_seconds": 600.0, "status": "halving", "started_at": (now - timedelta(seconds=200)).isoformat()}

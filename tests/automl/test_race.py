@@ -1,0 +1,161 @@
+"""The budget-aware race: order by what a configuration reaches in its time, n and step budgets from T and the
+device's throughput, the paper default always racing, and no search when T is too small."""
+
+import math
+
+import pytest
+
+from appliance.automl.memory import MemoryGroup
+from appliance.automl.race import (
+    Candidate,
+    plan_race,
+    schedule_for,
+    slice_overhead,
+    time_aware_order,
+)
+from appliance.automl.ranking import Ranking, fallback_ranking
+from appliance.automl.schedule import HalvingSchedule
+from appliance.automl.search_space import search_space
+from appliance.automl.throughput import PROBE, ThroughputTable
+from appliance.pipeline.config import PAPER_DEFAULT, PipelineConfig
+
+FIXED, PER_PIXEL = 0.05, 2e-6  # a CPU-like device: patch 64 / batch 4 at 12 steps/s, the paper default at 1.75
+
+
+def cpu_like_table() -> ThroughputTable:
+    measured = {}
+    for encoder, factor in (("resnet18", 1.0), ("resnet50", 2.1)):
+        for patch, batch in ((64, 4), (128, 8)):
+            seconds = FIXED + factor * PER_PIXEL * patch * patch * batch
+            measured[MemoryGroup(patch, batch, encoder)] = (1 / seconds, PROBE)
+    return ThroughputTable("cpu test", "v1", measured)
+
+
+def scored_ranking(score) -> Ranking:
+    configurations = sorted(search_space(), key=lambda c: -score(c))
+    return Ranking(tuple(configurations), tuple(score(c) for c in configurations), "meta-model", 0.36, 0.72)
+
+
+def no_overhead(candidate: Candidate) -> float:
+    return 0.0
+
+
+def test_equal_scores_are_ordered_by_what_a_second_trains():
+    table = cpu_like_table()
+    order = time_aware_order(scored_ranking(lambda c: 0.5), table)
+    mpix = [c.throughput.mpix_per_second for c in order]
+    assert mpix == sorted(mpix, reverse=True)
+    assert order[0].config.encoder == "resnet18" and order[0].config.patch_size * order[0].config.batch_size >= 1024
+
+
+def test_a_much_better_score_outweighs_a_throughput_advantage():
+    table = cpu_like_table()
+
+    def score(config):  # resnet50 clearly better per pixel; half the throughput costs only one doubling (0.36)
+        return 1.0 if config.encoder == "resnet50" else 0.0
+
+    order = time_aware_order(scored_ranking(score), table)
+    assert order[0].config.encoder == "resnet50"
+    values = [c.value for c in order]
+    assert values == sorted(values, reverse=True)
+
+
+def test_a_ranking_without_scores_keeps_its_order():
+    ranking = fallback_ranking()
+    order = time_aware_order(ranking, cpu_like_table())
+    assert [c.config for c in order] == list(ranking.configurations)
+    assert order[0].config == PAPER_DEFAULT
+
+
+def test_step_budgets_grow_just_enough_for_the_winner_share():
+    schedule = schedule_for(4, 700.0, min_winner_share=0.6)
+    assert schedule.winner_share >= 0.6
+    assert schedule.growth == pytest.approx(1.1)
+    assert schedule_for(2, 700.0, min_winner_share=0.6).growth == 1.0  # 75 % already
+
+
+def _plan(budget: float, **kwargs):
+    order = time_aware_order(
+        scored_ranking(lambda c: -c.learning_rate - 0.01 * (c.encoder == "resnet50")), cpu_like_table()
+    )
+    return order, plan_race(order, budget_seconds=budget, overhead=lambda c: 2.0, max_trials=16, **kwargs)
+
+
+def test_a_large_budget_races_the_most_configurations_with_the_floor_met():
+    order, plan = _plan(20_000.0)
+    assert plan.search and plan.n == 16
+    assert min(plan.first_slice_steps) >= 30
+    assert plan.schedule.winner_share >= 0.6
+    assert PAPER_DEFAULT in [c.config for c in plan.trials]
+    assert plan.schedule.budget_seconds == 20_000.0
+
+
+@pytest.mark.parametrize("budget", [300.0, 900.0, 3000.0])
+def test_n_follows_the_budget_and_every_first_slice_reaches_the_floor(budget):
+    order, plan = _plan(budget)
+    assert plan.search
+    assert all(steps >= 30 for steps in plan.first_slice_steps)
+    assert PAPER_DEFAULT in [c.config for c in plan.trials]
+    # one more trial would break the floor for the paper default (the slowest that must race)
+    more = schedule_for(plan.n + 1, budget)
+    default_steps = (more.slice_seconds[0] - 2.0) * cpu_like_table().get(PAPER_DEFAULT).steps_per_second
+    assert plan.n == 16 or default_steps < 30
+
+
+@pytest.mark.parametrize("budget", [300.0, 900.0, 3000.0])
+def test_what_the_decision_does_not_need_goes_to_the_survivors(budget):
+    order, plan = _plan(budget)
+    assert plan.schedule.winner_share >= 0.6
+    if plan.schedule.growth < 4.0:  # a little more growth would starve a first slice below the floor
+        grown = HalvingSchedule(plan.n, budget, plan.schedule.growth + 0.05)
+        rates = [c.throughput.steps_per_second for c in plan.trials]
+        assert min((grown.slice_seconds[0] - 2.0) * rate for rate in rates) < 30
+
+
+def test_n_never_grows_when_the_budget_shrinks():
+    counts = [_plan(budget)[1].n for budget in (20_000, 5000, 2000, 900, 300, 120, 60)]
+    assert counts == sorted(counts, reverse=True)
+    assert counts[0] == 16 and counts[-1] == 1
+
+
+def test_a_budget_too_small_for_any_search_trains_the_best_for_all_of_it():
+    order, plan = _plan(40.0)
+    assert not plan.search and plan.n == 1
+    assert plan.trials[0] == order[0]
+    assert plan.schedule.active == [1] and plan.schedule.budget_seconds == 40.0
+    assert "cannot give two configurations 30 optimiser steps" in plan.reason
+    assert "no search" in plan.describe()
+
+
+def test_configurations_too_slow_for_the_floor_are_passed_over():
+    table = cpu_like_table()
+    slow = PipelineConfig(patch_size=256, batch_size=32, encoder="resnet50")
+    ranking = scored_ranking(lambda c: 2.0 if c == slow else -c.learning_rate)
+    order = time_aware_order(ranking, table)
+    assert order[0].config == slow
+    plan = plan_race(order, budget_seconds=900.0, overhead=no_overhead, max_trials=8)
+    assert slow not in [c.config for c in plan.trials]
+    assert "passed over" in plan.reason
+
+
+def test_a_fixed_n_races_exactly_that_many_and_can_leave_the_default_out():
+    order = time_aware_order(scored_ranking(lambda c: -c.learning_rate), cpu_like_table())
+    plan = plan_race(order, budget_seconds=60.0, overhead=no_overhead, trials=3, include_default=False)
+    assert [c.config for c in plan.trials] == [c.config for c in order[:3]]
+    assert plan.schedule.active == [3, 1]
+
+
+def test_the_plan_is_recorded_as_plain_data():
+    _, plan = _plan(900.0)
+    data = plan.to_dict()
+    assert data["n"] == plan.n and data["schedule"]["active"] == plan.schedule.active
+    assert {"config_id", "steps_per_second", "mpix_per_second", "first_slice_steps"} <= set(data["trials"][0])
+    assert math.isclose(sum(data["schedule"]["step_seconds"]), 900.0)
+
+
+def test_slice_overhead_counts_checkpoints_and_validation_at_prediction_speed():
+    table = cpu_like_table()
+    candidate = time_aware_order(fallback_ranking(), table)[0]
+    best = max(t.mpix_per_second for t in table.rows() if t.group.encoder == "resnet18")
+    seconds = slice_overhead(candidate, validation_pixels=3e6, table=table)
+    assert seconds == pytest.approx(1.2 + 3.0 / (3 * best))
