@@ -1,38 +1,54 @@
-"""AutoML quality at a fixed budget: our pipeline against the paper's default and against random search.
+"""AutoML quality at a fixed budget: our race against the paper's default and against random search, per set.
 
-On one real set, with the same wall-clock budget T and the same seeded split, it runs
+For each cell (set, budget T, seed), on the set's seeded split and the same machine, one after the other:
 
-* ours: meta-model ranking (or the documented fallback when no meta-model ships), successive halving
-  over the top n, winner tested;
-* default: the paper's default configuration (batch 16, patch 128, LR 0.001, flip) trained for T;
-* random: successive halving over n configurations drawn at random from the 576;
+* ``ours``: the appliance's whole job (``appliance.automl.job.train_set``): meta-features, the meta-model's ranking,
+  the budget-aware race, the winner tested. Everything from the job's start counts against T.
+* ``default``: the paper's default configuration (batch 16, patch 128, LR 0.001, flip) trained for all of T (pure
+  training; its evaluation and export come after T).
+* ``random``: the same job racing the same number of configurations drawn at random from the 576 (no meta-model,
+  the default not forced in) with the same step budgets, under the same budget.
 
-and prints the test mean foreground IoU of each and the differences. The three run one after the
-other on the same machine, so compare them only within one run of this script.
+Leave-one-set-out (on by default for the shared sets): the shipped meta-model has seen every shared set, so for a set
+in the meta-base the meta-model used by ``ours`` is refitted on the meta-base without that set (same model kind,
+features and seed; its calibration from the other sets only). Benchmarking the shipped model on a set it was
+trained on would be leakage.
 
-    python benchmarks/automl.py                       # CPU mode: T = 4 min, n = 8
-    python benchmarks/automl.py --gpu                 # GPU mode: T = 30 min, n = 50
-    python benchmarks/automl.py --set DIR --budget 10m --top 16 --seed 1
+Results append to a JSON-lines file (one line per method and cell), so a long matrix can be stopped and resumed; a
+cell already in the file is skipped. ``--table`` prints the Markdown table of a results file. While the file
+``--pause-file`` exists, no new cell starts (so other work can have the machine between cells).
+
+    python benchmarks/automl.py --sets dsb2018_fluo_nuclei --budgets 5m          # one cell
+    python benchmarks/automl.py --sets drosophila_vnc_em_multiclass,cpm15_he_nuclei,usiigaci_phase_cells \\
+        --budgets 5m,15m --out benchmarks/results/automl-cpu.jsonl                # a matrix, resumable
+    python benchmarks/automl.py --table benchmarks/results/automl-cpu.jsonl      # the table
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from appliance.automl.job import train_set
+from appliance.automl.metamodel import MetaModel, evaluate, load_metabase, work_doubling_gain
 from appliance.automl.ranking import Ranking
 from appliance.automl.search_space import search_space
 from appliance.data.labelled_set import load_labelled_set
 from appliance.pipeline.config import PAPER_DEFAULT
+from appliance.pipeline.device import device_name, resolve_device
 from appliance.pipeline.workflow import train_configuration
-from appliance.settings import Settings, parse_duration
+from appliance.settings import REPOSITORY_MODELS, Settings, parse_duration
+from appliance.version import code_version
 
-DEFAULT_SET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "dsb2018_fluo_nuclei"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+METHODS = ("ours", "default", "random")
 
 
 def random_ranking(seed: int) -> Ranking:
@@ -41,50 +57,171 @@ def random_ranking(seed: int) -> Ranking:
     return Ranking(tuple(configurations[i] for i in order), (None,) * len(order), f"random (seed {seed})")
 
 
+def leave_one_set_out_models(set_name: str, cache: Path, *, models_dir: Path = REPOSITORY_MODELS) -> Path:
+    """A meta-model like the shipped one, fitted without ``set_name`` (cached under ``cache``); the shipped folder
+    when the set is not in the shipped meta-base."""
+    target = cache / f"without-{set_name}"
+    if (target / "metamodel.json").is_file():
+        return target
+    shipped = MetaModel.load(models_dir)
+    base = load_metabase(models_dir / "metabase.csv")
+    if set_name not in base.sets:
+        return models_dir
+    rest = base.subset(np.asarray(base.columns["set"]) != set_name)
+    model = MetaModel.fit(rest, model=shipped.model, variant=shipped.variant, seed=shipped.seed)
+    model.work_doubling_gain = work_doubling_gain(rest)
+    table = evaluate(rest, models=[shipped.model], variants=[shipped.variant], seeds=[shipped.seed])
+    model.score_correlation = table.summary(shipped.model, shipped.variant)["pearson"][0]
+    model.save(target)
+    return target
+
+
+def run_cell(set_dir: Path, budget: float, seed: int, *, data_dir: Path, models_dir: Path, device: str) -> list[dict]:
+    """The three methods on one set at one budget; one result row each."""
+    labelled_set = load_labelled_set(set_dir)
+    settings = Settings(data_dir=data_dir, models_dir=models_dir, default_budget=budget, seed=seed)
+    rows = []
+    started = time.perf_counter()
+    ours = train_set(set_dir, settings, device=device, resume=False)
+    rows.append(_job_row("ours", ours, time.perf_counter() - started))
+    plan = json.loads(ours.run["plan"])
+    print(f"  ours     test IoU {ours.test.mean_foreground_iou:.3f}  n = {plan['n']}: {ours.run['winner_config_id']}")
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        report = train_configuration(
+            labelled_set, PAPER_DEFAULT, seconds=budget, out_dir=Path(tmp), seed=seed, device=device, progress=False
+        )
+    rows.append(
+        {
+            "method": "default",
+            "test_iou": report.test.mean_foreground_iou,
+            "validation_iou": report.validation.mean_foreground_iou,
+            "wall_seconds": time.perf_counter() - started,
+            "winner": PAPER_DEFAULT.id,
+            "n": 1,
+            "steps": report.steps,
+        }
+    )
+    print(f"  default  test IoU {report.test.mean_foreground_iou:.3f}  ({report.steps} steps)")
+
+    started = time.perf_counter()
+    random = train_set(
+        set_dir,
+        settings,
+        device=device,
+        resume=False,
+        ranking=random_ranking(seed),
+        trials=plan["n"],
+        growth=plan["schedule"]["growth"],
+        include_default=False,
+    )
+    rows.append(_job_row("random", random, time.perf_counter() - started))
+    print(f"  random   test IoU {random.test.mean_foreground_iou:.3f}  ({random.run['winner_config_id']})")
+    return rows
+
+
+def _job_row(method: str, job, wall: float) -> dict:
+    plan = json.loads(job.run["plan"])
+    return {
+        "method": method,
+        "test_iou": job.test.mean_foreground_iou,
+        "validation_iou": job.run["validation_iou"],
+        "wall_seconds": wall,
+        "halving_seconds": job.timings.get("halving_seconds"),
+        "planning_seconds": job.timings.get("planning_seconds"),
+        "winner": job.run["winner_config_id"],
+        "n": plan["n"],
+        "growth": plan["schedule"]["growth"],
+        "search": plan["search"],
+        "trials": [t["config_id"] for t in plan["trials"]],
+    }
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def render_table(rows: list[dict]) -> str:
+    """Per cell: test IoU of each method and ours − default, ours − random; then the means and win counts."""
+    cells: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        cells.setdefault((row["budget_seconds"], row["set"], row["seed"]), {})[row["method"]] = row
+    lines = [
+        "| T | set | seed | ours | default | random | ours − default | ours − random | ours: n, winner |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    by_budget: dict[float, list[tuple[float, float]]] = {}
+    for (budget, name, seed), methods in sorted(cells.items()):
+        if not all(m in methods for m in METHODS):
+            continue
+        ours, default, random = (methods[m]["test_iou"] for m in METHODS)
+        by_budget.setdefault(budget, []).append((ours - default, ours - random))
+        lines.append(
+            f"| {budget / 60:g} min | {name} | {seed} | {ours:.3f} | {default:.3f} | {random:.3f} | "
+            f"{ours - default:+.3f} | {ours - random:+.3f} | {methods['ours']['n']}, {methods['ours']['winner']} |"
+        )
+    lines.append("")
+    for budget, diffs in sorted(by_budget.items()):
+        vs_default, vs_random = zip(*diffs, strict=True)
+        lines.append(
+            f"- T = {budget / 60:g} min, {len(diffs)} cells: mean ours − default {statistics.mean(vs_default):+.3f}, "
+            f"ours ≥ default in {sum(d >= 0 for d in vs_default)}/{len(diffs)}; mean ours − random "
+            f"{statistics.mean(vs_random):+.3f}, ours ≥ random in {sum(d >= 0 for d in vs_random)}/{len(diffs)}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", type=Path, default=DEFAULT_SET)
-    parser.add_argument("--gpu", action="store_true", help="GPU mode: T = 30 min, n = 50 (needs CUDA).")
-    parser.add_argument("--budget", default=None, help="Budget T, like 4m or 30m.")
-    parser.add_argument("--top", type=int, default=None, help="Configurations in halving (n).")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sets", default="dsb2018_fluo_nuclei", help="Comma-separated set names (in ../shared) or paths."
+    )
+    parser.add_argument("--budgets", default="5m", help="Comma-separated budgets T, like 5m,15m.")
+    parser.add_argument("--seeds", default="0", help="Comma-separated seeds.")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu).")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/automl.jsonl"))
+    parser.add_argument("--work", type=Path, default=None, help="Data dir kept across cells (default: a temp dir).")
+    parser.add_argument("--no-loso", action="store_true", help="Use the shipped meta-model even on its own sets.")
+    parser.add_argument("--pause-file", type=Path, default=None, help="No new cell starts while this file exists.")
+    parser.add_argument("--table", type=Path, default=None, help="Print the Markdown table of a results file and exit.")
     args = parser.parse_args()
-    budget = parse_duration(args.budget or ("30m" if args.gpu else "4m"))
-    top_n = args.top or (50 if args.gpu else 8)
-    device = "cuda" if args.gpu else "cpu"
-    labelled_set = load_labelled_set(args.set)
-    print(f"set {labelled_set.name}: {len(labelled_set)} images; T = {budget:.0f} s, n = {top_n}, {device}")
+    if args.table:
+        print(render_table(read_results(args.table)))
+        return
 
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp) / "data", default_budget=budget, top_n=top_n, seed=args.seed)
-        for name, ranking in (("ours", None), ("random", random_ranking(args.seed))):
-            started = time.perf_counter()
-            job = train_set(args.set, settings, device=device, resume=False, ranking=ranking)
-            results[name] = (job.test.mean_foreground_iou, time.perf_counter() - started, job.run["winner_config_id"])
-            print(
-                f"  {name:<8} test IoU {results[name][0]:.3f}  ({job.run['ranking_source']}; winner {results[name][2]})"
-            )
-        started = time.perf_counter()
-        report = train_configuration(
-            labelled_set,
-            PAPER_DEFAULT,
-            seconds=budget,
-            out_dir=Path(tmp) / "default",
-            seed=args.seed,
-            device=device,
-            progress=False,
-        )
-        results["default"] = (report.test.mean_foreground_iou, time.perf_counter() - started, PAPER_DEFAULT.id)
-        print(f"  {'default':<8} test IoU {results['default'][0]:.3f}  (paper default {PAPER_DEFAULT.id})")
-
-    print()
-    print(f"{'method':<8} {'test IoU':>8} {'wall s':>7}")
-    for name, (iou, seconds, _) in results.items():
-        print(f"{name:<8} {iou:>8.3f} {seconds:>7.0f}")
-    ours = results["ours"][0]
-    print(f"ours − default: {ours - results['default'][0]:+.3f} IoU")
-    print(f"ours − random:  {ours - results['random'][0]:+.3f} IoU")
+    device = str(resolve_device(args.device))
+    work = args.work or Path(tempfile.mkdtemp(prefix="automl-bench-"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r["set"], r["budget_seconds"], r["seed"], r["method"]) for r in read_results(args.out)}
+    machine = device_name(resolve_device(device))
+    for budget in (parse_duration(b) for b in args.budgets.split(",")):
+        for name in args.sets.split(","):
+            set_dir = Path(name) if Path(name).is_dir() else SHARED / name
+            for seed in (int(s) for s in args.seeds.split(",")):
+                labelled_set = load_labelled_set(set_dir)
+                if all((labelled_set.name, budget, seed, m) in done for m in METHODS):
+                    continue
+                while args.pause_file and args.pause_file.exists():
+                    time.sleep(10)
+                models_dir = REPOSITORY_MODELS if args.no_loso else leave_one_set_out_models(name, work / "loso")
+                print(f"{labelled_set.name}: T = {budget:.0f} s, seed {seed}, {machine}, meta-model {models_dir}")
+                rows = run_cell(set_dir, budget, seed, data_dir=work / "data", models_dir=models_dir, device=device)
+                with args.out.open("a") as out:
+                    for row in rows:
+                        row.update(
+                            set=labelled_set.name,
+                            budget_seconds=budget,
+                            seed=seed,
+                            machine=machine,
+                            code_version=code_version(),
+                            leave_one_set_out=models_dir != REPOSITORY_MODELS,
+                            finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                        )
+                        out.write(json.dumps(row) + "\n")
+    print(render_table(read_results(args.out)))
 
 
 if __name__ == "__main__":
