@@ -450,6 +450,38 @@ def train(set_dir: Path, budget, top_n, trials, seed, device, data_dir, start_ne
     _echo_summary(result)
 
 
+@main.command()
+@click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False, path_type=Path), help="State folder.")
+@click.option("--measure", is_flag=True, help="Probe every group not measured yet on this device (slow on a CPU).")
+def throughput(device, data_dir, measure):
+    """Training speed of each memory group on this device: measured (probe or real training) or estimated."""
+    from appliance.automl.throughput import ThroughputTable, ensure_reference_measurements, measure_every_group
+    from appliance.pipeline.device import resolve_device
+    from appliance.settings import Settings
+    from appliance.store import Store
+
+    try:
+        settings = Settings.from_env(data_dir=data_dir)
+        store, torch_device = Store(settings.store_path), resolve_device(device)
+        log = lambda message: click.echo(message)  # noqa: E731
+        if measure:
+            measure_every_group(store, torch_device, log=log)
+        else:
+            ensure_reference_measurements(store, torch_device, log=log)
+        table = ThroughputTable.load(store, torch_device)
+    except ApplianceError as error:
+        _fail(error)
+    click.echo(f"{table.device}, code {table.version}")
+    click.echo(f"{'patch':>5} {'batch':>5} {'encoder':<8} {'steps/s':>8} {'MPix/s':>7}  source")
+    for row in table.rows():
+        group = row.group
+        click.echo(
+            f"{group.patch_size:>5} {group.batch_size:>5} {group.encoder:<8} {row.steps_per_second:>8.2f} "
+            f"{row.mpix_per_second:>7.3f}  {row.source}"
+        )
+
+
 def _echo_summary(result) -> None:
     run = result.run
     scores: dict[int, list[float]] = {}

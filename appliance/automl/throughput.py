@@ -189,6 +189,29 @@ def reference_groups(table: ThroughputTable, encoder: str) -> Iterable[MemoryGro
     yield fitting[-1] if fitting else larger[0]
 
 
+def measure_every_group(
+    store: Store, device: torch.device, *, log: Callable[[str], None] = lambda message: None
+) -> ThroughputTable:
+    """Probe every memory group this device and code version has no measured value for (slow on a CPU: the largest
+    resnet50 group takes about a minute there; seconds on a GPU)."""
+    table = ThroughputTable.load(store, device)
+    for group in memory_groups():
+        if group not in table.measured:
+            _probe(store, table, group, device, log)
+    return table
+
+
+def _probe(store: Store, table: ThroughputTable, group: MemoryGroup, device: torch.device, log) -> None:
+    started = time.perf_counter()
+    steps_per_second = measure_group(group, device)
+    store.record_throughput(table.device, table.version, group, steps_per_second, source=PROBE)
+    table.record(group, steps_per_second, PROBE)
+    log(
+        f"throughput of patch {group.patch_size}, batch {group.batch_size}, {group.encoder} on {table.device}: "
+        f"{steps_per_second:.2f} steps/s (measured in {time.perf_counter() - started:.1f} s)"
+    )
+
+
 def ensure_reference_measurements(
     store: Store, device: torch.device, *, log: Callable[[str], None] = lambda message: None
 ) -> ThroughputTable:
@@ -196,16 +219,8 @@ def ensure_reference_measurements(
     table = ThroughputTable.load(store, device)
     for encoder in ("resnet18", "resnet50"):
         for group in reference_groups(table, encoder):
-            if group in table.measured:
-                continue
-            started = time.perf_counter()
-            steps_per_second = measure_group(group, device)
-            store.record_throughput(table.device, table.version, group, steps_per_second, source=PROBE)
-            table.record(group, steps_per_second, PROBE)
-            log(
-                f"throughput of patch {group.patch_size}, batch {group.batch_size}, {group.encoder} on {table.device}: "
-                f"{steps_per_second:.2f} steps/s (measured in {time.perf_counter() - started:.1f} s)"
-            )
+            if group not in table.measured:
+                _probe(store, table, group, device, log)
     return table
 
 

@@ -14,14 +14,12 @@ from appliance.settings import Settings
 
 DEMO_SET = "usiigaci_phase_cells_demo"
 DEMO_PROJECT = "phase-demo"
-DEMO_BUDGET_SECONDS = 120.0
-# A 2-minute budget shared by 50 configurations would give each less than one optimiser step on a CPU.
-DEMO_TOP_N = 4
+DEMO_BUDGET_SECONDS = 120.0  # how many configurations race in it follows from the machine (appliance.automl.race)
 
 
 def prepare_demo(settings: Settings) -> Settings:
     """Drop the bundled set (with a ``READY`` file) and sample images into a fresh data dir; returns the settings
-    to run the service with (the short demo budget and top 4 unless configured otherwise)."""
+    to run the service with (the short demo budget unless configured otherwise)."""
     data_dir = settings.data_dir
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ServiceError(f"{data_dir} is not empty; the demo needs a fresh data dir (remove it or give another)")
@@ -32,6 +30,4 @@ def prepare_demo(settings: Settings) -> Settings:
     shutil.copytree(str(demo / "images" / DEMO_PROJECT), settings.images_inbox / DEMO_PROJECT)
     if settings.default_budget == Settings.default_budget:
         settings = settings.with_values(default_budget=DEMO_BUDGET_SECONDS)
-    if settings.top_n == Settings.top_n:
-        settings = settings.with_values(top_n=DEMO_TOP_N)
     return settings

@@ -99,3 +99,20 @@ def test_a_training_slice_replaces_the_probe_but_a_tiny_one_does_not(tmp_path):
 
 def test_measuring_a_real_group_on_the_cpu():
     assert measure_group(R18_SMALL, torch.device("cpu"), min_seconds=0.0) > 0
+
+
+def test_the_throughput_command_measures_once_and_prints_all_24_groups(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    monkeypatch.setattr(tp, "measure_group", lambda group, device, **kwargs: steps_per_second(0.01, 2e-6, group))
+    runner = CliRunner()
+    first = runner.invoke(main, ["throughput", "--device", "cpu", "--data-dir", str(tmp_path)])
+    assert first.exit_code == 0, first.output
+    assert first.output.count("throughput of patch") == 4  # the reference groups, probed
+    rows = [line for line in first.output.splitlines() if line.rstrip().endswith(("probe", "estimate"))]
+    assert len(rows) == 24 and sum(line.endswith("probe") for line in rows) == 4
+    again = runner.invoke(main, ["throughput", "--device", "cpu", "--data-dir", str(tmp_path), "--measure"])
+    assert again.output.count("throughput of patch") == 20  # the rest, once
+    assert sum(line.rstrip().endswith("probe") for line in again.output.splitlines()) == 24
