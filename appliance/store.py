@@ -11,8 +11,9 @@ Tables (all created on open; WAL journal, so the page can read while training wr
 * ``steps``: one row per finished halving step with its survivors; a step with a row is never repeated.
 * ``events``: a log of what happened, for people.
 * ``models``: the model registry: every exported model with its scores.
-* ``throughput``: training steps per second of each memory group (patch × batch × encoder) per device name and
-  code version, from a probe or from real training slices (:mod:`appliance.automl.throughput`).
+* ``throughput``: per device name and code version, training steps per second of each memory group (patch × batch
+  × encoder; ``kind`` ``train``), from a probe or from real training slices, and prediction tiles per second per
+  encoder (``kind`` ``predict``) (:mod:`appliance.automl.throughput`).
 
 The service's tables:
 
@@ -118,6 +119,7 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
         {
             "device": str,
             "code_version": str,
+            "kind": str,
             "patch_size": int,
             "batch_size": int,
             "encoder": str,
@@ -125,7 +127,7 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
             "source": str,
             "measured_at": str,
         },
-        ("device", "code_version", "patch_size", "batch_size", "encoder"),
+        ("device", "code_version", "kind", "patch_size", "batch_size", "encoder"),
     ),
     "models": (
         {
@@ -373,12 +375,16 @@ class Store:
 
     # -- training throughput ------------------------------------------------------------------
 
-    def record_throughput(self, device: str, code_version: str, group, steps_per_second: float, *, source: str) -> None:
-        """Keep the latest steps per second of ``group`` (a :class:`~appliance.automl.memory.MemoryGroup`)."""
+    def record_throughput(
+        self, device: str, code_version: str, group, steps_per_second: float, *, source: str, kind: str = "train"
+    ) -> None:
+        """Keep the latest steps per second of ``group`` (a :class:`~appliance.automl.memory.MemoryGroup`; for
+        ``kind="predict"`` a tile size × batch of prediction)."""
         self.db["throughput"].insert(
             {
                 "device": device,
                 "code_version": code_version,
+                "kind": kind,
                 "patch_size": group.patch_size,
                 "batch_size": group.batch_size,
                 "encoder": group.encoder,
@@ -392,7 +398,9 @@ class Store:
     def throughput(self, device: str, code_version: str) -> list[dict]:
         return list(
             self.db["throughput"].rows_where(
-                "device = ? and code_version = ?", [device, code_version], order_by="patch_size, batch_size, encoder"
+                "device = ? and code_version = ?",
+                [device, code_version],
+                order_by="kind, patch_size, batch_size, encoder",
             )
         )
 

@@ -243,14 +243,10 @@ def slice_overhead(
     candidate: Candidate, *, validation_pixels: float, table: ThroughputTable, checkpoint_seconds: float | None = None
 ) -> float:
     """Estimated seconds of one slice outside training: building or loading the model, saving its checkpoint, and
-    predicting the validation images (``validation_pixels``: the pixels of the tiles the sliding window runs).
-
-    A forward pass costs about a third of a training step per pixel, so prediction runs at about three times the
-    encoder's best measured training MPix/s here. Checkpoints: about 1.2 s (resnet18) and 2.2 s (resnet50) to save,
-    load and rebuild on this development machine's disk.
-    """
+    predicting the validation images (``validation_pixels``: the pixels of the tiles the sliding window runs, at
+    the encoder's measured prediction speed). Checkpoints: about 1.2 s (resnet18) and 2.2 s (resnet50) to save,
+    load and rebuild on the development machine's disk."""
     encoder = candidate.config.encoder
     if checkpoint_seconds is None:
         checkpoint_seconds = 2.2 if encoder == "resnet50" else 1.2
-    best = max(t.mpix_per_second for t in table.rows() if t.group.encoder == encoder)
-    return checkpoint_seconds + validation_pixels / 1e6 / (3 * best)
+    return checkpoint_seconds + validation_pixels / 1e6 / table.prediction_mpix_per_second(encoder)

@@ -8,13 +8,16 @@ at 0.8 MPix/s but patch 256 / batch 8 at 18 MPix/s), while a CPU's time grows wi
 The table lives in the store, per device name and code version (:meth:`~appliance.store.Store.throughput`).
 Values come from two sources: ``probe`` (:func:`measure_group`: one warm-up step, then timed steps on random
 patches) and ``training`` (what a real halving slice achieved, which includes batch preparation; it replaces the
-probe's value). A group not measured yet is estimated with a per-encoder cost model ``seconds per step =
-a + b · pixels per step`` fitted to the measured groups (:meth:`ThroughputTable.get`), so two measured groups per
-encoder estimate all 24; :func:`ensure_reference_measurements` measures those, once per device and code version.
+probe's value). A group not measured yet is estimated by interpolating seconds per step over pixels per step
+(log-log) through the measured groups of its encoder (:meth:`ThroughputTable.get`);
+:func:`ensure_reference_measurements` measures two or three groups per encoder and the prediction speed of each
+encoder (which prices validation), once per device and code version. A linear cost model fitted to two small groups
+was tried first: on the 2-core CPU it put the paper default at 0.89 steps/s; it trains at 0.47–0.52.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ import torch
 
 from appliance.automl.memory import MemoryGroup, memory_groups
 from appliance.errors import ApplianceError
-from appliance.pipeline.config import PipelineConfig
+from appliance.pipeline.config import PAPER_DEFAULT, PipelineConfig
 from appliance.pipeline.device import device_name, synchronize
 from appliance.store import Store
 from appliance.version import code_version
@@ -32,6 +35,8 @@ from appliance.version import code_version
 PROBE = "probe"
 TRAINING = "training"
 ESTIMATE = "estimate"
+TRAIN, PREDICT = "train", "predict"  # what a row of the store's table measures
+PREDICT_TILE = 512
 
 PROBE_SECONDS = 0.3  # timed steps of a probe run until at least this long (at least 2 steps, at most 20)
 REFERENCE_STEP_SECONDS = 1.0  # the larger reference group of an encoder: the largest with a step of about this,
@@ -64,17 +69,23 @@ def group_of(config: PipelineConfig) -> MemoryGroup:
 
 
 class ThroughputTable:
-    """Measured steps per second of memory groups on one device and code version, with estimates for the rest."""
+    """Measured training steps per second of memory groups, and prediction speed per encoder, on one device and code
+    version, with estimates for the rest."""
 
-    def __init__(self, device: str, version: str, measured: dict[MemoryGroup, tuple[float, str]]):
+    def __init__(
+        self,
+        device: str,
+        version: str,
+        measured: dict[MemoryGroup, tuple[float, str]],
+        prediction: dict[str, float] | None = None,
+    ):
         self.device = device
         self.version = version
         self.measured = dict(measured)
-        self._models: dict[str, tuple[float, float]] = {}
+        self.prediction = dict(prediction or {})  # encoder -> MPix/s of sliding-window prediction tiles
 
     def record(self, group: MemoryGroup, steps_per_second: float, source: str) -> None:
         self.measured[group] = (steps_per_second, source)
-        self._models.clear()
 
     @classmethod
     def load(cls, store: Store, device: torch.device, *, version: str | None = None) -> ThroughputTable:
@@ -86,6 +97,12 @@ class ThroughputTable:
             {
                 MemoryGroup(r["patch_size"], r["batch_size"], r["encoder"]): (r["steps_per_second"], r["source"])
                 for r in rows
+                if r["kind"] == TRAIN
+            },
+            {
+                r["encoder"]: r["steps_per_second"] * r["patch_size"] ** 2 * r["batch_size"] / 1e6
+                for r in rows
+                if r["kind"] == PREDICT
             },
         )
 
@@ -94,54 +111,65 @@ class ThroughputTable:
         if group in self.measured:
             steps_per_second, source = self.measured[group]
             return Throughput(group, steps_per_second, source)
-        if group.encoder not in self._models:
-            self._models[group.encoder] = self._cost_model(group.encoder)
-        fixed, per_pixel = self._models[group.encoder]
-        seconds = fixed + per_pixel * group.patch_size**2 * group.batch_size
-        return Throughput(group, 1.0 / seconds, ESTIMATE)
+        return Throughput(group, 1.0 / self._seconds_per_step(group.encoder, _pixels(group)), ESTIMATE)
 
-    def _cost_model(self, encoder: str) -> tuple[float, float]:
-        """``(a, b)`` of ``seconds per step = a + b · pixels`` for ``encoder``, both ≥ 0."""
+    def prediction_mpix_per_second(self, encoder: str) -> float:
+        """Megapixels of tiles a second that sliding-window prediction runs at; unmeasured: 4× the encoder's
+        training speed at the paper default's batch (prediction was 4.1–4.3× on the 2-core CPU)."""
+        if encoder in self.prediction:
+            return self.prediction[encoder]
+        return 4 * self.get(MemoryGroup(128, 16, encoder)).mpix_per_second
+
+    def _seconds_per_step(self, encoder: str, pixels: int) -> float:
+        """Interpolated in log(seconds) over log(pixels) through this encoder's measured groups; beyond them along
+        the nearest segment's slope (kept within 0.5–1.5: a step never gets cheaper with more pixels, nor much
+        more than proportionally dearer). One measured group: proportional to pixels through it. None: the other
+        encoder's curve × :data:`RESNET50_COST` (or its inverse)."""
         own = self._points(encoder)
-        if len({pixels for pixels, _ in own}) >= 2:
-            return _fit_cost(own)
+        if len(own) >= 2:
+            return _log_interpolate(own, pixels)
         other = self._points("resnet50" if encoder == "resnet18" else "resnet18")
-        if not own and not other:
+        if own:
+            (known_pixels, known_seconds) = own[0]
+            if len(other) >= 2:  # the other encoder's shape, through this encoder's one point
+                return known_seconds * _log_interpolate(other, pixels) / _log_interpolate(other, known_pixels)
+            return known_seconds * pixels / known_pixels
+        if not other:
             raise ThroughputUnknown(
                 f"no training throughput measured on {self.device} (code {self.version}) to estimate {encoder} from; "
                 "measure the reference groups first (ensure_reference_measurements)"
             )
-        if len({pixels for pixels, _ in other}) >= 2:
-            fixed, per_pixel = _fit_cost(other)
-        else:
-            fixed, per_pixel = 0.0, float(np.mean([seconds / pixels for pixels, seconds in other or own]))
-        if not own:
-            return fixed, per_pixel * (RESNET50_COST if encoder == "resnet50" else 1 / RESNET50_COST)
-        # one measured group of this encoder: the other encoder's fixed cost, the per-pixel cost through that point
-        pixels, seconds = own[0]
-        fixed = min(fixed, seconds)
-        return fixed, (seconds - fixed) / pixels
+        ratio = RESNET50_COST if encoder == "resnet50" else 1 / RESNET50_COST
+        if len(other) >= 2:
+            return ratio * _log_interpolate(other, pixels)
+        return ratio * other[0][1] * pixels / other[0][0]
 
     def _points(self, encoder: str) -> list[tuple[int, float]]:
-        return [
-            (g.patch_size**2 * g.batch_size, 1.0 / sps) for g, (sps, _) in self.measured.items() if g.encoder == encoder
-        ]
+        """``(pixels per step, seconds per step)`` of the measured groups, one per pixel count (the mean), sorted."""
+        by_pixels: dict[int, list[float]] = {}
+        for group, (steps_per_second, _) in self.measured.items():
+            if group.encoder == encoder:
+                by_pixels.setdefault(_pixels(group), []).append(1.0 / steps_per_second)
+        return sorted((pixels, float(np.mean(seconds))) for pixels, seconds in by_pixels.items())
 
     def rows(self) -> list[Throughput]:
         """Every memory group, measured or estimated (patch size slowest)."""
         return [self.get(group) for group in memory_groups()]
 
 
-def _fit_cost(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least squares of ``seconds = a + b · pixels`` with a, b ≥ 0."""
-    pixels = np.array([p for p, _ in points], dtype=float)
-    seconds = np.array([s for _, s in points], dtype=float)
-    per_pixel, fixed = np.polyfit(pixels, seconds, 1)
-    if per_pixel <= 0:
-        return float(seconds.mean()), 0.0
-    if fixed < 0:
-        return 0.0, float((seconds * pixels).sum() / (pixels**2).sum())
-    return float(fixed), float(per_pixel)
+def _pixels(group: MemoryGroup) -> int:
+    return group.patch_size**2 * group.batch_size
+
+
+def _log_interpolate(points: list[tuple[int, float]], pixels: int) -> float:
+    xs = np.log([p for p, _ in points])
+    ys = np.log([s for _, s in points])
+    x = math.log(pixels)
+    if xs[0] <= x <= xs[-1]:
+        return float(math.exp(np.interp(x, xs, ys)))
+    i, j = (0, 1) if x < xs[0] else (-2, -1)
+    slope = min(1.5, max(0.5, (ys[j] - ys[i]) / (xs[j] - xs[i])))
+    return float(math.exp(ys[i if x < xs[0] else j] + slope * (x - xs[i if x < xs[0] else j])))
 
 
 def measure_group(
@@ -172,10 +200,27 @@ def measure_group(
     return steps / (clock() - started)
 
 
+def measure_prediction(encoder: str, device: torch.device, *, repeats: int = 2) -> float:
+    """Megapixels a second of sliding-window prediction tiles (:data:`PREDICT_TILE` px, one at a time) with a
+    randomly initialised U-Net of ``encoder``, after one warm-up tile."""
+    from appliance.pipeline.inference import torch_runner
+    from appliance.pipeline.model import build_model
+
+    model = build_model(PipelineConfig(encoder=encoder), in_channels=1, num_classes=1).to(device)
+    run = torch_runner(model, device=device)
+    tile = np.random.default_rng(0).random((1, 1, PREDICT_TILE, PREDICT_TILE), dtype=np.float32)
+    run(tile)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        run(tile)
+    return repeats * PREDICT_TILE**2 / 1e6 / (time.perf_counter() - started)
+
+
 def reference_groups(table: ThroughputTable, encoder: str) -> Iterable[MemoryGroup]:
     """The groups measured for ``encoder``: the smallest, then the largest whose step the smallest's per-pixel cost
     puts at about :data:`REFERENCE_STEP_SECONDS` but with at least :data:`REFERENCE_MIN_RATIO` times its pixels
-    (a CPU gets patch 128 / batch 4, a GPU a large one)."""
+    (a CPU gets patch 128 / batch 4, a GPU a large one), and for resnet18 the paper default's group (it always
+    races; a CPU's cost per pixel still grows between those two and it)."""
     groups = sorted(
         (g for g in memory_groups() if g.encoder == encoder),
         key=lambda g: (g.patch_size**2 * g.batch_size, g.patch_size),
@@ -187,6 +232,9 @@ def reference_groups(table: ThroughputTable, encoder: str) -> Iterable[MemoryGro
     larger = [g for g in groups if g.patch_size**2 * g.batch_size >= REFERENCE_MIN_RATIO * smallest]
     fitting = [g for g in larger if per_pixel * g.patch_size**2 * g.batch_size <= REFERENCE_STEP_SECONDS]
     yield fitting[-1] if fitting else larger[0]
+    default = MemoryGroup(PAPER_DEFAULT.patch_size, PAPER_DEFAULT.batch_size, PAPER_DEFAULT.encoder)
+    if encoder == default.encoder:
+        yield default
 
 
 def measure_every_group(
@@ -221,6 +269,14 @@ def ensure_reference_measurements(
         for group in reference_groups(table, encoder):
             if group not in table.measured:
                 _probe(store, table, group, device, log)
+        if encoder not in table.prediction:
+            mpix_per_second = measure_prediction(encoder, device)
+            tiles = MemoryGroup(PREDICT_TILE, 1, encoder)
+            store.record_throughput(
+                table.device, table.version, tiles, mpix_per_second * 1e6 / PREDICT_TILE**2, source=PROBE, kind=PREDICT
+            )
+            table.prediction[encoder] = mpix_per_second
+            log(f"prediction speed of {encoder} on {table.device}: {mpix_per_second:.2f} MPix/s of tiles")
     return table
 
 

@@ -27,24 +27,40 @@ def steps_per_second(fixed: float, per_pixel: float, group: MemoryGroup) -> floa
     return 1.0 / (fixed + per_pixel * group.patch_size**2 * group.batch_size)
 
 
-def test_two_measured_groups_estimate_the_rest_of_their_encoder_exactly():
-    true = {g: steps_per_second(0.02, 1e-7, g) for g in (R18_SMALL, R18_LARGE)}
-    table = ThroughputTable("gpu", "v1", {g: (s, PROBE) for g, s in true.items()})
-    big = MemoryGroup(256, 32, "resnet18")
-    assert table.get(big).steps_per_second == pytest.approx(steps_per_second(0.02, 1e-7, big))
-    assert table.get(big).source == "estimate"
-    assert table.get(R18_SMALL).source == PROBE
-    assert table.get(big).mpix_per_second == pytest.approx(table.get(big).steps_per_second * 256 * 256 * 32 / 1e6)
-    # the other encoder, unmeasured, costs RESNET50_COST times as much per pixel with the same fixed cost
-    r50 = table.get(big.__class__(256, 32, "resnet50"))
-    assert 1 / r50.steps_per_second == pytest.approx(0.02 + 1e-7 * tp.RESNET50_COST * 256 * 256 * 32)
+def test_estimates_interpolate_between_measured_groups_in_log_log():
+    # seconds = 1e-5 · pixels^0.9: a power law is a straight line in log-log, so interpolation is exact
+    def seconds(group):
+        return 1e-5 * (group.patch_size**2 * group.batch_size) ** 0.9
+
+    low, high = MemoryGroup(64, 4, "resnet18"), MemoryGroup(256, 32, "resnet18")
+    table = ThroughputTable("cpu x", "v1", {g: (1 / seconds(g), PROBE) for g in (low, high)})
+    middle = MemoryGroup(128, 16, "resnet18")
+    assert 1 / table.get(middle).steps_per_second == pytest.approx(seconds(middle))
+    assert table.get(middle).source == "estimate" and table.get(low).source == PROBE
+    assert table.get(middle).mpix_per_second == pytest.approx(128 * 128 * 16 / 1e6 / seconds(middle))
 
 
-def test_one_group_of_an_encoder_keeps_the_other_encoders_fixed_cost():
+def test_beyond_the_measured_groups_the_nearest_slope_continues_within_bounds():
+    gpu_like = {g: (steps_per_second(0.02, 1e-8, g), PROBE) for g in (R18_SMALL, R18_LARGE)}  # nearly flat
+    table = ThroughputTable("gpu", "v1", gpu_like)
+    big = MemoryGroup(256, 32, "resnet18")  # 16× the larger group's pixels: at least √16 = 4× its step time
+    assert 1 / table.get(big).steps_per_second >= 4 / gpu_like[R18_LARGE][0] * 0.999
+
+
+def test_an_encoder_without_measurements_follows_the_other_one():
     measured = {g: (steps_per_second(0.02, 1e-7, g), PROBE) for g in (R18_SMALL, R18_LARGE)}
-    measured[R50_SMALL] = (steps_per_second(0.02, 3e-7, R50_SMALL), PROBE)
     table = ThroughputTable("gpu", "v1", measured)
-    assert table.get(R50_LARGE).steps_per_second == pytest.approx(steps_per_second(0.02, 3e-7, R50_LARGE))
+    assert 1 / table.get(R50_LARGE).steps_per_second == pytest.approx(tp.RESNET50_COST / measured[R18_LARGE][0])
+    measured[R50_SMALL] = (0.5 * measured[R18_SMALL][0], PROBE)  # one resnet50 group: twice resnet18's time there
+    table = ThroughputTable("gpu", "v1", measured)
+    assert table.get(R50_LARGE).steps_per_second == pytest.approx(0.5 * measured[R18_LARGE][0])
+
+
+def test_prediction_speed_is_measured_or_four_times_training_speed():
+    table = ThroughputTable("cpu x", "v1", {R18_SMALL: (4.0, PROBE), R18_LARGE: (1.0, PROBE)}, {"resnet18": 0.5})
+    assert table.prediction_mpix_per_second("resnet18") == 0.5
+    default = table.get(MemoryGroup(128, 16, "resnet50")).mpix_per_second
+    assert table.prediction_mpix_per_second("resnet50") == pytest.approx(4 * default)
 
 
 def test_all_24_groups_have_a_value_and_nothing_measured_says_what_to_do():
@@ -61,8 +77,14 @@ def test_the_store_keeps_one_value_per_group_device_and_code_version(tmp_path):
     store.record_throughput("gpu A", "v1", R18_SMALL, 12.0, source=TRAINING)
     store.record_throughput("gpu A", "v2", R18_SMALL, 99.0, source=PROBE)
     store.record_throughput("gpu B", "v1", R18_SMALL, 5.0, source=PROBE)
+    store.record_throughput("gpu A", "v1", MemoryGroup(512, 1, "resnet18"), 20.0, source=PROBE, kind="predict")
     rows = store.throughput("gpu A", "v1")
-    assert [(r["steps_per_second"], r["source"]) for r in rows] == [(12.0, TRAINING)]
+    assert [(r["kind"], r["steps_per_second"], r["source"]) for r in rows] == [
+        ("predict", 20.0, PROBE),
+        ("train", 12.0, TRAINING),
+    ]
+    table = ThroughputTable.load(store, torch.device("cpu"), version="v1")
+    assert table.measured == {}  # another device
 
 
 def test_reference_groups_are_measured_once_per_device_and_version(tmp_path, monkeypatch):
@@ -73,16 +95,19 @@ def test_reference_groups_are_measured_once_per_device_and_version(tmp_path, mon
         return steps_per_second(0.01, 2e-6, group)  # a CPU-like device: 0.04 s for patch 64 / batch 4
 
     monkeypatch.setattr(tp, "measure_group", fake_measure)
+    monkeypatch.setattr(tp, "measure_prediction", lambda encoder, device: {"resnet18": 0.5, "resnet50": 0.3}[encoder])
     store = Store(tmp_path / "s.sqlite")
     table = ensure_reference_measurements(store, torch.device("cpu"))
-    assert [g.encoder for g in calls] == ["resnet18", "resnet18", "resnet50", "resnet50"]
-    assert calls[0] == R18_SMALL
+    assert [g.encoder for g in calls] == ["resnet18", "resnet18", "resnet18", "resnet50", "resnet50"]
+    assert calls[0] == R18_SMALL and calls[2] == MemoryGroup(128, 16, "resnet18")  # the paper default's group
     # the larger reference: ≥ 4× the smallest's pixels and a step of at most about 1 s by its per-pixel cost
     larger = calls[1]
     assert larger.patch_size**2 * larger.batch_size >= 4 * 64 * 64 * 4
-    assert ThroughputTable.load(store, torch.device("cpu")).measured == table.measured
+    loaded = ThroughputTable.load(store, torch.device("cpu"))
+    assert loaded.measured == table.measured
+    assert loaded.prediction == pytest.approx({"resnet18": 0.5, "resnet50": 0.3})
     ensure_reference_measurements(store, torch.device("cpu"))
-    assert len(calls) == 4
+    assert len(calls) == 5
     assert table.device == device_name(torch.device("cpu"))
 
 
@@ -97,8 +122,9 @@ def test_a_training_slice_replaces_the_probe_but_a_tiny_one_does_not(tmp_path):
     assert store.throughput("cpu x", "v1")[0]["steps_per_second"] == 3.0
 
 
-def test_measuring_a_real_group_on_the_cpu():
+def test_measuring_a_real_group_and_prediction_on_the_cpu():
     assert measure_group(R18_SMALL, torch.device("cpu"), min_seconds=0.0) > 0
+    assert tp.measure_prediction("resnet18", torch.device("cpu"), repeats=1) > 0
 
 
 def test_the_throughput_command_measures_once_and_prints_all_24_groups(tmp_path, monkeypatch):
@@ -107,12 +133,14 @@ def test_the_throughput_command_measures_once_and_prints_all_24_groups(tmp_path,
     from appliance.cli import main
 
     monkeypatch.setattr(tp, "measure_group", lambda group, device, **kwargs: steps_per_second(0.01, 2e-6, group))
+    monkeypatch.setattr(tp, "measure_prediction", lambda encoder, device: 0.4)
     runner = CliRunner()
     first = runner.invoke(main, ["throughput", "--device", "cpu", "--data-dir", str(tmp_path)])
     assert first.exit_code == 0, first.output
-    assert first.output.count("throughput of patch") == 4  # the reference groups, probed
+    assert first.output.count("throughput of patch") == 5  # the reference groups, probed
+    assert first.output.count("prediction speed of") == 2
     rows = [line for line in first.output.splitlines() if line.rstrip().endswith(("probe", "estimate"))]
-    assert len(rows) == 24 and sum(line.endswith("probe") for line in rows) == 4
+    assert len(rows) == 24 and sum(line.endswith("probe") for line in rows) == 5
     again = runner.invoke(main, ["throughput", "--device", "cpu", "--data-dir", str(tmp_path), "--measure"])
-    assert again.output.count("throughput of patch") == 20  # the rest, once
+    assert again.output.count("throughput of patch") == 19  # the rest, once
     assert sum(line.rstrip().endswith("probe") for line in again.output.splitlines()) == 24
