@@ -121,19 +121,22 @@ class ThroughputTable:
         return 4 * self.get(MemoryGroup(128, 16, encoder)).mpix_per_second
 
     def _seconds_per_step(self, encoder: str, pixels: int) -> float:
-        """Interpolated in log(seconds) over log(pixels) through this encoder's measured groups; beyond them along
-        the nearest segment's slope (kept within 0.5–1.5: a step never gets cheaper with more pixels, nor much
-        more than proportionally dearer). One measured group: proportional to pixels through it. None: the other
-        encoder's curve × :data:`RESNET50_COST` (or its inverse)."""
+        """Interpolated in log(seconds) over log(pixels) through this encoder's measured groups. Outside them, the
+        curve's shape comes from the other encoder where that one was measured further (the shape is the device's:
+        flat where a step's fixed cost dominates, proportional to pixels where compute does), anchored at this
+        encoder's nearest measured group; else along the nearest segment's slope, kept within 0.5–1.5. No measured
+        group: the other encoder's curve × :data:`RESNET50_COST` (or its inverse)."""
         own = self._points(encoder)
-        if len(own) >= 2:
-            return _log_interpolate(own, pixels)
         other = self._points("resnet50" if encoder == "resnet18" else "resnet18")
+        if len(own) >= 2 and own[0][0] <= pixels <= own[-1][0]:
+            return _log_interpolate(own, pixels)
+        if own and len(other) >= 2:
+            above = pixels > own[-1][0]
+            anchor_pixels, anchor_seconds = own[-1] if above else own[0]
+            if (other[-1][0] > anchor_pixels) if above else (other[0][0] < anchor_pixels):
+                return anchor_seconds * _log_interpolate(other, pixels) / _log_interpolate(other, anchor_pixels)
         if own:
-            (known_pixels, known_seconds) = own[0]
-            if len(other) >= 2:  # the other encoder's shape, through this encoder's one point
-                return known_seconds * _log_interpolate(other, pixels) / _log_interpolate(other, known_pixels)
-            return known_seconds * pixels / known_pixels
+            return _log_interpolate(own, pixels) if len(own) >= 2 else own[0][1] * pixels / own[0][0]
         if not other:
             raise ThroughputUnknown(
                 f"no training throughput measured on {self.device} (code {self.version}) to estimate {encoder} from; "
@@ -162,6 +165,11 @@ def _pixels(group: MemoryGroup) -> int:
 
 
 def _log_interpolate(points: list[tuple[int, float]], pixels: int) -> float:
+    """Seconds per step at ``pixels``, piecewise linear in log-log through ``points``; beyond them along the nearest
+    segment's slope, kept within 0.5–1.5 (a step never gets cheaper with more pixels, nor much dearer than
+    proportionally)."""
+    if len(points) == 1:
+        return points[0][1] * pixels / points[0][0]
     xs = np.log([p for p, _ in points])
     ys = np.log([s for _, s in points])
     x = math.log(pixels)

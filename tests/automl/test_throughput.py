@@ -144,3 +144,17 @@ def test_the_throughput_command_measures_once_and_prints_all_24_groups(tmp_path,
     again = runner.invoke(main, ["throughput", "--device", "cpu", "--data-dir", str(tmp_path), "--measure"])
     assert again.output.count("throughput of patch") == 19  # the rest, once
     assert sum(line.rstrip().endswith("probe") for line in again.output.splitlines()) == 24
+
+
+def test_an_encoder_measured_on_small_groups_takes_the_large_end_of_its_curve_from_the_other():
+    # resnet18 measured up to the paper default's group, resnet50 only on small ones: above its largest group resnet50
+    # follows resnet18's shape (the device's), anchored at its own largest measurement
+    r18 = {
+        MemoryGroup(64, 4, "resnet18"): 0.2,
+        MemoryGroup(128, 4, "resnet18"): 0.45,
+        MemoryGroup(128, 16, "resnet18"): 2.0,
+    }
+    r50 = {MemoryGroup(64, 4, "resnet50"): 0.43, MemoryGroup(64, 16, "resnet50"): 1.17}
+    table = ThroughputTable("cpu x", "v1", {g: (1 / s, PROBE) for g, s in {**r18, **r50}.items()})
+    default_r50 = MemoryGroup(128, 16, "resnet50")
+    assert 1 / table.get(default_r50).steps_per_second == pytest.approx(1.17 * 2.0 / 0.45)
