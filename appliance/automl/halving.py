@@ -93,6 +93,7 @@ class SuccessiveHalving:
         growth: float = 1.0,
         clock: Callable[[], float] = time.perf_counter,
         on_slice: Callable[[dict], None] | None = None,
+        overhead_estimate: Callable[[PipelineConfig], tuple[float, float]] | None = None,
     ):
         self.store = store
         self.run_id = run_id
@@ -102,9 +103,11 @@ class SuccessiveHalving:
         self.growth = growth
         self.clock = clock
         self.on_slice = on_slice or (lambda result: None)
-        # measured per trial: seconds of a slice spent outside training (loading, checkpointing) and validating
+        # measured per trial: seconds of a slice spent outside training (loading, checkpointing) and validating;
+        # before a trial's first measurement, the estimate (checkpoint, validation) for its configuration
         self.overheads: dict[int, float] = {}
         self.validation_seconds: dict[int, float] = {}
+        self.overhead_estimate = overhead_estimate
 
     def run(self) -> dict:
         """Run every step not recorded yet; return the winning trial."""
@@ -178,9 +181,7 @@ class SuccessiveHalving:
             if step == 0:
                 peak = self.backend.probe(trainer)
                 self.store.update_trial(self.run_id, rank, probe_peak_memory_mb=peak)
-            overhead = self.overheads.get(rank, max(self.overheads.values(), default=0.0))
-            if validate:
-                overhead += self.validation_seconds.get(rank, max(self.validation_seconds.values(), default=0.0))
+            overhead = self._expected_overhead(rank, config, validate)
             budget = max(0.0, share - overhead - (self.clock() - started))
             trained = self.backend.train(trainer, budget)
             validation_started = self.clock()
@@ -222,6 +223,21 @@ class SuccessiveHalving:
             Path(checkpoint).unlink(missing_ok=True)
         self.on_slice({"step": step, "rank": rank, **result})
         return True
+
+    def _expected_overhead(self, rank: int, config: PipelineConfig, validate: bool) -> float:
+        """Seconds this trial's slice will spend outside training: its own last measurement, else the estimate for
+        its configuration, else the largest measured so far (the first slice of a run without an estimate: 0)."""
+        estimate = self.overhead_estimate(config) if self.overhead_estimate else None
+        parts = ((self.overheads, 0), (self.validation_seconds, 1)) if validate else ((self.overheads, 0),)
+        total = 0.0
+        for measured, index in parts:
+            if rank in measured:
+                total += measured[rank]
+            elif estimate is not None:
+                total += estimate[index]
+            else:
+                total += max(measured.values(), default=0.0)
+        return total
 
     def _replacement(self) -> dict | None:
         """The best-ranked configuration that is not a trial yet, added as a new active trial."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from appliance.automl.backend import TorchBackend
 from appliance.automl.halving import SuccessiveHalving, enter_race
 from appliance.automl.metafeatures import set_features
-from appliance.automl.race import plan_race, slice_overhead, time_aware_order
+from appliance.automl.race import plan_race, slice_overhead, slice_overheads, time_aware_order
 from appliance.automl.ranking import Ranking, rank_for_set
 from appliance.automl.schedule import HalvingSchedule
 from appliance.automl.throughput import ensure_reference_measurements, record_training_throughput
@@ -156,6 +156,9 @@ def train_set(
             growth=schedule.growth,
             run_dir=run_dir,
             on_slice=on_slice,
+            overhead_estimate=lambda config: slice_overheads(
+                config, validation_pixels=backend.validation_tile_pixels, table=table
+            ),
         )
         winner = halving.run()
         timings["halving_seconds"] = time.perf_counter() - started

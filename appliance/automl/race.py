@@ -239,14 +239,18 @@ def _plan(schedule, chosen, overhead, floor_steps, search, reason) -> RacePlan:
     return RacePlan(schedule, tuple(chosen), steps, floor_steps, search, reason)
 
 
-def slice_overhead(
-    candidate: Candidate, *, validation_pixels: float, table: ThroughputTable, checkpoint_seconds: float | None = None
-) -> float:
-    """Estimated seconds of one slice outside training: building or loading the model, saving its checkpoint, and
-    predicting the validation images (``validation_pixels``: the pixels of the tiles the sliding window runs, at
-    the encoder's measured prediction speed). Checkpoints: about 1.2 s (resnet18) and 2.2 s (resnet50) to save,
-    load and rebuild on the development machine's disk."""
-    encoder = candidate.config.encoder
-    if checkpoint_seconds is None:
-        checkpoint_seconds = 2.2 if encoder == "resnet50" else 1.2
-    return checkpoint_seconds + validation_pixels / 1e6 / table.prediction_mpix_per_second(encoder)
+CHECKPOINT_SECONDS = {"resnet18": 1.2, "resnet50": 2.2}
+"""Saving, loading and rebuilding a trial's model and optimiser, measured on the development machine's disk."""
+
+
+def slice_overheads(config: PipelineConfig, *, validation_pixels: float, table: ThroughputTable) -> tuple[float, float]:
+    """Estimated seconds of one slice outside training: ``(checkpoint, validation)``. Validation predicts
+    ``validation_pixels`` (the pixels of the tiles the sliding window runs) at the encoder's measured prediction
+    speed."""
+    validation = validation_pixels / 1e6 / table.prediction_mpix_per_second(config.encoder)
+    return CHECKPOINT_SECONDS[config.encoder], validation
+
+
+def slice_overhead(candidate: Candidate, *, validation_pixels: float, table: ThroughputTable) -> float:
+    """:func:`slice_overheads` of a candidate, added up."""
+    return sum(slice_overheads(candidate.config, validation_pixels=validation_pixels, table=table))

@@ -143,6 +143,32 @@ def test_overheads_count_against_the_budget(tmp_path):
     assert sum(seconds for _, seconds in backend.trained) < 600.0 - 3.0 * backend.validations * 0.9
 
 
+def test_with_an_overhead_estimate_the_first_trial_does_not_eat_the_last_ones_share(tmp_path):
+    """Before any slice is measured, a trial trained its whole share and then overran it by its validation and
+    checkpoint, at the cost of the step's last trial (the paper default, ranked last, got 25 steps instead of 30)."""
+    shares = {}
+    for estimate in (None, lambda config: (1.0, 9.0)):
+        clock = FakeClock()
+        backend = FakeBackend(clock, eval_cost=9.0, save_cost=1.0)
+        store = Store(tmp_path / f"{estimate is None}.sqlite")
+        ranking = fallback_ranking()
+        run_id = store.create_run(set_name="fake", budget_seconds=240.0, top_n=2, seed=0)
+        enter_trials(store, run_id, ranking.configurations, ranking.scores, 2)
+        halving = SuccessiveHalving(
+            store,
+            run_id,
+            backend,
+            budget_seconds=240.0,
+            run_dir=tmp_path / run_id,
+            clock=clock,
+            overhead_estimate=estimate,
+        )
+        halving.run()
+        shares[estimate is None] = [seconds for _, seconds in backend.trained[:2]]
+    assert shares[True][0] > shares[True][1] + 9  # without: the first trial's overrun comes out of the second's
+    assert shares[False][0] == pytest.approx(shares[False][1])  # with: equal first slices
+
+
 def test_a_configuration_that_does_not_fit_is_replaced_by_the_next_ranked(tmp_path):
     clock = FakeClock()
     ranking = fallback_ranking()
