@@ -414,6 +414,10 @@ class Store:
         return list(self.db["events"].rows_where(where, args, order_by="id desc", limit=limit))
 
     def register_model(self, **fields) -> str:
+        """A new registry row; rows of the same run whose export never finished (empty path) are dropped first, so a
+        run resumed during its export registers its model once."""
+        if fields.get("run_id"):
+            self.db["models"].delete_where("run_id = ? and (path = '' or path is null)", [fields["run_id"]])
         model_id = f"model-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         self.db["models"].insert({"id": model_id, "created_at": now(), "active": 0, **fields})
         return model_id

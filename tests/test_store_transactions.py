@@ -26,3 +26,13 @@ def test_a_finished_step_and_its_dropped_trials_are_one_write(tmp_path):
         store.finish_step(run_id, 0, active=[1, 2], survivors=[object()], seconds=1.0)
     assert store.finished_steps(run_id) == []
     assert {t["status"] for t in store.trials(run_id)} == {"active"}
+
+
+def test_a_model_whose_export_never_finished_is_replaced_not_kept_beside_the_new_one(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    run_id = store.create_run(set_name="s", budget_seconds=60.0, top_n=2, seed=0)
+    store.register_model(run_id=run_id, set_name="s", config_id="c-a", path="")  # killed during its export
+    other = store.create_run(set_name="t", budget_seconds=60.0, top_n=2, seed=0)
+    kept = store.register_model(run_id=other, set_name="t", config_id="c-b", path="/models/b")
+    new = store.register_model(run_id=run_id, set_name="s", config_id="c-a", path="")
+    assert sorted(m["id"] for m in store.models()) == sorted([kept, new])

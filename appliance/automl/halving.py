@@ -110,7 +110,10 @@ class SuccessiveHalving:
         self.overhead_estimate = overhead_estimate
 
     def run(self) -> dict:
-        """Run every step not recorded yet; return the winning trial."""
+        """Run every step not recorded yet; return the winning trial (at once when a resumed run has one)."""
+        decided = self.store.trials(self.run_id, status="winner")
+        if decided:
+            return decided[0]
         schedule = HalvingSchedule(self._initial_count(), self.budget_seconds, self.growth)
         finished = {row["step"] for row in self.store.finished_steps(self.run_id)}
         # Time already spent by recorded slices counts as spent, so a resumed run keeps the same deadlines.

@@ -209,3 +209,13 @@ def test_resuming_after_an_interruption_repeats_no_finished_slice(tmp_path):
     keys = [(r["step"], r["rank"]) for r in store.step_results(run_id)]
     assert len(keys) == len(set(keys)) == 8 + 4 + 2 + 1
     assert winner["status"] == "winner"
+
+
+def test_a_run_resumed_after_its_race_was_decided_returns_the_winner_without_training(tmp_path):
+    clock = FakeClock()
+    store, run_id, halving = _run(tmp_path, FakeBackend(clock), clock, top_n=4, budget=300.0)
+    winner = halving.run()
+    resumed = FakeBackend(clock)  # e.g. killed during the winner's test or export
+    again = SuccessiveHalving(store, run_id, resumed, budget_seconds=300.0, run_dir=tmp_path / run_id, clock=clock)
+    assert again.run()["rank"] == winner["rank"]
+    assert resumed.trained == []
