@@ -206,7 +206,8 @@ def main() -> None:
                     continue
                 while args.pause_file and args.pause_file.exists():
                     time.sleep(10)
-                models_dir = REPOSITORY_MODELS if args.no_loso else leave_one_set_out_models(name, work / "loso")
+                loso = not args.no_loso
+                models_dir = leave_one_set_out_models(labelled_set.name, work / "loso") if loso else REPOSITORY_MODELS
                 print(f"{labelled_set.name}: T = {budget:.0f} s, seed {seed}, {machine}, meta-model {models_dir}")
                 rows = run_cell(set_dir, budget, seed, data_dir=work / "data", models_dir=models_dir, device=device)
                 with args.out.open("a") as out:

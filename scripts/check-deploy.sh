@@ -7,7 +7,7 @@
 #      interpolates it, with no .env and with .env.example
 #   3. systemd-sysusers and `systemd-analyze verify` accept the systemd files, in a temporary root (systemd need not
 #      be PID 1); any message counts as a failure
-#   4. shellcheck lints this script
+#   4. shellcheck lints the scripts in scripts/
 #   5. tests/deploy (pytest): the Dockerfile installs exactly the lock files CI installs, with CI's pip flags; compose
 #      GPU reservation, restart, healthcheck, port, volumes; unit hardening; docs/deploy.md names existing files
 #
@@ -144,8 +144,8 @@ fi
 if ((systemd_ok)); then echo "ok: ${units[*]}"; else fail "systemd-analyze verify"; fi
 
 # ---- 4. this script ------------------------------------------------------------------------------------------------
-step "shellcheck: scripts/check-deploy.sh"
-if "$BIN/shellcheck" scripts/check-deploy.sh; then echo "ok"; else fail "shellcheck"; fi
+step "shellcheck: scripts/*.sh"
+if "$BIN/shellcheck" scripts/*.sh; then echo "ok"; else fail "shellcheck"; fi
 
 # ---- 5. tests/deploy -----------------------------------------------------------------------------------------------
 step "pytest tests/deploy"

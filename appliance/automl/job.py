@@ -26,7 +26,7 @@ from appliance.automl.backend import TorchBackend
 from appliance.automl.halving import SuccessiveHalving, enter_race
 from appliance.automl.metafeatures import set_features
 from appliance.automl.race import plan_race, slice_overhead, slice_overheads, time_aware_order
-from appliance.automl.ranking import Ranking, rank_for_set
+from appliance.automl.ranking import Ranking, fallback_ranking, rank_for_set
 from appliance.automl.schedule import HalvingSchedule
 from appliance.automl.throughput import ensure_reference_measurements, record_training_throughput
 from appliance.data.io import atomic_write, write_png
@@ -195,7 +195,15 @@ def _rank(
     if ranking is not None:
         log(f"ranking: given ({ranking.source})")
     else:
-        ranking, fallback_reason = rank_for_set(set_features(labelled_set), models_dir=settings.models_dir)
+        try:
+            features = set_features(labelled_set)
+        except ImportError as error:  # an image without pyradiomics (the GPU check machine): no optical features
+            features = None
+            missing = f"the optical meta-features need {error.name or 'pyradiomics'}, which is not installed"
+        if features is None:
+            ranking, fallback_reason = fallback_ranking(), missing
+        else:
+            ranking, fallback_reason = rank_for_set(features, models_dir=settings.models_dir)
         if fallback_reason:
             store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")
             log(f"ranking: {ranking.source} ({fallback_reason})")

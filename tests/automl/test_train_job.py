@@ -95,3 +95,20 @@ def test_a_run_killed_mid_step_resumes_without_repeating_finished_steps(tmp_path
     assert len(keys) == len(set(keys)) == 4 + 2 + 1
     assert set(before) <= set(after)  # finished slices kept exactly as they were, not redone
     assert _rows(store_path, "select status from runs") == [("finished",)]
+
+
+def test_without_pyradiomics_the_job_ranks_with_the_fallback_prior_and_says_why(tmp_path, demo_set, monkeypatch):
+    from appliance.automl import job
+    from appliance.automl.ranking import FALLBACK_SOURCE
+
+    def no_radiomics(labelled_set):
+        raise ImportError("No module named 'radiomics'", name="radiomics")
+
+    monkeypatch.setattr(job, "set_features", no_radiomics)
+    store = Store(tmp_path / "s.sqlite")
+    run_id = store.create_run(set_name=demo_set.name, budget_seconds=60.0, top_n=4, seed=0)
+    messages = []
+    ranking = job._rank(store, run_id, demo_set, Settings(data_dir=tmp_path), messages.append, None)
+    assert ranking.source == FALLBACK_SOURCE and store.run(run_id)["ranking_source"] == FALLBACK_SOURCE
+    assert "need radiomics, which is not installed" in messages[0]
+    assert any("radiomics" in e["message"] and e["level"] == "warning" for e in store.events(run_id))
