@@ -9,6 +9,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+MESSAGE_LIMIT = 2000  # characters of one message stored, logged or shown (a hostile file can make any text huge)
+
+
+def readable(text: object, limit: int | None = MESSAGE_LIMIT) -> str:
+    """``text`` safe to store, log and show: bytes of a file name that are not UTF-8 written as escapes
+    (``caf\\xe9.png``), and at most ``limit`` characters, saying how many were left out."""
+    text = str(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogateescape")
+        text = raw.decode("utf-8", "backslashreplace")
+    if limit is not None and len(text) > limit:
+        text = f"{text[:limit]}… ({len(text) - limit} more characters left out)"
+    return text
+
+
+def utf8_problem(name: str) -> str | None:
+    """Why a file name is not valid UTF-8 text (a name written by a system with another encoding), or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"the name '{readable(name)}' is not valid UTF-8 text (it was written with another character encoding)"
+    return None
+
 
 class ApplianceError(Exception):
     """Base class of every error the appliance raises on purpose."""
@@ -33,6 +58,10 @@ class Problem:
 
     file: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "file", readable(self.file, limit=300))
+        object.__setattr__(self, "message", readable(self.message, limit=500))
 
     def __str__(self) -> str:
         return f"{self.file}: {self.message}"

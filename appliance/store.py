@@ -44,6 +44,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from appliance.errors import readable
+
 SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
     "runs": (
         {
@@ -407,7 +409,7 @@ class Store:
     # -- events and models --------------------------------------------------------------------
 
     def event(self, run_id: str | None, message: str, *, level: str = "info") -> None:
-        self.db["events"].insert({"run_id": run_id, "at": now(), "level": level, "message": message})
+        self.db["events"].insert({"run_id": run_id, "at": now(), "level": level, "message": readable(message)})
 
     def events(self, run_id: str | None = None, limit: int = 200) -> list[dict]:
         where, args = ("run_id = ?", [run_id]) if run_id else (None, None)
@@ -467,6 +469,14 @@ class Store:
             where += f" and project in ({', '.join('?' for _ in projects)})"
             args += projects
         with self.db.atomic():
+            # a worker that died (or hung) holding a job spent an attempt; out of attempts, the job ends here
+            self.db.execute(
+                "update jobs set status = 'failed', finished_at = ?, lease_owner = null,"
+                " error = coalesce(error || ' | ', '') || 'its worker stopped responding ' || attempts ||"
+                " ' time(s); no attempts left'"
+                " where kind = ? and status = 'running' and lease_expires < ? and attempts >= max_attempts",
+                [now(), kind, clock],
+            )
             row = self.db.execute(
                 f"update jobs set status = 'running', attempts = attempts + 1, lease_owner = ?, lease_expires = ?,"
                 f" heartbeat_at = ?, started_at = ? where id = (select id from jobs where {where} order by id limit 1)"
@@ -503,7 +513,7 @@ class Store:
                 " error = ?, not_before = ?, lease_owner = null,"
                 " finished_at = case when attempts < max_attempts then null else ? end"
                 " where id = ? and lease_owner = ? and status = 'running' returning status",
-                [error, time.time() + retry_after, now(), job_id, owner],
+                [readable(error), time.time() + retry_after, now(), job_id, owner],
             ).fetchone()
         return row[0] if row else self.job(job_id)["status"]
 
@@ -513,7 +523,7 @@ class Store:
             self.db.execute(
                 "update jobs set status = 'queued', attempts = max(attempts - 1, 0), lease_owner = null,"
                 " not_before = ?, error = coalesce(?, error) where id = ? and lease_owner = ? and status = 'running'",
-                [time.time() + retry_after, note, job_id, owner],
+                [time.time() + retry_after, None if note is None else readable(note), job_id, owner],
             )
 
     def recover_jobs(self) -> list[dict]:
@@ -709,5 +719,5 @@ class Store:
             self.db.execute(
                 "update jobs set status = 'failed', error = ?, finished_at = ?, lease_owner = null"
                 " where id = ? and lease_owner = ? and status = 'running'",
-                [error, now(), job_id, owner],
+                [readable(error), now(), job_id, owner],
             )

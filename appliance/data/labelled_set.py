@@ -40,12 +40,16 @@ DATASET_YAML_KEYS = (
     "budget_minutes",
 )
 MAX_CLASSES = 20
+MAX_YAML_BYTES = 64 * 1024  # a dataset.yaml is a few lines
+MAX_BUDGET_MINUTES = 7 * 24 * 60
 MASK_SUFFIXES = (".png", *TIFF_SUFFIXES)
 DATASET_YAML = "dataset.yaml"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
 
-_PROJECT_PATTERN = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$")
+# a project or set name becomes a folder name and a command-line argument: no leading '-' or '.'
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+NAME_RULE = "use 1-64 letters, digits, '-', '_' or '.', starting with a letter, digit or '_'"
 _BINARY_VALUE = 255
 _MAX_LISTED = 12
 _T = TypeVar("_T")
@@ -475,8 +479,14 @@ def _validate_metadata(root: Path, problems: list[Problem]) -> dict:
     path = root / DATASET_YAML
     if not path.exists():
         return {}
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        problems.append(
+            Problem(DATASET_YAML, f"is {size} bytes; at most {MAX_YAML_BYTES} are allowed for a few lines of keys")
+        )
+        return {}
     try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        content = yaml.load(path.read_text(encoding="utf-8"), Loader=_PlainLoader)  # noqa: S506 (a safe loader)
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
         detail = " ".join(str(exc).split())
         problems.append(
@@ -509,13 +519,30 @@ def _validate_metadata(root: Path, problems: list[Problem]) -> dict:
     return dict(content) if len(problems) == count else {}
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """YAML without aliases: a few keys need none, and aliases are how a file of a few hundred bytes expands into
+    gigabytes of text (a "billion laughs" document)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed; write each value out", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _check_budget(value: object) -> str | None:
+    message = _positive_number(value)
+    if message is None and value > MAX_BUDGET_MINUTES:
+        message = f"{value!r} minutes is more than the allowed {MAX_BUDGET_MINUTES} (7 days)"
+    return message
+
+
 def _check_project(value: object) -> str | None:
     if not isinstance(value, str):
         return f'must be text, got {value!r} ({type(value).__name__}); put it in quotes, e.g. project: "hela-2024"'
-    if not _PROJECT_PATTERN.match(value):
-        return (
-            f"{value!r} is not a valid project name: use 1-64 letters, digits, '-', '_' or '.', not starting with '.'"
-        )
+    if not NAME_PATTERN.match(value):
+        return f"{value!r} is not a valid project name: {NAME_RULE}"
     return None
 
 
@@ -554,5 +581,5 @@ _VALUE_CHECKS = {
     "object": _choice_check(OBJECTS),
     "magnification": _positive_number,
     "pixel_size_um": _positive_number,
-    "budget_minutes": _positive_number,
+    "budget_minutes": _check_budget,
 }

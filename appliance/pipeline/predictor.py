@@ -71,6 +71,12 @@ class OnnxPredictor:
         self.in_channels = int(self.metadata["input"]["channels"])
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.pixel_size_um: float | None = self.metadata.get("pixel_size_um")
+        outputs = self.session.get_outputs()[0].shape
+        if len(outputs) == 4 and isinstance(outputs[1], int) and outputs[1] != len(self.class_names) + 1:
+            raise ModelFileError(
+                f"{self.model_dir / METADATA_FILE}: class_names lists {len(self.class_names)} class(es) but the "
+                f"network gives {outputs[1] - 1} (plus background); fix class_names or export the model again"
+            )
 
     @property
     def provider(self) -> str:
@@ -115,6 +121,38 @@ def read_model_metadata(model_dir: str | Path) -> dict:
     missing = [key for key in ("model_file", "input", "class_names", "tiles") if key not in metadata]
     if missing:
         raise ModelFileError(f"{path} lacks {', '.join(missing)}; export the model again")
+    problems = _metadata_type_problems(metadata)
+    if problems:
+        raise ModelFileError(f"{path}: {'; '.join(problems)}; fix these keys or export the model again")
     if not (model_dir / metadata["model_file"]).is_file():
         raise ModelFileError(f"{model_dir / metadata['model_file']} not found beside {path}")
     return metadata
+
+
+def _metadata_type_problems(metadata: dict) -> list[str]:
+    """What is wrong with the types of ``model.json``'s keys (a hand-edited file must fail with the key's name)."""
+    problems = []
+
+    def positive(value: object, *, integer: bool = False) -> bool:
+        kinds = int if integer else int | float
+        return isinstance(value, kinds) and not isinstance(value, bool) and 0 < value < float("inf")
+
+    if not isinstance(metadata["model_file"], str) or not metadata["model_file"]:
+        problems.append(f"model_file must be a file name, got {metadata['model_file']!r}")
+    channels = metadata["input"].get("channels") if isinstance(metadata["input"], dict) else None
+    if not positive(channels, integer=True):
+        problems.append(f"input.channels must be a positive whole number, got {channels!r}")
+    names = metadata["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        problems.append(f"class_names must be a non-empty list of names, got {names!r}")
+    tiles = metadata["tiles"]
+    try:
+        if not isinstance(tiles, dict):
+            raise TypeError("not a mapping")
+        TileSettings(**tiles)
+    except (TypeError, ValueError) as error:
+        problems.append(f"tiles must be a mapping of valid tile settings, got {tiles!r} ({error})")
+    pixel_size = metadata.get("pixel_size_um")
+    if pixel_size is not None and not positive(pixel_size):
+        problems.append(f"pixel_size_um must be a positive number or null, got {pixel_size!r}")
+    return problems

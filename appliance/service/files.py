@@ -57,7 +57,8 @@ def tree_signature(root: str | Path, *, ignore: tuple[str, ...] = ()) -> str:
                 continue
             kind = "l" if path.is_symlink() else "d" if path.is_dir() else "f"
             size_time = f"{info.st_size}:{info.st_mtime_ns}" if kind == "f" else ""
-            digest.update(f"{(relative_folder / name).as_posix()}\0{kind}\0{size_time}\n".encode())
+            entry = f"{(relative_folder / name).as_posix()}\0{kind}\0{size_time}\n"
+            digest.update(entry.encode("utf-8", "surrogateescape"))  # names need not be UTF-8
     return digest.hexdigest()
 
 

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.data.io import is_image_file
+from appliance.data.labelled_set import NAME_PATTERN, NAME_RULE
+from appliance.errors import readable, utf8_problem
 from appliance.service.files import file_hash, is_candidate, stat_key
-from appliance.service.intake import SET_NAME
 from appliance.settings import Settings
 from appliance.store import Store, now
 
@@ -76,7 +77,12 @@ class ImageDetector:
             self._noticed = set()
         registered = []
         for path in sorted(candidates):
-            new = self._check(path, clock)
+            try:
+                new = self._check(path, clock)
+            except Exception as error:  # one file must not stop the detection of the others
+                self._pending.pop(path, None)
+                self._warn_once(f"{path}: could not be checked ({type(error).__name__}: {error})", level="error")
+                continue
             if new:
                 registered.append(new)
         return registered
@@ -112,22 +118,25 @@ class ImageDetector:
             return None
         if any(not is_candidate(part) for part in relative.parts) or not is_image_file(path):
             return None
+        if problem := next(filter(None, map(utf8_problem, relative.parts)), None):
+            self._warn_once(f"{path}: {problem}; rename the file to have it segmented")
+            return None
         if len(relative.parts) < 2:
             self._warn_once(f"{path}: images must be in a project folder, like {self.inbox}/<project>/{path.name}")
             return None
         project = relative.parts[0]
-        if not SET_NAME.match(project):
+        if not NAME_PATTERN.match(project):
             self._warn_once(
-                f"{self.inbox / project}: {project!r} is not a valid project name "
-                "(1-64 letters, digits, '-', '_' or '.'); rename the folder"
+                f"{self.inbox / project}: {project!r} is not a valid project name ({NAME_RULE}); rename the folder"
             )
             return None
         return project, Path(*relative.parts[1:]).as_posix()
 
-    def _warn_once(self, message: str) -> None:
+    def _warn_once(self, message: str, *, level: str = "warning") -> None:
+        message = readable(message)
         if message not in self._warned:
             self._warned.add(message)
-            self.store.event(None, message, level="warning")
+            self.store.event(None, message, level=level)
             self.log(message)
 
     def _register(self, path: Path, project: str, relpath: str, key: tuple[int, int]) -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.data.io import atomic_write, read_image, write_label_image, write_png
-from appliance.errors import ApplianceError, ImageReadError
+from appliance.errors import ApplianceError, ImageReadError, readable
 from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, measure
 from appliance.pipeline.overlay import overlay
 from appliance.pipeline.predictor import OnnxPredictor
@@ -84,7 +84,10 @@ class InferenceWorker:
         job = self.store.claim(SEGMENT, self.owner, lease_seconds=self.settings.lease_seconds, projects=active)
         if job is None:
             return False
-        self.process(job, active[job["project"]])
+        try:
+            self.process(job, active[job["project"]])
+        except Exception as error:  # an unforeseen failure spends an attempt like any other; the queue retries
+            self._fail(job, f"{type(error).__name__}: {error}")
         return True
 
     def process(self, job: dict, model_id: str) -> None:
@@ -147,6 +150,16 @@ class InferenceWorker:
         self.store.update_image(image["id"], status=status, error=message)
         self.store.complete(job["id"], self.owner, {"status": status})
         self.log(message)
+
+    def _fail(self, job: dict, message: str) -> None:
+        status = self.store.fail(job["id"], self.owner, message, retry_after=self.settings.stable_seconds)
+        image = self.store.image(job["key"])
+        where = f"image {image['project']}/{image['relpath']}" if image else f"job {job['id']}"
+        if status == "failed" and image:
+            self.store.update_image(image["id"], status="failed", error=message)
+        verb = "not segmented" if status == "failed" else f"failed (attempt {job['attempts']}), retried"
+        self.store.event(None, f"{where} {verb}: {message}", level="error" if status == "failed" else "warning")
+        self.log(readable(f"{where} {verb}: {message}"))
 
     def _give_up(self, job: dict, image: dict, message: str) -> None:
         self.store.update_image(image["id"], status="failed", error=message)

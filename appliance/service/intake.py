@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 import threading
@@ -28,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.data.io import atomic_write
-from appliance.data.labelled_set import DATASET_YAML, IMAGES_DIR, MASKS_DIR, load_labelled_set
-from appliance.errors import InvalidSetError, Problem
+from appliance.data.labelled_set import DATASET_YAML, IMAGES_DIR, MASKS_DIR, NAME_PATTERN, NAME_RULE, load_labelled_set
+from appliance.errors import InvalidSetError, Problem, readable, utf8_problem
 from appliance.service.files import CHUNK, is_candidate, tree_signature
 from appliance.settings import Settings
 from appliance.store import Store, now
@@ -38,7 +37,6 @@ READY_FILE = "READY"
 REJECTED_FILE = "REJECTED.txt"
 REJECTED_HEADER = "This labelled set was not accepted by the microscope AutoML appliance."
 TRAIN = "train"
-SET_NAME = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$")
 _UNSAFE_CHARACTERS = set('\\/:*?"<>|')
 MAX_NAME_LENGTH = 200
 
@@ -60,18 +58,15 @@ def name_problems(folder: Path) -> list[Problem]:
     """Problems with names in a set folder: the set name (it becomes the default project and a results folder),
     names that do not survive copying to other systems, and symbolic links."""
     problems = []
-    if not SET_NAME.match(folder.name):
-        problems.append(
-            Problem(
-                ".",
-                f"the set folder name {folder.name!r} is not safe: use 1-64 letters, digits, '-', '_' or '.', "
-                "not starting with '.'; rename the folder",
-            )
-        )
+    if not NAME_PATTERN.match(folder.name):
+        problems.append(Problem(".", f"the set folder name {folder.name!r} is not safe: {NAME_RULE}; rename it"))
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder).as_posix()
         if path.is_symlink():
             problems.append(Problem(relative, "is a symbolic link; copy the file itself into the set"))
+            continue
+        if not path.is_dir() and not path.is_file():
+            problems.append(Problem(relative, "is not a regular file (a pipe, socket or device); remove it"))
             continue
         message = unsafe_name(path.name)
         if message:
@@ -81,6 +76,8 @@ def name_problems(folder: Path) -> list[Problem]:
 
 def unsafe_name(name: str) -> str | None:
     """Why a file name is not safe, or None."""
+    if message := utf8_problem(name):
+        return message
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return f"the name {name!r} holds control characters"
     bad = sorted(_UNSAFE_CHARACTERS & set(name))
@@ -121,7 +118,7 @@ def copy_set(source: Path, target: Path) -> str:
                 entries.append((f"{top}/{child.name}", _copy_file(child, target / top / child.name)))
     digest = hashlib.sha256()
     for relative, file_digest in sorted(entries):
-        digest.update(f"{relative}\0{file_digest}\n".encode())
+        digest.update(f"{relative}\0{file_digest}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -134,10 +131,15 @@ def _copy_file(source: Path, target: Path) -> str:
     return digest.hexdigest()
 
 
+def _inbox_key(folder: Path) -> str:
+    """How the store names an inbox folder (a folder name need not be UTF-8)."""
+    return readable(folder, limit=None)
+
+
 def rejection_text(folder: Path, problems: list[Problem]) -> str:
     lines = [
         REJECTED_HEADER,
-        f"Set: {folder.name}    checked: {now()}    problems: {len(problems)}",
+        f"Set: {readable(folder.name)}    checked: {now()}    problems: {len(problems)}",
         "",
         *(f"- {problem}" for problem in problems),
         "",
@@ -203,17 +205,31 @@ class Intake:
             self._dirty = set()
         decisions = []
         for folder in sorted(folders):
-            decision = self._look(folder, clock)
+            try:
+                decision = self._look(folder, clock)
+            except Exception as error:  # one folder must not stop the intake of the others
+                self._watching.pop(folder, None)
+                self._report_once(f"labelled set {folder.name}: could not be checked ({type(error).__name__}: {error})")
+                continue
             if decision is not None:
                 decisions.append(decision)
         return decisions
+
+    def _report_once(self, message: str) -> None:
+        """An error event and log line, once per distinct message (the folder is looked at again at the next
+        rescan or change)."""
+        message = readable(message)
+        if message not in self._warned:
+            self._warned.add(message)
+            self.store.event(None, message, level="error")
+            self.log(message)
 
     def _look(self, folder: Path, clock: float) -> IntakeDecision | None:
         if not folder.is_dir():
             self._watching.pop(folder, None)
             return None
         signature = tree_signature(folder, ignore=(REJECTED_FILE,))
-        last = self.store.last_intake(str(folder))
+        last = self.store.last_intake(_inbox_key(folder))
         if last is not None and last["signature"] == signature:
             self._watching.pop(folder, None)
             return None
@@ -269,7 +285,7 @@ class Intake:
         )
         self.store.record_intake(
             name=folder.name,
-            inbox_path=str(folder),
+            inbox_path=_inbox_key(folder),
             signature=signature,
             content_hash=content_hash,
             status="accepted",
@@ -295,15 +311,15 @@ class Intake:
 
     def _reject(self, folder: Path, signature: str, content_hash: str, problems: list[Problem]) -> IntakeDecision:
         self.store.record_intake(
-            name=folder.name,
-            inbox_path=str(folder),
+            name=readable(folder.name),
+            inbox_path=_inbox_key(folder),
             signature=signature,
             content_hash=content_hash,
             status="rejected",
             problems=json.dumps([{"file": p.file, "message": p.message} for p in problems]),
         )
         listing = "; ".join(str(p) for p in problems)
-        message = f"labelled set {folder.name} rejected with {len(problems)} problem(s): {listing}"
+        message = readable(f"labelled set {folder.name} rejected with {len(problems)} problem(s): {listing}")
         try:
             text = rejection_text(folder, problems)
             atomic_write(folder / REJECTED_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

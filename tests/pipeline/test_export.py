@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -71,4 +72,23 @@ def test_wrong_channel_count_is_explained(trained):
 
 def test_a_folder_without_json_is_explained(tmp_path):
     with pytest.raises(ModelFileError, match="model.json not found"):
+        OnnxPredictor(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"tiles": None}, "tiles must be a mapping of valid tile settings, got None"),
+        ({"input": {"channels": "abc"}}, "input.channels must be a positive whole number, got 'abc'"),
+        ({"class_names": []}, "class_names must be a non-empty list of names, got []"),
+        ({"pixel_size_um": "abc"}, "pixel_size_um must be a positive number or null, got 'abc'"),
+        ({"class_names": ["cell", "debris"]}, "class_names lists 2 class(es) but the network gives 1"),
+    ],
+)
+def test_a_hand_edited_model_json_names_the_bad_key(trained, tmp_path, edit, message):
+    _, out, _ = trained
+    shutil.copy(out / "model.onnx", tmp_path / "model.onnx")
+    metadata = json.loads((out / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**metadata, **edit}))
+    with pytest.raises(ModelFileError, match=re.escape(message)):
         OnnxPredictor(tmp_path)

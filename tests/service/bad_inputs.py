@@ -109,6 +109,47 @@ def _empty_set(root: Path) -> Path:
     return root
 
 
+def _name_not_utf8(root: Path) -> Path:
+    for folder in ("images", "masks"):
+        os.rename(root / folder / "set5.png", os.path.join(os.fsencode(root / folder), b"caf\xe9.png"))
+    return root
+
+
+BILLION_LAUGHS = "\n".join(
+    [
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+        *(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcde", "bcdef", strict=True)),
+        "",
+    ]
+)
+
+
+def _yaml_bomb(root: Path) -> Path:
+    (root / "dataset.yaml").write_text(BILLION_LAUGHS)
+    return root
+
+
+def _huge_yaml(root: Path) -> Path:
+    with open(root / "dataset.yaml", "a") as handle:
+        handle.write("# padding\n" * 20000)
+    return root
+
+
+def _huge_budget(root: Path) -> Path:
+    with open(root / "dataset.yaml", "a") as handle:
+        handle.write("budget_minutes: 1.0e+9\n")
+    return root
+
+
+def _pipe_in_set(root: Path) -> Path:
+    os.mkfifo(root / "images" / "stream.png")
+    return root
+
+
+def _set_name_with_leading_dash(root: Path) -> Path:
+    return root.rename(root.with_name("-rf"))
+
+
 BAD_SETS = {
     "missing masks folder": (_missing_masks, "masks/: the masks/ folder is missing"),
     "image without mask": (_image_without_mask, "images/set8.png: no mask with the stem 'set8'"),
@@ -126,6 +167,12 @@ BAD_SETS = {
     "symbolic link": (_symbolic_link, "images/set9.png: is a symbolic link"),
     "JPEG mask": (_jpeg_mask, "masks/set6.jpg: unsupported file type .jpg in masks/"),
     "empty set": (_empty_set, "the set is empty: no images found"),
+    "name not UTF-8": (_name_not_utf8, "images/caf\\xe9.png: the name 'caf\\xe9.png' is not valid UTF-8 text"),
+    "YAML bomb": (_yaml_bomb, "dataset.yaml: is not valid YAML (aliases (*name) are not allowed"),
+    "huge dataset.yaml": (_huge_yaml, "dataset.yaml: is 200"),
+    "huge budget": (_huge_budget, "budget_minutes: 1000000000.0 minutes is more than the allowed 10080"),
+    "pipe in set": (_pipe_in_set, "images/stream.png: is not a regular file"),
+    "set name with leading dash": (_set_name_with_leading_dash, "the set folder name '-rf' is not safe"),
 }
 
 

@@ -61,11 +61,15 @@ def tree_digest(root: Path, *, ignore_name: str | None = None) -> str:
                 continue
             relative = path.relative_to(root).as_posix()
             if path.is_symlink():
-                digest.update(f"L {relative} -> {os.readlink(path)}\n".encode())
+                line = f"L {relative} -> {os.readlink(path)}\n"
             elif path.is_dir():
-                digest.update(f"D {relative}\n".encode())
+                line = f"D {relative}\n"
+            elif not path.is_file():  # a pipe or socket: never read it
+                line = f"S {relative} {path.lstat().st_mode}\n"
             else:
                 info = path.stat()
-                digest.update(f"F {relative} {info.st_mtime_ns} {info.st_mode}\n".encode())
+                line = f"F {relative} {info.st_mtime_ns} {info.st_mode}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))
+            if line.startswith("F "):
                 digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -88,3 +88,40 @@ def test_hidden_temporary_and_misplaced_files_are_not_images(settings, store, de
     messages = " | ".join(event["message"] for event in store.events())
     assert "no-project.tif: images must be in a project folder" in messages
     assert "'bad project!' is not a valid project name" in messages
+
+
+def test_a_name_that_is_not_utf8_is_reported_once_and_the_other_images_go_on(settings, store, demo_images_dir):
+    detector = _detector(settings, store)
+    project = settings.images_inbox / "phase-demo"
+    project.mkdir()
+    shutil.copy(demo_images_dir / "set20.tif", os.path.join(os.fsencode(project), b"caf\xe9.tif"))
+    shutil.copy(demo_images_dir / "set20.tif", project / "plain.tif")
+    detector.rescan()
+    detector.tick(clock=0.0)
+    (identifier,) = detector.tick(clock=5.0)
+    assert store.image(identifier)["relpath"] == "plain.tif"
+    detector.rescan()
+    detector.tick(clock=10.0)
+    (event,) = [e for e in store.events() if "UTF-8" in e["message"]]
+    assert "caf\\xe9.tif: the name 'caf\\xe9.tif' is not valid UTF-8 text" in event["message"]
+
+
+def test_a_file_that_cannot_be_checked_does_not_stop_the_others(settings, store, demo_images_dir, monkeypatch):
+    detector = _detector(settings, store)
+    project = settings.images_inbox / "phase-demo"
+    project.mkdir()
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(demo_images_dir / "set20.tif", project / name)
+    real = store.latest_image
+
+    def latest_image(project_name, relpath):
+        if relpath == "a.tif":
+            raise OSError("input/output error")
+        return real(project_name, relpath)
+
+    monkeypatch.setattr(store, "latest_image", latest_image)
+    detector.rescan()
+    detector.tick(clock=0.0)
+    (identifier,) = detector.tick(clock=5.0)
+    assert store.image(identifier)["relpath"] == "b.tif"
+    assert any("a.tif: could not be checked (OSError: input/output error)" in e["message"] for e in store.events())

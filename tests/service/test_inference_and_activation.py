@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -177,3 +178,27 @@ def test_training_waits_while_the_disk_is_below_the_reserve(settings, store):
     assert supervisor.state == "waiting for disk" and "below the reserve of 1e+09 GB" in supervisor.detail
     assert store.jobs("train")[0]["status"] == "queued"
     assert [e["message"] for e in store.events()].count(f"training waits: {supervisor.detail}") == 1
+
+
+def test_an_unforeseen_error_spends_an_attempt_and_a_poison_image_ends_failed(
+    settings, store, demo_images_dir, demo_set_dir, trained_model, monkeypatch
+):
+    import appliance.service.inference as inference
+
+    _drop_images(settings, store, demo_images_dir, names=("set20",))
+    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    monkeypatch.setattr(inference, "measure", lambda *a, **k: 1 / 0)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])  # the queue's retry delay, on a fake clock
+    worker = InferenceWorker(settings, store, log=lambda m: None)
+    runs = 0
+    while worker.run_once():
+        runs += 1
+        clock[0] += settings.stable_seconds + 1  # past the retry delay
+        assert runs <= settings.max_attempts
+    (job,) = store.jobs("segment")
+    assert runs == settings.max_attempts == job["attempts"] and job["status"] == "failed"
+    assert job["error"] == "ZeroDivisionError: division by zero"
+    (image,) = store.images()
+    assert image["status"] == "failed" and "ZeroDivisionError" in image["error"]
+    assert any("not segmented: ZeroDivisionError" in e["message"] for e in store.events())

@@ -87,6 +87,7 @@ def test_each_kind_of_bad_set_is_rejected_with_its_reason_and_the_inbox_untouche
     assert decision.status == "rejected"
     text = (folder / REJECTED_FILE).read_text()
     assert expected in text, text
+    assert len(text) < 20_000 and all(len(event["message"]) < 2_200 for event in store.events())
     assert tree_digest(settings.labelled_inbox, ignore_name=REJECTED_FILE) == before
     (row,) = store.intakes()
     assert row["status"] == "rejected" and any(
@@ -97,3 +98,24 @@ def test_each_kind_of_bad_set_is_rejected_with_its_reason_and_the_inbox_untouche
     # writing REJECTED.txt is no change to the set: it is not looked at again
     intake.notice(folder / REJECTED_FILE)
     assert intake.tick(clock=20.0) == [] and intake.tick(clock=40.0) == []
+
+
+def test_a_folder_that_cannot_be_checked_does_not_stop_the_others(settings, store, dropped_set, monkeypatch):
+    import appliance.service.intake as intake_module
+
+    broken = shutil.copytree(dropped_set, settings.labelled_inbox / "broken")
+    real = intake_module.tree_signature
+
+    def tree_signature(root, **kwargs):
+        if root == broken:
+            raise OSError("input/output error")
+        return real(root, **kwargs)
+
+    monkeypatch.setattr(intake_module, "tree_signature", tree_signature)
+    intake = Intake(settings, store, log=lambda m: None)
+    for clock in (0.0, 10.0):
+        intake.scan()
+        decisions = intake.tick(clock=clock)
+    assert [d.folder.name for d in decisions] == ["phase_cells"]
+    errors = [e["message"] for e in store.events() if e["level"] == "error"]
+    assert errors == ["labelled set broken: could not be checked (OSError: input/output error)"]

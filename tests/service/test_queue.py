@@ -94,3 +94,14 @@ def test_claims_can_be_limited_to_projects_with_a_model(store):
     assert store.claim("segment", "w", lease_seconds=60, projects=[]) is None
     assert store.claim("segment", "w", lease_seconds=60, projects=["ready"])["id"] == ready
     assert store.claim("segment", "w", lease_seconds=60, projects=["ready"]) is None
+
+
+def test_a_job_whose_worker_keeps_dying_ends_failed_at_its_attempt_limit(store):
+    job_id, _ = store.enqueue("segment", "poison", max_attempts=3)
+    for attempt in (1, 2, 3):
+        job = store.claim("segment", f"w{attempt}", lease_seconds=-1)  # the worker dies: its lease lapses
+        assert job["id"] == job_id and job["attempts"] == attempt
+    assert store.claim("segment", "w4", lease_seconds=60) is None
+    job = store.job(job_id)
+    assert job["status"] == "failed" and job["attempts"] == 3 and job["finished_at"]
+    assert "stopped responding 3 time(s); no attempts left" in job["error"]
