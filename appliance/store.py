@@ -586,6 +586,22 @@ class Store:
             )
         return cursor.rowcount == 1
 
+    def result_path_of(self, project: str, relpath: str) -> str | None:
+        """The mask path an earlier version of this image path was given, if any."""
+        row = self.db.execute(
+            "select mask_path from images where project = ? and relpath = ? and mask_path is not null"
+            " order by rowid desc limit 1",
+            [project, relpath],
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def result_path_owner(self, project: str, mask_path: str) -> str | None:
+        """The image path whose results are written to ``mask_path``, if any."""
+        row = self.db.execute(
+            "select relpath from images where project = ? and mask_path = ? limit 1", [project, mask_path]
+        ).fetchone()
+        return None if row is None else row[0]
+
     def update_image(self, image_id: str, **fields) -> None:
         self.db["images"].update(image_id, fields)
 

@@ -33,3 +33,15 @@ def shared_set(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not present (the shared datasets live beside the repository)")
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, demo_set) -> Path:
+    """A real model folder (model.onnx + model.json) trained for a few seconds on the demo set."""
+    from appliance.pipeline.config import PipelineConfig
+    from appliance.pipeline.workflow import train_configuration
+
+    out = tmp_path_factory.mktemp("model")
+    config = PipelineConfig(patch_size=64, batch_size=4, learning_rate=0.001, encoder="resnet18", flip=0.5)
+    train_configuration(demo_set, config, seconds=4, out_dir=out, progress=False)
+    return out

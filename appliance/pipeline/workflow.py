@@ -8,6 +8,7 @@ baseline on the same images, ONNX/PyTorch parity, training counters).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from appliance.pipeline.evaluation import Evaluation, evaluate
 from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
 from appliance.pipeline.measurements import measure, write_measurements_csv
+from appliance.pipeline.outputs import result_files, result_stem
 from appliance.pipeline.overlay import overlay
 from appliance.pipeline.patches import make_training_patches
 from appliance.pipeline.predictor import OnnxPredictor
@@ -162,13 +164,20 @@ def segment_files(
     ``<stem>_overlay.png`` and one ``measurements.csv`` for all of them into ``out_dir``
     (objects below ``min_object_px`` pixels are not counted, see :func:`measure`).
 
-    An image that cannot be read or does not fit the model is skipped and its error returned; the
-    others are still processed.
+    Images are named by their path below the folder all of them share, so ``a/cell.png`` and ``b/cell.png``
+    give ``a/cell_mask.tif`` and ``b/cell_mask.tif`` (see :func:`result_stem`); a file given twice is
+    segmented once. An image that cannot be read or does not fit the model is skipped and its error returned;
+    the others are still processed.
     """
     out_dir = Path(out_dir)
+    paths = list(dict.fromkeys(Path(p).resolve() for p in image_paths))
+    common = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
+    stems: dict[str, str] = {}
     done: list[SegmentedImage] = []
     failures: list[ApplianceError] = []
-    for path in map(Path, image_paths):
+    for path in paths:
+        relpath = path.relative_to(common).as_posix()
+        stems[relpath] = result_stem(relpath, taken=lambda stem: stem in stems.values())
         try:
             image = read_image(path)
             labels = predictor.predict(image)
@@ -178,15 +187,16 @@ def segment_files(
         rows = measure(
             labels,
             class_names=predictor.class_names,
-            image=path.name,
+            image=relpath,
             pixel_size_um=predictor.pixel_size_um,
             min_object_px=min_object_px,
         )
+        mask_path, overlay_path = result_files(out_dir, stems[relpath])
         done.append(
             SegmentedImage(
                 image=path,
-                mask=write_label_image(out_dir / f"{path.stem}_mask.tif", labels),
-                overlay=write_png(out_dir / f"{path.stem}_overlay.png", overlay(image, labels)),
+                mask=write_label_image(mask_path, labels),
+                overlay=write_png(overlay_path, overlay(image, labels)),
                 measurements=rows,
             )
         )

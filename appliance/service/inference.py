@@ -1,10 +1,11 @@
 """Automatic inference: segment jobs → masks, overlays and measurements under ``results/<project>/``.
 
 For an image ``inbox/images/<project>/<dir>/<name>.<ext>`` the worker writes ``results/<project>/<dir>/<name>_mask.tif``
-(label image) and ``<name>_overlay.png`` atomically, stores one measurement row per class in the same transaction
-that marks the image and its job done, then rewrites ``results/<project>/measurements.csv`` from the store. A crash
-at any point leaves either no trace (the job is leased again and the files are overwritten) or a finished image:
-never a row twice. One ONNX Runtime session is kept loaded per model.
+(label image) and ``<name>_overlay.png`` atomically (``<name>_<ext>_…`` when another extension took ``<name>``),
+stores one measurement row per class in the same transaction that marks the image and its job done, then rewrites
+``results/<project>/measurements.csv`` from the store. A crash at any point leaves either no trace (the job is leased
+again and the files are overwritten) or a finished image: never a row twice. One ONNX Runtime session is kept loaded
+per model.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from appliance.data.io import atomic_write, read_image, write_label_image, write_png
 from appliance.errors import ApplianceError, ImageReadError, readable
 from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, measure
+from appliance.pipeline.outputs import MASK_SUFFIX, OVERLAY_SUFFIX, result_files, result_stem
 from appliance.pipeline.overlay import overlay
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.service.files import stat_key
@@ -28,12 +30,6 @@ from appliance.store import Store
 
 CSV_COLUMNS = (*MEASUREMENT_COLUMNS, "model_id", "processed_at")
 MEASUREMENTS_FILE = "measurements.csv"
-
-
-def result_paths(results: Path, project: str, relpath: str) -> tuple[Path, Path]:
-    """Where the mask and the overlay of an image go."""
-    stem = Path(relpath).with_suffix("").as_posix()
-    return results / project / f"{stem}_mask.tif", results / project / f"{stem}_overlay.png"
 
 
 def write_project_csv(store: Store, results: Path, project: str) -> Path:
@@ -117,7 +113,7 @@ class InferenceWorker:
         except ApplianceError as error:
             self._give_up(job, image, str(error))
             return
-        mask_path, overlay_path = result_paths(self.settings.results, image["project"], image["relpath"])
+        mask_path, overlay_path = self.result_paths(image)
         write_label_image(mask_path, labels)
         write_png(overlay_path, overlay(pixels, labels))
         rows = measure(
@@ -145,6 +141,21 @@ class InferenceWorker:
                 f"segmented {image['project']}/{image['relpath']} with {model_id} "
                 f"in {time.perf_counter() - started:.2f} s on {predictor.provider}"
             )
+
+    def result_paths(self, image: dict) -> tuple[Path, Path]:
+        """Where an image's mask and overlay go: ``results/<project>/<stem>_mask.tif`` and ``_overlay.png``, the
+        stem being the image's relative path without its extension, kept by later versions of the same path and
+        never shared with another path (see :func:`result_stem`)."""
+        out_dir = self.settings.results / image["project"]
+        previous = self.store.result_path_of(image["project"], image["relpath"])
+        if previous is not None:
+            return Path(previous), Path(previous.removesuffix(MASK_SUFFIX) + OVERLAY_SUFFIX)
+
+        def taken(stem: str) -> bool:
+            mask_path = str(result_files(out_dir, stem)[0])
+            return self.store.result_path_owner(image["project"], mask_path) not in (None, image["relpath"])
+
+        return result_files(out_dir, result_stem(image["relpath"], taken))
 
     def _finish_without_result(self, job: dict, image: dict, status: str, message: str) -> None:
         self.store.update_image(image["id"], status=status, error=message)

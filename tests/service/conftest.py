@@ -1,4 +1,4 @@
-"""Fixtures of the service tests: settings on a temp data dir, a store, and one real tiny exported model."""
+"""Fixtures of the service tests: settings on a temp data dir and a store."""
 
 import hashlib
 import os
@@ -36,18 +36,6 @@ def dropped_set(settings, demo_set_dir) -> Path:
     target = settings.labelled_inbox / "phase_cells"
     shutil.copytree(demo_set_dir, target)
     return target
-
-
-@pytest.fixture(scope="session")
-def trained_model(tmp_path_factory, demo_set) -> Path:
-    """A real model folder (model.onnx + model.json) trained for a few seconds on the demo set."""
-    from appliance.pipeline.config import PipelineConfig
-    from appliance.pipeline.workflow import train_configuration
-
-    out = tmp_path_factory.mktemp("model")
-    config = PipelineConfig(patch_size=64, batch_size=4, learning_rate=0.001, encoder="resnet18", flip=0.5)
-    train_configuration(demo_set, config, seconds=4, out_dir=out, progress=False)
-    return out
 
 
 def tree_digest(root: Path, *, ignore_name: str | None = None) -> str:

@@ -202,3 +202,36 @@ def test_an_unforeseen_error_spends_an_attempt_and_a_poison_image_ends_failed(
     (image,) = store.images()
     assert image["status"] == "failed" and "ZeroDivisionError" in image["error"]
     assert any("not segmented: ZeroDivisionError" in e["message"] for e in store.events())
+
+
+def test_two_images_with_one_stem_keep_separate_results(settings, store, demo_images_dir, demo_set_dir, trained_model):
+    import imageio.v3 as iio
+
+    folder = settings.images_inbox / "phase-demo"
+    folder.mkdir(parents=True)
+    shutil.copy(demo_images_dir / "set20.tif", folder / "x.tif")
+    iio.imwrite(folder / "x.png", tifffile.imread(demo_images_dir / "set21.tif"))
+    detector = ImageDetector(settings, store, log=lambda m: None)
+    detector.rescan()
+    detector.tick(clock=0.0)
+    assert len(detector.tick(clock=2.0)) == 2
+    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    worker = InferenceWorker(settings, store, log=lambda m: None)
+    while worker.run_once():
+        pass
+    predictor = OnnxPredictor(trained_model)
+    results = settings.results / "phase-demo"
+    for name, mask in (("x.png", "x_mask.tif"), ("x.tif", "x_tif_mask.tif")):  # x.png is registered first
+        expected = predictor.predict(read_image(folder / name))
+        assert np.array_equal(tifffile.imread(results / mask), expected), name
+    assert sorted(row["image"] for row in _csv_rows(settings)) == ["x.png", "x.tif"]
+    # a new version of x.tif keeps its own name
+    shutil.copy(demo_images_dir / "set22.tif", folder / "x.tif")
+    detector.notice(folder / "x.tif")
+    detector.tick(clock=10.0)
+    detector.tick(clock=12.0)
+    while worker.run_once():
+        pass
+    expected = predictor.predict(read_image(folder / "x.tif"))
+    assert np.array_equal(tifffile.imread(results / "x_tif_mask.tif"), expected)
+    assert not (results / "x_tif-2_mask.tif").exists() and len(_csv_rows(settings)) == 2
