@@ -573,6 +573,30 @@ def health(config_file, data_dir):
     sys.exit(0 if report.ok else 1)
 
 
+@main.command()
+@click.argument("job_id", type=int)
+@_CONFIG_OPTION
+@_DATA_DIR_OPTION
+def retry(job_id, config_file, data_dir):
+    """Queue a failed job (training or segmentation) again with fresh attempts; the running service takes it."""
+    from appliance.store import Store
+
+    try:
+        settings = _service_settings(config_file, data_dir=data_dir)
+    except ApplianceError as error:
+        _fail(error)
+    store = Store(settings.store_path)
+    job = store.job(job_id)
+    if job is None:
+        click.secho(f"error: job {job_id} does not exist in {settings.store_path}", fg="red", err=True)
+        sys.exit(2)
+    if not store.retry(job_id):
+        click.secho(f"error: job {job_id} is {job['status']}; only failed jobs can be retried", fg="red", err=True)
+        sys.exit(2)
+    store.event(None, f"job {job_id} ({job['kind']}, project {job['project']}) queued again from the command line")
+    click.echo(f"job {job_id} ({job['kind']}, project {job['project']}) queued again; last error was: {job['error']}")
+
+
 @main.command("config")
 @_CONFIG_OPTION
 @_DATA_DIR_OPTION

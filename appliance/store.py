@@ -443,8 +443,9 @@ class Store:
         job_id = self.db.execute("select id from jobs where kind = ? and key = ?", [kind, key]).fetchone()[0]
         return job_id, created
 
-    def job(self, job_id: int) -> dict:
-        return self.db["jobs"].get(job_id)
+    def job(self, job_id: int) -> dict | None:
+        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
+        return rows[0] if rows else None
 
     def jobs(self, kind: str | None = None, status: str | None = None) -> list[dict]:
         clauses, args = [], []
@@ -539,9 +540,16 @@ class Store:
             ).fetchall()
         return [self.job(row[0]) for row in rows]
 
-    def retry(self, job_id: int) -> None:
-        """An admin action: queue a failed job again with fresh attempts."""
-        self.db["jobs"].update(job_id, {"status": QUEUED, "attempts": 0, "not_before": 0, "error": None})
+    def retry(self, job_id: int) -> bool:
+        """Queue a failed job again with fresh attempts (an admin's retry, or the same set dropped again); False
+        when the job is not failed."""
+        with self.db.atomic():
+            cursor = self.db.execute(
+                "update jobs set status = 'queued', attempts = 0, not_before = 0, error = null, finished_at = null,"
+                " lease_owner = null where id = ? and status = 'failed'",
+                [job_id],
+            )
+        return cursor.rowcount == 1
 
     # -- intake of labelled sets --------------------------------------------------------------
 
@@ -564,7 +572,7 @@ class Store:
     def latest_image(self, project: str, relpath: str) -> dict | None:
         rows = list(
             self.db["images"].rows_where(
-                "project = ? and relpath = ?", [project, relpath], order_by="rowid desc", limit=1
+                "project = ? and relpath = ?", [project, relpath], order_by="landed_at desc, rowid desc", limit=1
             )
         )
         return rows[0] if rows else None
@@ -601,6 +609,24 @@ class Store:
             "select relpath from images where project = ? and mask_path = ? limit 1", [project, mask_path]
         ).fetchone()
         return None if row is None else row[0]
+
+    def requeue_image(self, image_id: str, *, size: int, mtime_ns: int) -> bool:
+        """An older version of a path came back (A → B → A): it is the path's latest version again and its job is
+        queued once more, so the results follow the content that is there. False when its job is running."""
+        with self.db.atomic():
+            image = self.image(image_id)
+            cursor = self.db.execute(
+                "update jobs set status = 'queued', attempts = 0, not_before = 0, error = null, finished_at = null,"
+                " lease_owner = null where id = ? and status != 'running'",
+                [image["job_id"]],
+            )
+            if cursor.rowcount != 1:
+                return False
+            self.db["images"].update(
+                image_id,
+                {"status": QUEUED, "size": size, "mtime_ns": mtime_ns, "landed_at": time.time(), "error": None},
+            )
+        return True
 
     def update_image(self, image_id: str, **fields) -> None:
         self.db["images"].update(image_id, fields)

@@ -36,3 +36,13 @@ def activate(store: Store, *, project: str, model_id: str, note: str) -> int:
     )
     store.event(model.get("run_id"), f"model {model_id} activated for project {project} by hand: {note}")
     return decision
+
+
+def retry_job(store: Store, *, job_id: int) -> None:
+    """Queue a failed job again with fresh attempts."""
+    job = store.job(job_id)
+    if job is None:
+        raise ActionError(f"job {job_id} does not exist")
+    if not store.retry(job_id):
+        raise ActionError(f"job {job_id} is {job['status']}, not failed: only failed jobs can be retried")
+    store.event(None, f"job {job_id} ({job['kind']}, project {job['project']}) queued again by hand")

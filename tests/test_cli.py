@@ -116,3 +116,21 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_one():
     commands = [line for line in readme.split("```")[1].splitlines() if line.strip()]
     assert commands[-2:] == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_retry_queues_a_failed_job_and_refuses_others(tmp_path):
+    from appliance.store import Store
+
+    store = Store(tmp_path / "appliance.sqlite")
+    failed, _ = store.enqueue("train", "k", project="p")
+    store.claim("train", "w", lease_seconds=60)
+    store.give_up(failed, "w", "boom")
+    queued, _ = store.enqueue("train", "other", project="p")
+    runner = CliRunner()
+    result = runner.invoke(main, ["retry", str(failed), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "queued again; last error was: boom" in result.output and store.job(failed)["status"] == "queued"
+    result = runner.invoke(main, ["retry", str(queued), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "is queued; only failed jobs can be retried" in result.output
+    result = runner.invoke(main, ["retry", "99", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "job 99 does not exist" in result.output

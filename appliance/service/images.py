@@ -149,9 +149,16 @@ class ImageDetector:
             return None
         identifier = image_id(project, relpath, content_hash)
         known = self.store.image(identifier)
-        if known is not None:  # same content, touched or copied again: remember the new stat, nothing to do
-            self.store.update_image(identifier, size=key[0], mtime_ns=key[1])
-            return None
+        if known is not None:
+            latest = self.store.latest_image(project, relpath)
+            if latest["id"] == identifier:  # same content, touched or copied again: remember the new stat
+                self.store.update_image(identifier, size=key[0], mtime_ns=key[1])
+                return None
+            # an earlier content of this path is back (A → B → A): its results must replace B's
+            if not self.store.requeue_image(identifier, size=key[0], mtime_ns=key[1]):
+                return None
+            self.log(f"image {project}/{relpath} is back to an earlier content; segmented again")
+            return identifier
         self.store.add_image(
             id=identifier,
             project=project,

@@ -23,7 +23,7 @@ from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, measure
 from appliance.pipeline.outputs import MASK_SUFFIX, OVERLAY_SUFFIX, result_files, result_stem
 from appliance.pipeline.overlay import overlay
 from appliance.pipeline.predictor import OnnxPredictor
-from appliance.service.files import stat_key
+from appliance.service.files import file_hash, stat_key
 from appliance.service.images import SEGMENT
 from appliance.settings import Settings
 from appliance.store import Store
@@ -112,6 +112,12 @@ class InferenceWorker:
             labels = predictor.predict(pixels)
         except ApplianceError as error:
             self._give_up(job, image, str(error))
+            return
+        if stat_key(path) != key or file_hash(path) != image["content_hash"]:
+            # written on while it was read (a preallocated file, or a writer that keeps the mtime): forget the
+            # version's stat so the detector registers what is there now as a new version
+            self.store.update_image(image["id"], size=-1, mtime_ns=-1)
+            self._finish_without_result(job, image, "superseded", f"{path} changed while it was segmented")
             return
         mask_path, overlay_path = self.result_paths(image)
         write_label_image(mask_path, labels)

@@ -294,10 +294,16 @@ class Intake:
             store_dir=str(store_dir),
             job_id=job_id,
         )
+        retried = not created and self.store.retry(job_id)
         if created:
             message = (
                 f"labelled set {folder.name} accepted: {len(labelled_set)} images for project {project}; "
                 f"training job {job_id} queued with a budget of {budget:.0f} s"
+            )
+        elif retried:
+            message = (
+                f"labelled set {folder.name} accepted: the same content for project {project} failed before "
+                f"(job {job_id}); dropped again, so it is queued again with fresh attempts"
             )
         else:
             message = (
@@ -307,7 +313,7 @@ class Intake:
         self.store.event(None, message)
         self.log(message)
         self._remove_own_rejection(folder)
-        return IntakeDecision(folder, "accepted", (), project, store_dir, job_id, created)
+        return IntakeDecision(folder, "accepted", (), project, store_dir, job_id, created or retried)
 
     def _reject(self, folder: Path, signature: str, content_hash: str, problems: list[Problem]) -> IntakeDecision:
         self.store.record_intake(

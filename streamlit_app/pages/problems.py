@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from streamlit_app import common, queries, shaping
+from streamlit_app import actions, common, queries, shaping
 
 
 def rejected_sets(store) -> None:
@@ -65,6 +65,31 @@ def jobs_and_runs(store) -> None:
             hide_index=True,
             width="stretch",
         )  # fmt: skip
+        retry_form(store, jobs)
+
+
+def retry_form(store, jobs: list[dict]) -> None:
+    """Queue a failed job again once its cause is fixed (also: ``appliance retry JOB`` or drop the set again)."""
+    if not common.password_required():
+        st.caption(
+            "To retry a job: `appliance retry JOB`, or drop the same set again. Set a page password to do it here."
+        )
+        return
+    labels = {f"job {j['id']} ({j['kind']}, {j['project']})": j["id"] for j in jobs}
+    with st.form("retry-job", clear_on_submit=True):
+        job_id = labels[st.selectbox("Failed job to run again", list(labels))]
+        password = st.text_input("Page password (confirms the action)", type="password")
+        submitted = st.form_submit_button("Retry with fresh attempts")
+    if submitted:
+        if not common.password_matches(password, common.settings().page_password):
+            st.error("Wrong password; nothing changed.")
+            return
+        try:
+            actions.retry_job(store, job_id=job_id)
+        except actions.ActionError as error:
+            st.error(str(error))
+        else:
+            st.success(f"Job {job_id} is queued again.")
 
 
 def warnings(store) -> None:

@@ -181,3 +181,25 @@ def test_roll_back_with_confirmation(page_env, tmp_path):
     decision = store.activations(PROJECT)[-1]
     assert (decision["model_id"], decision["previous_model_id"], decision["activated"]) == (previous, active, 1)
     assert decision["reason"].startswith("roll back on the status page")
+
+
+def test_a_failed_job_can_be_retried_from_the_problems_page(page_env, tmp_path):
+    seed_typical(tmp_path)
+    page_env(tmp_path, password="pw")
+    store = Store(tmp_path / "appliance.sqlite")
+    (failed,) = store.jobs(status="failed")
+    app = AppTest.from_file(str(APP), default_timeout=60).run()
+    app.text_input(key="login_password").input("pw")
+    app.button[0].click().run()
+    app.switch_page("pages/problems.py").run()
+    assert not app.exception
+    assert next(s for s in app.selectbox if s.label == "Failed job to run again").value.startswith(
+        f"job {failed['id']}"
+    )
+    next(t for t in app.text_input if t.label.startswith("Page password")).input("pw")
+    next(b for b in app.button if b.label == "Retry with fresh attempts").click().run()
+    assert not app.exception
+    assert f"Job {failed['id']} is queued again." in [s.value for s in app.success]
+    job = store.job(failed["id"])
+    assert job["status"] == "queued" and job["attempts"] == 0
+    assert store.events()[0]["message"].startswith(f"job {failed['id']} (segment, ")

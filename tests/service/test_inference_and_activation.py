@@ -235,3 +235,67 @@ def test_two_images_with_one_stem_keep_separate_results(settings, store, demo_im
     expected = predictor.predict(read_image(folder / "x.tif"))
     assert np.array_equal(tifffile.imread(results / "x_tif_mask.tif"), expected)
     assert not (results / "x_tif-2_mask.tif").exists() and len(_csv_rows(settings)) == 2
+
+
+def test_an_image_overwritten_a_b_a_ends_with_the_results_of_a(
+    settings, store, demo_images_dir, demo_set_dir, trained_model
+):
+    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    detector = ImageDetector(settings, store, log=lambda m: None)
+    worker = InferenceWorker(settings, store, log=lambda m: None)
+    target = settings.images_inbox / "phase-demo" / "a.tif"
+    target.parent.mkdir(parents=True)
+    clock = 0.0
+    for version in ("set20", "set21", "set20"):
+        shutil.copy(demo_images_dir / f"{version}.tif", target)
+        detector.notice(target)
+        for _ in range(2):
+            detector.tick(clock=clock)
+            clock += 2.0
+        while worker.run_once():
+            pass
+    expected = OnnxPredictor(trained_model).predict(read_image(demo_images_dir / "set20.tif"))
+    assert np.array_equal(tifffile.imread(settings.results / "phase-demo" / "a_mask.tif"), expected)
+    (row,) = _csv_rows(settings)
+    latest = store.latest_image("phase-demo", "a.tif")
+    assert latest["status"] == "done" and row["image"] == "a.tif"
+    assert latest["content_hash"] == store.images()[0]["content_hash"]  # the first version is the latest again
+    assert [job["attempts"] for job in store.jobs("segment")] == [1, 1]
+
+
+def test_a_file_written_on_while_it_is_segmented_gets_the_results_of_its_final_content(
+    settings, store, demo_images_dir, demo_set_dir, trained_model, monkeypatch
+):
+    """A preallocated file, 40 % written when it looked stable, completed by a writer that keeps the mtime."""
+    final = (demo_images_dir / "set21.tif").read_bytes()
+    target = settings.images_inbox / "phase-demo" / "a.tif"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(final[: len(final) * 4 // 10] + bytes(len(final) - len(final) * 4 // 10))
+    stat = target.stat()
+    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    detector = ImageDetector(settings, store, log=lambda m: None)
+    detector.notice(target)
+    detector.tick(clock=0.0)
+    assert len(detector.tick(clock=2.0)) == 1
+    worker = InferenceWorker(settings, store, log=lambda m: None)
+    predictor = worker.predictor(store.active_model("phase-demo"))
+    real_predict = predictor.predict
+
+    def predict_while_the_writer_finishes(pixels):
+        target.write_bytes(final)
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        return real_predict(pixels)
+
+    monkeypatch.setattr(predictor, "predict", predict_while_the_writer_finishes)
+    assert worker.run_once()
+    monkeypatch.setattr(predictor, "predict", real_predict)
+    assert store.images()[0]["status"] == "superseded"
+    assert not (settings.results / "phase-demo" / "a_mask.tif").exists()
+    detector.rescan()
+    detector.tick(clock=10.0)
+    assert len(detector.tick(clock=12.0)) == 1
+    while worker.run_once():
+        pass
+    expected = OnnxPredictor(trained_model).predict(read_image(demo_images_dir / "set21.tif"))
+    assert np.array_equal(tifffile.imread(settings.results / "phase-demo" / "a_mask.tif"), expected)
+    assert [row["image"] for row in _csv_rows(settings)] == ["a.tif"]

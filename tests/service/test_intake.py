@@ -119,3 +119,15 @@ def test_a_folder_that_cannot_be_checked_does_not_stop_the_others(settings, stor
     assert [d.folder.name for d in decisions] == ["phase_cells"]
     errors = [e["message"] for e in store.events() if e["level"] == "error"]
     assert errors == ["labelled set broken: could not be checked (OSError: input/output error)"]
+
+
+def test_the_same_set_dropped_again_after_its_job_failed_is_queued_again(settings, store, dropped_set):
+    intake = Intake(settings, store, log=lambda m: None)
+    first = intake.decide(dropped_set)
+    job = store.claim("train", "w", lease_seconds=60)
+    store.give_up(job["id"], "w", "CUDA out of memory")
+    again = intake.decide(shutil.copytree(dropped_set, settings.labelled_inbox / "phase_cells_again"))
+    assert again.job_id == first.job_id and again.new_job
+    job = store.job(first.job_id)
+    assert job["status"] == "queued" and job["attempts"] == 0 and job["error"] is None
+    assert "failed before" in store.events()[0]["message"]
