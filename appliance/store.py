@@ -540,6 +540,19 @@ class Store:
             ).fetchall()
         return [self.job(row[0]) for row in rows]
 
+    def supersede_jobs(self, kind: str, *, inbox_path: str, keep: int) -> list[int]:
+        """Cancel the queued jobs of ``kind`` for an earlier version of the set dropped at ``inbox_path`` (all but
+        ``keep``); running jobs go on. Returns the ids cancelled."""
+        with self.db.atomic():
+            rows = self.db.execute(
+                "update jobs set status = 'superseded', finished_at = ?,"
+                " error = 'a newer version of the set was dropped (job ' || ? || ')'"
+                " where kind = ? and status = 'queued' and id != ? and json_extract(payload, '$.inbox_path') = ?"
+                " returning id",
+                [now(), keep, kind, keep, inbox_path],
+            ).fetchall()
+        return sorted(row[0] for row in rows)
+
     def retry(self, job_id: int) -> bool:
         """Queue a failed job again with fresh attempts (an admin's retry, or the same set dropped again); False
         when the job is not failed."""

@@ -1,7 +1,8 @@
 """Intake of labelled sets from ``inbox/labelled/<set>/``.
 
-A set is complete when a ``READY`` file is in its folder (and nothing changed for ``stable_seconds``) or when nothing
-in it changed for ``quiet_period``. Its images, masks and ``dataset.yaml`` are then copied into a staging folder of
+A set is complete when a ``READY`` file, written after every other file, is in its folder (and nothing changed for
+``stable_seconds``) or when nothing in it changed for ``quiet_period``. A newer version of a set cancels the queued
+training jobs of its earlier versions. Its images, masks and ``dataset.yaml`` are then copied into a staging folder of
 the managed store, hashing the bytes as they are copied, and the *copy* is validated (the module library's checks,
 the ``dataset.yaml`` schema, and safe names), so what is validated is exactly what will be trained on.
 
@@ -131,6 +132,25 @@ def _copy_file(source: Path, target: Path) -> str:
     return digest.hexdigest()
 
 
+def ready_file_came_last(folder: Path) -> bool:
+    """True when ``READY`` is there and no other file of the set arrived after it: copy tools that write in sorted
+    order (rsync, many file managers) put ``READY`` down first, and then it says nothing about the rest. Arrival is
+    the inode change time, which copies cannot carry over from the source as they do the modification time."""
+    try:
+        ready = (folder / READY_FILE).lstat().st_ctime_ns
+    except OSError:
+        return False
+    for path in folder.rglob("*"):
+        if path.parent == folder and path.name in (READY_FILE, REJECTED_FILE):
+            continue
+        try:
+            if path.lstat().st_ctime_ns > ready:
+                return False
+        except OSError:
+            return False  # vanished while we looked: still being written
+    return True
+
+
 def _inbox_key(folder: Path) -> str:
     """How the store names an inbox folder (a folder name need not be UTF-8)."""
     return readable(folder, limit=None)
@@ -237,7 +257,7 @@ class Intake:
         if seen is None or seen[0] != signature:
             self._watching[folder] = (signature, clock)
             seen = self._watching[folder]
-        ready = (folder / READY_FILE).is_file()
+        ready = ready_file_came_last(folder)
         wait = self.settings.stable_seconds if ready else self.settings.quiet_period
         if clock - seen[1] < wait:
             return None
@@ -295,6 +315,7 @@ class Intake:
             job_id=job_id,
         )
         retried = not created and self.store.retry(job_id)
+        superseded = self.store.supersede_jobs(TRAIN, inbox_path=str(folder), keep=job_id)
         if created:
             message = (
                 f"labelled set {folder.name} accepted: {len(labelled_set)} images for project {project}; "
@@ -310,6 +331,8 @@ class Intake:
                 f"labelled set {folder.name} accepted, but the same content for project {project} is already "
                 f"known (job {job_id}, {self.store.job(job_id)['status']}): not trained again"
             )
+        if superseded:
+            message += f"; queued job(s) {', '.join(map(str, superseded))} of its earlier version cancelled"
         self.store.event(None, message)
         self.log(message)
         self._remove_own_rejection(folder)

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 
 import pytest
 
@@ -131,3 +132,28 @@ def test_the_same_set_dropped_again_after_its_job_failed_is_queued_again(setting
     job = store.job(first.job_id)
     assert job["status"] == "queued" and job["attempts"] == 0 and job["error"] is None
     assert "failed before" in store.events()[0]["message"]
+
+
+def test_a_ready_file_that_came_first_does_not_make_a_partial_set_complete(settings, store, dropped_set):
+    """rsync and many copy tools write in sorted order: READY lands before dataset.yaml, images/ and masks/."""
+    intake = Intake(settings, store, log=lambda m: None)
+    aside = settings.data_dir / "aside"
+    shutil.move(dropped_set / "masks", aside)
+    (dropped_set / READY_FILE).touch()
+    time.sleep(0.02)
+    shutil.copytree(aside, dropped_set / "masks")  # arrives after READY, with the source's modification times
+    intake.scan()
+    intake.tick(clock=0.0)
+    assert intake.tick(clock=2.0) == []  # READY is no sign of completeness here: the quiet period applies
+    (decision,) = intake.tick(clock=5.5)
+    assert decision.status == "accepted"
+
+
+def test_a_newer_version_of_a_set_cancels_the_queued_job_of_the_older_one(settings, store, dropped_set):
+    intake = Intake(settings, store, log=lambda m: None)
+    older = intake.decide(dropped_set)
+    (dropped_set / "images" / "set1.png").write_bytes((dropped_set / "images" / "set2.png").read_bytes())
+    newer = intake.decide(dropped_set)
+    assert newer.new_job and store.job(older.job_id)["status"] == "superseded"
+    assert f"queued job(s) {older.job_id} of its earlier version cancelled" in store.events()[0]["message"]
+    assert store.claim("train", "w", lease_seconds=60)["id"] == newer.job_id
