@@ -1,4 +1,5 @@
-"""Disk guard: training needs the reserve free; inference goes on while a small floor is free."""
+"""Disk guard: intake and new training need the reserve free, running training stops resumably below half of it,
+inference goes on while a small floor is free. Nothing waits for the disk to be full."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from appliance.settings import Settings
 
 GB = 1024**3
 INFERENCE_FLOOR_BYTES = 200 * 1024**2
+STOP_FRACTION = 0.5  # running training stops below this share of the reserve (checkpoints still fit)
 
 
 def free_bytes(path: str | Path) -> int:
@@ -29,6 +31,18 @@ def training_space(settings: Settings) -> tuple[bool, str]:
             f"{settings.disk_reserve_gb:g} GB (disk_reserve_gb); free space or lower the reserve"
         )
     return True, f"{free / GB:.1f} GB free"
+
+
+def training_must_stop(settings: Settings) -> tuple[bool, str]:
+    """Whether running training must stop (resumably) to keep the disk from filling, and why."""
+    free = free_bytes(settings.data_dir)
+    floor = settings.disk_reserve_gb * GB * STOP_FRACTION
+    if free < floor:
+        return True, (
+            f"only {free / GB:.1f} GB free on {settings.data_dir.resolve()}, below half the reserve of "
+            f"{settings.disk_reserve_gb:g} GB (disk_reserve_gb); training stopped and resumes when space is freed"
+        )
+    return False, f"{free / GB:.1f} GB free"
 
 
 def inference_space(settings: Settings) -> tuple[bool, str]:

@@ -64,5 +64,6 @@ def check_health(settings: Settings, *, clock: float | None = None) -> Health:
     elif running:
         components.append(ComponentHealth("store", False, "missing", str(settings.store_path), None))
     allowed, message = training_space(settings)
-    components.append(ComponentHealth("disk", True, "ok" if allowed else "below reserve", message, None))
+    state = "ok" if allowed else "below reserve: intake of sets and training paused until space is freed"
+    components.append(ComponentHealth("disk", True, state, message, None))
     return Health(all(c.ok for c in components) and len(components) > 2, tuple(components), queue)

@@ -30,6 +30,7 @@ from pathlib import Path
 from appliance.data.io import atomic_write
 from appliance.data.labelled_set import DATASET_YAML, IMAGES_DIR, MASKS_DIR, NAME_PATTERN, NAME_RULE, load_labelled_set
 from appliance.errors import InvalidSetError, Problem, readable, utf8_problem
+from appliance.service.disk import training_space
 from appliance.service.files import CHUNK, is_candidate, tree_signature
 from appliance.settings import Settings
 from appliance.store import Store, now
@@ -187,6 +188,7 @@ class Intake:
         self._dirty: set[Path] = set()
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+        self.paused: str | None = None  # why intake waits for disk space, or None
 
     def notice(self, path: str | Path) -> None:
         """A file event under the inbox: remember which set folder it concerns."""
@@ -220,6 +222,16 @@ class Intake:
     def tick(self, clock: float | None = None) -> list[IntakeDecision]:
         """Decide every folder that is complete and not decided in its current state."""
         clock = time.monotonic() if clock is None else clock
+        allowed, message = training_space(self.settings)
+        if not allowed:  # a set is copied into the store: wait (the folders stay marked) until space is freed
+            if self.paused != message:
+                self.store.event(None, f"intake of labelled sets paused: {message}", level="warning")
+                self.log(f"intake of labelled sets paused: {message}")
+            self.paused = message
+            return []
+        if self.paused is not None:
+            self.store.event(None, "intake of labelled sets resumes: free space is above the reserve again")
+            self.paused = None
         with self._lock:
             folders = self._dirty | set(self._watching)
             self._dirty = set()

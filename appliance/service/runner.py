@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -93,6 +94,7 @@ class Service:
         self.observer = None
         self.page_process: subprocess.Popen | None = None
         self.page_enabled = page and PAGE_SCRIPT.is_file()
+        self._store_error: str | None = None
         self.components: list[Component] = [
             Component("scanner", self._scanner, lambda: ("running", self._scanner_detail())),
             Component("training", self._training_worker, lambda: self._worker_state(self.training)),
@@ -131,12 +133,21 @@ class Service:
         try:
             self.start()
             while not self.stop_event.wait(1.0):
-                self.supervise()
+                try:
+                    self.supervise()
+                except sqlite3.OperationalError as error:  # a full disk or a locked store: the next beat retries
+                    self._report_store_error(error)
         finally:
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+    def _report_store_error(self, error: Exception) -> None:
+        message = f"the store could not be written ({error}); retrying every second"
+        if message != self._store_error:
+            self._store_error = message
+            self.log(message)
 
     def supervise(self) -> None:
         """Restart what died and record every component's state."""
@@ -203,7 +214,10 @@ class Service:
                 except Exception as error:  # a component must survive one bad item; the error is recorded
                     component.failures += 1
                     component.last_error = f"{type(error).__name__}: {error}"
-                    store.event(None, f"{component.name}: {component.last_error}", level="error")
+                    try:
+                        store.event(None, f"{component.name}: {component.last_error}", level="error")
+                    except sqlite3.Error:  # the store itself is failing (a full disk): the log has it
+                        pass
                     self.log(f"{component.name} error: {traceback.format_exc()}")
                     self.stop_event.wait(min(ERROR_BACKOFF_SECONDS * component.failures, 60))
                     continue
@@ -302,7 +316,8 @@ class Service:
     def _scanner_detail(self) -> str:
         if self.intake is None or self.detector is None:
             return "starting"
-        return f"{self.intake.pending} set(s) and {self.detector.pending} image(s) waiting to be complete"
+        paused = f"; intake of sets paused: {self.intake.paused}" if self.intake.paused else ""
+        return f"{self.intake.pending} set(s) and {self.detector.pending} image(s) waiting to be complete{paused}"
 
     def _inference_detail(self) -> str:
         if self.inference is None:

@@ -24,11 +24,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.service.disk import training_space
+from appliance.service.disk import training_must_stop, training_space
 from appliance.settings import Settings
 from appliance.store import Store
 
 TRAIN = "train"
+SHUTDOWN, DISK = "shutdown", "disk"
+DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "[Errno 28]")
 STOP_GRACE_SECONDS = 30.0
 RETRY_AFTER_SECONDS = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -52,6 +54,7 @@ class TrainingSupervisor:
         self.state = "idle"
         self.detail = ""
         self._disk_message: str | None = None
+        self.child_command = [sys.executable, "-m", "appliance.service.training"]
 
     def run_once(self, stop: threading.Event) -> bool:
         """Claim and run one job; True when one ran. Waits (False) while the disk is below the reserve."""
@@ -85,7 +88,7 @@ class TrainingSupervisor:
         settings_json = json.dumps(self.settings.to_dict(hide_password=False))
         with open(log_path, "ab") as log_file:
             child = subprocess.Popen(
-                [sys.executable, "-m", "appliance.service.training", str(job["id"]), str(result_path)],
+                [*self.child_command, str(job["id"]), str(result_path)],
                 stdin=subprocess.PIPE,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -94,15 +97,23 @@ class TrainingSupervisor:
             child.stdin.write(settings_json.encode())
             child.stdin.close()
             stopped = self._watch(child, job, stop)
-        if stopped:
+        tail = "" if stopped or child.returncode == 0 else _tail(log_path)
+        if stopped == SHUTDOWN:
             self.store.release(job["id"], self.owner, note="interrupted by shutdown; resumes from its checkpoints")
             self.log(f"training job {job['id']} stopped for shutdown; it resumes at the next start")
+        elif stopped == DISK or any(marker in tail for marker in DISK_FULL_MARKERS):
+            _, message = training_must_stop(self.settings)
+            reason = message if stopped == DISK else f"the disk filled up ({tail[-300:]})"
+            self.store.release(
+                job["id"], self.owner, retry_after=RETRY_AFTER_SECONDS, note=f"paused for disk space: {reason}"
+            )
+            self.store.event(None, f"training job {job['id']} paused, no attempt spent: {reason}", level="warning")
+            self.log(f"training job {job['id']} paused for disk space; it resumes from its checkpoints")
         elif child.returncode == 0 and result_path.is_file():
             result = json.loads(result_path.read_text())
             self.store.complete(job["id"], self.owner, result)
             self.log(f"training job {job['id']} done: {result.get('summary', '')}")
         else:
-            tail = _tail(log_path)
             status = self.store.fail(
                 job["id"], self.owner, f"exit code {child.returncode}: {tail}", retry_after=RETRY_AFTER_SECONDS
             )
@@ -112,20 +123,22 @@ class TrainingSupervisor:
             )
             self.log(f"training job {job['id']} failed, now {status}; log: {log_path}")
 
-    def _watch(self, child: subprocess.Popen, job: dict, stop: threading.Event) -> bool:
-        """Renew the lease while the child runs; on ``stop`` interrupt it. True when stopped for shutdown."""
+    def _watch(self, child: subprocess.Popen, job: dict, stop: threading.Event) -> str | None:
+        """Renew the lease while the child runs; interrupt it (resumably) on ``stop`` or when the disk runs low.
+        Returns why it was stopped (:data:`SHUTDOWN`, :data:`DISK`) or None when it ended by itself."""
         beat = max(self.settings.lease_seconds / 3, 0.5)
         while child.poll() is None:
-            if stop.wait(min(beat, 1.0)):
+            reason = SHUTDOWN if stop.wait(min(beat, 1.0)) else DISK if training_must_stop(self.settings)[0] else None
+            if reason is not None:
                 child.send_signal(signal.SIGINT)
                 try:
                     child.wait(STOP_GRACE_SECONDS)
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
-                return True
+                return reason
             self.store.heartbeat(job["id"], self.owner, lease_seconds=self.settings.lease_seconds)
-        return False
+        return None
 
 
 def _tail(path: Path, lines: int = 6) -> str:

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import sys
 import threading
 import time
 
@@ -299,3 +300,47 @@ def test_a_file_written_on_while_it_is_segmented_gets_the_results_of_its_final_c
     expected = OnnxPredictor(trained_model).predict(read_image(demo_images_dir / "set21.tif"))
     assert np.array_equal(tifffile.imread(settings.results / "phase-demo" / "a_mask.tif"), expected)
     assert [row["image"] for row in _csv_rows(settings)] == ["a.tif"]
+
+
+def _supervisor_with_child(settings, store, script: str) -> TrainingSupervisor:
+    """A supervisor whose training child is ``script`` (a stand-in process with the child's exit behaviour)."""
+    store.enqueue("train", "k", payload={"set_name": "s", "project": "p"})
+    supervisor = TrainingSupervisor(settings, store, log=lambda m: None)
+    supervisor.child_command = [sys.executable, "-c", script]
+    return supervisor
+
+
+def test_training_that_fills_the_disk_is_paused_without_spending_an_attempt(settings, store):
+    script = "import sys; print('OSError: [Errno 28] No space left on device: checkpoint.pt'); sys.exit(1)"
+    supervisor = _supervisor_with_child(settings, store, script)
+    assert supervisor.run_once(threading.Event())
+    (job,) = store.jobs("train")
+    assert job["status"] == "queued" and job["attempts"] == 0 and "paused for disk space" in job["error"]
+    assert "paused, no attempt spent: the disk filled up" in store.events()[0]["message"]
+
+
+def test_running_training_stops_resumably_when_the_disk_runs_low(settings, store, monkeypatch):
+    import appliance.service.training as training
+
+    supervisor = _supervisor_with_child(settings, store, "import time; time.sleep(60)")
+    monkeypatch.setattr(training, "training_must_stop", lambda settings: (True, "only 0.1 GB free, below half"))
+    started = time.monotonic()
+    assert supervisor.run_once(threading.Event())
+    assert time.monotonic() - started < 30  # the child was interrupted, not waited for
+    (job,) = store.jobs("train")
+    assert job["status"] == "queued" and job["attempts"] == 0 and "only 0.1 GB free" in job["error"]
+
+
+def test_intake_pauses_while_the_disk_is_below_the_reserve_and_resumes(settings, store, demo_set_dir):
+    from appliance.service.intake import Intake
+
+    shutil.copytree(demo_set_dir, settings.labelled_inbox / "cells")
+    intake = Intake(settings.with_values(disk_reserve_gb=10**9), store, log=lambda m: None)
+    intake.scan()
+    assert intake.tick(clock=0.0) == [] and intake.tick(clock=100.0) == [] and store.jobs() == []
+    assert "below the reserve of 1e+09 GB" in intake.paused
+    assert [e["message"] for e in store.events()].count(f"intake of labelled sets paused: {intake.paused}") == 1
+    intake.settings = settings
+    intake.tick(clock=200.0)
+    (decision,) = intake.tick(clock=210.0)
+    assert decision.status == "accepted" and intake.paused is None
