@@ -428,3 +428,11 @@ def test_deploy_doc_names_only_real_settings():
     mentioned = set(re.findall(r"\bAPPLIANCE_[A-Z_]+\b", text))
     assert {"APPLIANCE_POLLING", "APPLIANCE_PAGE_PASSWORD", "APPLIANCE_INBOX_DIR"} <= mentioned
     assert mentioned <= setting_variables() | COMPOSE_ONLY_VARIABLES, mentioned - setting_variables()
+
+
+def test_the_shipped_page_is_published_on_loopback_only():
+    """An empty password is the default, so the default must not publish the page to the network."""
+    (port,) = [p for p in compose_service()["ports"] if p.endswith(":8501")]
+    assert port.startswith("${APPLIANCE_PAGE_BIND:-127.0.0.1}:"), port
+    example = dict(re.findall(r"^(\w+)=(.*)$", (ROOT / ".env.example").read_text(encoding="utf-8"), re.M))
+    assert example["APPLIANCE_PAGE_BIND"] == "127.0.0.1"
