@@ -85,7 +85,7 @@ class Service:
         self.log = log
         self.stop_event = threading.Event()
         self.wake = threading.Event()
-        self.lock = ServiceLock(settings.data_dir)
+        self.lock = ServiceLock(settings.data_dir, inboxes=(settings.labelled_inbox, settings.images_inbox))
         self.store: Store | None = None
         self.intake: Intake | None = None
         self.detector: ImageDetector | None = None
