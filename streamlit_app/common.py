@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import threading
+import time
 from collections.abc import Callable
 
 import streamlit as st
@@ -49,6 +50,49 @@ def authenticated() -> bool:
     return not password_required() or bool(st.session_state.get("authenticated"))
 
 
+class LoginThrottle:
+    """Slows down password guessing, per client address, for every session of the page process: after
+    ``free_failures`` wrong passwords within ``window`` seconds, each try waits twice as long as the one before
+    (``first_wait``, twice that, … at most ``max_wait``), the right password included."""
+
+    def __init__(
+        self, *, free_failures: int = 5, window: float = 900.0, first_wait: float = 2.0, max_wait: float = 300.0
+    ):
+        self.free_failures, self.window, self.first_wait, self.max_wait = free_failures, window, first_wait, max_wait
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_seconds(self, client: str, now: float) -> float:
+        """How long ``client`` must wait before its next try (0: it may try now)."""
+        with self._lock:
+            recent = [t for t in self._failures.get(client, []) if now - t < self.window]
+            self._failures[client] = recent
+        extra = len(recent) - self.free_failures
+        if extra < 0:
+            return 0.0
+        return max(0.0, recent[-1] + min(self.first_wait * 2.0**extra, self.max_wait) - now)
+
+    def failed(self, client: str, now: float) -> None:
+        with self._lock:
+            self._failures.setdefault(client, []).append(now)
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
+
+
+_throttle = LoginThrottle()
+
+
+def _client() -> str:
+    """The client's address (Streamlit gives none for loopback connections: those share one count)."""
+    try:
+        address = st.context.ip_address
+    except Exception:  # no client context (the page run bare)
+        address = None
+    return address if isinstance(address, str) and address else "local"
+
+
 def login_page() -> None:
     """The only page shown until the password is given. The password goes through a form (never a URL), and
     neither it nor a failed attempt is logged."""
@@ -58,11 +102,17 @@ def login_page() -> None:
         entered = st.text_input("Password", type="password", key="login_password")
         submitted = st.form_submit_button("Log in")
     if submitted:
-        if password_matches(entered, settings().page_password):
+        client, now = _client(), time.monotonic()
+        wait = _throttle.wait_seconds(client, now)
+        if wait > 0:
+            st.error(f"Too many wrong passwords; try again in {wait:.0f} s.")
+        elif password_matches(entered, settings().page_password):
+            _throttle.succeeded(client)
             st.session_state["authenticated"] = True
             st.session_state.pop("login_password", None)
             st.rerun()
         else:
+            _throttle.failed(client, now)
             st.error("Wrong password.")
 
 

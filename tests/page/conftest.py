@@ -51,3 +51,11 @@ def big_store(tmp_path_factory) -> Path:
     seed_typical(data_dir)
     seed_results(data_dir, BIG)
     return data_dir
+
+
+@pytest.fixture(autouse=True)
+def fresh_login_throttle(monkeypatch):
+    """The login throttle counts per page process; each test starts with no failed logins."""
+    from streamlit_app import common
+
+    monkeypatch.setattr(common, "_throttle", common.LoginThrottle())

@@ -203,3 +203,38 @@ def test_a_failed_job_can_be_retried_from_the_problems_page(page_env, tmp_path):
     job = store.job(failed["id"])
     assert job["status"] == "queued" and job["attempts"] == 0
     assert store.events()[0]["message"].startswith(f"job {failed['id']} (segment, ")
+
+
+def test_password_guessing_is_slowed_down_for_every_session(page_env, typical_store, monkeypatch):
+    from streamlit_app import common
+
+    monkeypatch.setattr(common, "_throttle", common.LoginThrottle(free_failures=3, first_wait=600))
+    page_env(typical_store, password="s3cret")
+    for _ in range(3):  # each guess in a fresh session, as a script would
+        app = AppTest.from_file(str(APP), default_timeout=60).run()
+        app.text_input(key="login_password").input("guess")
+        app.button[0].click().run()
+        assert "Wrong password." in [e.value for e in app.error]
+    app = AppTest.from_file(str(APP), default_timeout=60).run()
+    app.text_input(key="login_password").input("s3cret")
+    app.button[0].click().run()  # even the right password waits now
+    assert any(e.value.startswith("Too many wrong passwords; try again in") for e in app.error)
+    assert "Overview" not in [t.value for t in app.title]
+
+
+def test_the_login_throttle_doubles_the_wait_and_forgets_old_failures():
+    from streamlit_app.common import LoginThrottle
+
+    throttle = LoginThrottle(free_failures=2, window=100, max_wait=5)
+    for now in (0.0, 1.0):
+        assert throttle.wait_seconds("a", now) == 0
+        throttle.failed("a", now)
+    assert throttle.wait_seconds("a", 1.0) == 2.0 and throttle.wait_seconds("b", 1.0) == 0
+    throttle.failed("a", 3.0)
+    assert throttle.wait_seconds("a", 3.0) == 4.0
+    throttle.failed("a", 7.0)
+    assert throttle.wait_seconds("a", 7.0) == 5.0  # at most max_wait
+    assert throttle.wait_seconds("a", 150.0) == 0  # failures older than the window are forgotten
+    throttle.failed("a", 150.0)
+    throttle.succeeded("a")
+    assert throttle.wait_seconds("a", 150.0) == 0
