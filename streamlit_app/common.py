@@ -130,7 +130,8 @@ def auto_refresh() -> float | None:
 
 
 def live(body: Callable[[], None]) -> None:
-    """Run ``body`` as a fragment that reruns every few seconds (while auto-refresh is on)."""
+    """Run ``body`` as a fragment that reruns every few seconds (while auto-refresh is on). Its reruns may run on
+    another thread than the page's, so ``body`` opens its store with :func:`open_store` rather than capturing one."""
     st.fragment(run_every=auto_refresh())(body)()
 
 

@@ -183,10 +183,11 @@ def body() -> None:
     st.session_state["models_projects"] = names
     if not models:
         common.nothing_yet("no model registered; a model appears here when a training run finishes")
-        common.live(lambda: details_or_wait(store))
+        common.live(lambda: details_or_wait(common.open_store()))
         return
     project = st.selectbox("Project", names, key="models_project")
-    common.live(lambda: details(store, project))
+    # a fragment's reruns may run on another thread: it opens that thread's store instead of capturing this one
+    common.live(lambda: details(common.open_store(), project))
     # outside the refreshing part, so that a half-filled confirmation is not disturbed
     common.guarded("Activation", lambda: admin(store, project, [m for m in models if projects[m["id"]] == project]))
 

@@ -3,6 +3,8 @@ a typical day, and 10,000 segmented images. Plus the password gate and the activ
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -238,3 +240,17 @@ def test_the_login_throttle_doubles_the_wait_and_forgets_old_failures():
     throttle.failed("a", 150.0)
     throttle.succeeded("a")
     assert throttle.wait_seconds("a", 150.0) == 0
+
+
+def test_no_live_fragment_captures_the_store_of_the_page_thread():
+    """Fragment reruns may run on another thread, where a captured SQLite connection raises ProgrammingError."""
+    import ast
+
+    pages = Path(APP).parent / "pages"
+    captured = []
+    for path in sorted(pages.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "live":
+                names = {n.id for arg in node.args for n in ast.walk(arg) if isinstance(n, ast.Name)}
+                captured += [f"{path.name}:{node.lineno}" for name in names if name.lstrip("_") == "store"]
+    assert captured == []
