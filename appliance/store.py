@@ -38,7 +38,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -268,6 +269,27 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A write transaction that takes the write lock when it begins (``BEGIN IMMEDIATE``), waiting up to the
+        busy timeout for other writers. A deferred transaction that reads first fails at once with "database is
+        locked" when another process wrote in between, which is what killed training runs under load."""
+        if self.db.conn.in_transaction:  # nested: a savepoint inside the outer transaction
+            with self.db.atomic():
+                yield
+            return
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.rollback()
+            raise
+        try:
+            self.db.conn.execute("COMMIT")
+        except BaseException:
+            self.db.rollback()
+            raise
+
     # -- runs ---------------------------------------------------------------------------------
 
     def create_run(self, **fields) -> str:
@@ -297,7 +319,7 @@ class Store:
             {"run_id": run_id, "rank": rank, "config_id": config_id, "config": json.dumps(config), "predicted_score": s}
             for rank, (config_id, config, s) in enumerate(ranking, start=1)
         ]
-        with self.db.atomic():
+        with self.transaction():
             self.db["rankings"].delete_where("run_id = ?", [run_id])
             self.db["rankings"].insert_all(rows)
 
@@ -310,7 +332,7 @@ class Store:
     ) -> None:
         """Record a run's ranking, its trials ``(rank, config_id, config, predicted_score)`` and its race plan in one
         transaction, so a run killed while planning has either all of them or none (and then plans again)."""
-        with self.db.atomic():
+        with self.transaction():
             self.save_ranking(run_id, ranking)
             for rank, config_id, config, score in trials:
                 self.add_trial(run_id, rank, config_id, config, score)
@@ -344,9 +366,14 @@ class Store:
     # -- halving steps ------------------------------------------------------------------------
 
     def record_step_result(self, run_id: str, step: int, rank: int, **fields) -> None:
-        self.db["step_results"].insert(
-            {"run_id": run_id, "step": step, "rank": rank, "finished_at": now(), **fields}, replace=True
-        )
+        """A trial's result in a step; with ``checkpoint``, the trial continues from it (one transaction, so a kill
+        never leaves a result whose checkpoint the trial does not know)."""
+        with self.transaction():
+            self.db["step_results"].insert(
+                {"run_id": run_id, "step": step, "rank": rank, "finished_at": now(), **fields}, replace=True
+            )
+            if fields.get("checkpoint"):
+                self.db["trials"].update((run_id, rank), {"checkpoint": fields["checkpoint"]})
 
     def step_results(self, run_id: str, step: int | None = None) -> list[dict]:
         where, args = "run_id = ?", [run_id]
@@ -356,7 +383,7 @@ class Store:
 
     def finish_step(self, run_id: str, step: int, *, active: list[int], survivors: list[int], seconds: float) -> None:
         """Record a finished step and drop the trials that did not survive it, in one transaction."""
-        with self.db.atomic():
+        with self.transaction():
             self.db["steps"].insert(
                 {
                     "run_id": run_id,
@@ -415,14 +442,31 @@ class Store:
         where, args = ("run_id = ?", [run_id]) if run_id else (None, None)
         return list(self.db["events"].rows_where(where, args, order_by="id desc", limit=limit))
 
+    def unfinished_models(self, run_id: str) -> list[str]:
+        """Ids of the run's registry rows whose export never finished (empty path: the run was killed while
+        exporting)."""
+        rows = self.db.execute(
+            "select id from models where run_id = ? and (path = '' or path is null) order by id", [run_id]
+        ).fetchall()
+        return [row[0] for row in rows]
+
     def register_model(self, **fields) -> str:
         """A new registry row; rows of the same run whose export never finished (empty path) are dropped first, so a
         run resumed during its export registers its model once."""
-        if fields.get("run_id"):
-            self.db["models"].delete_where("run_id = ? and (path = '' or path is null)", [fields["run_id"]])
         model_id = f"model-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        self.db["models"].insert({"id": model_id, "created_at": now(), "active": 0, **fields})
+        with self.transaction():
+            if fields.get("run_id"):
+                self.db.execute(
+                    "delete from models where run_id = ? and (path = '' or path is null)", [fields["run_id"]]
+                )
+            self.db["models"].insert({"id": model_id, "created_at": now(), "active": 0, **fields})
         return model_id
+
+    def finish_export(self, run_id: str, model_id: str, path: str, **run_fields) -> None:
+        """In one transaction: the model's files are at ``path`` and its run is finished."""
+        with self.transaction():
+            self.db["models"].update(model_id, {"path": path})
+            self.db["runs"].update(run_id, {"status": "finished", "model_id": model_id, **run_fields})
 
     def models(self) -> list[dict]:
         return list(self.db["models"].rows_where(order_by="created_at desc"))
@@ -433,7 +477,7 @@ class Store:
         self, kind: str, key: str, *, payload: dict | None = None, project: str | None = None, max_attempts: int = 3
     ) -> tuple[int, bool]:
         """Queue a job unless one with the same ``(kind, key)`` exists; returns ``(job id, newly queued)``."""
-        with self.db.atomic():
+        with self.transaction():
             cursor = self.db.execute(
                 "insert or ignore into jobs (kind, key, project, payload, status, attempts, max_attempts, not_before,"
                 " created_at) values (?, ?, ?, ?, ?, 0, ?, 0, ?)",
@@ -469,7 +513,7 @@ class Store:
                 return None
             where += f" and project in ({', '.join('?' for _ in projects)})"
             args += projects
-        with self.db.atomic():
+        with self.transaction():
             # a worker that died (or hung) holding a job spent an attempt; out of attempts, the job ends here
             self.db.execute(
                 "update jobs set status = 'failed', finished_at = ?, lease_owner = null,"
@@ -488,7 +532,7 @@ class Store:
 
     def heartbeat(self, job_id: int, owner: str, *, lease_seconds: float) -> bool:
         """Renew ``owner``'s lease; False when the job is no longer leased to it."""
-        with self.db.atomic():
+        with self.transaction():
             cursor = self.db.execute(
                 "update jobs set lease_expires = ?, heartbeat_at = ? where id = ? and lease_owner = ?"
                 " and status = 'running'",
@@ -497,7 +541,7 @@ class Store:
         return cursor.rowcount == 1
 
     def complete(self, job_id: int, owner: str, result: dict | None = None) -> bool:
-        with self.db.atomic():
+        with self.transaction():
             cursor = self.db.execute(
                 "update jobs set status = 'done', result = ?, error = null, finished_at = ?, lease_owner = null"
                 " where id = ? and lease_owner = ? and status = 'running'",
@@ -508,7 +552,7 @@ class Store:
     def fail(self, job_id: int, owner: str, error: str, *, retry_after: float = 0.0) -> str:
         """Record a failed attempt: queued again after ``retry_after`` seconds while attempts remain, else failed.
         Returns the job's new status."""
-        with self.db.atomic():
+        with self.transaction():
             row = self.db.execute(
                 "update jobs set status = case when attempts < max_attempts then 'queued' else 'failed' end,"
                 " error = ?, not_before = ?, lease_owner = null,"
@@ -520,7 +564,7 @@ class Store:
 
     def release(self, job_id: int, owner: str, *, retry_after: float = 0.0, note: str | None = None) -> None:
         """Give a job back without counting the attempt (shutdown, or its input is not ready yet)."""
-        with self.db.atomic():
+        with self.transaction():
             self.db.execute(
                 "update jobs set status = 'queued', attempts = max(attempts - 1, 0), lease_owner = null,"
                 " not_before = ?, error = coalesce(?, error) where id = ? and lease_owner = ? and status = 'running'",
@@ -530,7 +574,7 @@ class Store:
     def recover_jobs(self) -> list[dict]:
         """At start-up, when no other worker can be alive: running jobs were interrupted by a crash. Each is
         queued again (the interrupted attempt counts) or failed when out of attempts. Returns the jobs touched."""
-        with self.db.atomic():
+        with self.transaction():
             rows = self.db.execute(
                 "update jobs set status = case when attempts < max_attempts then 'queued' else 'failed' end,"
                 " error = 'interrupted (the service stopped while it ran)', lease_owner = null, not_before = 0,"
@@ -543,7 +587,7 @@ class Store:
     def supersede_jobs(self, kind: str, *, inbox_path: str, keep: int) -> list[int]:
         """Cancel the queued jobs of ``kind`` for an earlier version of the set dropped at ``inbox_path`` (all but
         ``keep``); running jobs go on. Returns the ids cancelled."""
-        with self.db.atomic():
+        with self.transaction():
             rows = self.db.execute(
                 "update jobs set status = 'superseded', finished_at = ?,"
                 " error = 'a newer version of the set was dropped (job ' || ? || ')'"
@@ -556,7 +600,7 @@ class Store:
     def retry(self, job_id: int) -> bool:
         """Queue a failed job again with fresh attempts (an admin's retry, or the same set dropped again); False
         when the job is not failed."""
-        with self.db.atomic():
+        with self.transaction():
             cursor = self.db.execute(
                 "update jobs set status = 'queued', attempts = 0, not_before = 0, error = null, finished_at = null,"
                 " lease_owner = null where id = ? and status = 'failed'",
@@ -600,7 +644,7 @@ class Store:
 
     def add_image(self, **fields) -> bool:
         """Insert an image version; False when this path + content hash is already known."""
-        with self.db.atomic():
+        with self.transaction():
             cursor = self.db.execute(
                 f"insert or ignore into images ({', '.join(fields)}) values ({', '.join('?' for _ in fields)})",
                 list(fields.values()),
@@ -626,7 +670,7 @@ class Store:
     def requeue_image(self, image_id: str, *, size: int, mtime_ns: int) -> bool:
         """An older version of a path came back (A → B → A): it is the path's latest version again and its job is
         queued once more, so the results follow the content that is there. False when its job is running."""
-        with self.db.atomic():
+        with self.transaction():
             image = self.image(image_id)
             cursor = self.db.execute(
                 "update jobs set status = 'queued', attempts = 0, not_before = 0, error = null, finished_at = null,"
@@ -648,7 +692,7 @@ class Store:
         """In one transaction: the image is done, its measurement rows replace those of any older version of the
         same path, and its job is done. False (and nothing written) when the job is no longer leased to ``owner``."""
         image = self.image(image_id)
-        with self.db.atomic():
+        with self.transaction():
             cursor = self.db.execute(
                 "update jobs set status = 'done', finished_at = ?, lease_owner = null, error = null"
                 " where id = ? and lease_owner = ? and status = 'running'",
@@ -715,7 +759,7 @@ class Store:
         reason: str,
     ) -> int:
         """Store an activation decision; when ``activated``, make the model the project's active one, in one go."""
-        with self.db.atomic():
+        with self.transaction():
             decision = (
                 self.db["activations"]
                 .insert(
@@ -770,7 +814,7 @@ class Store:
 
     def give_up(self, job_id: int, owner: str, error: str) -> None:
         """Fail a job at once, attempts left or not (its input can never work, e.g. an unreadable image)."""
-        with self.db.atomic():
+        with self.transaction():
             self.db.execute(
                 "update jobs set status = 'failed', error = ?, finished_at = ?, lease_owner = null"
                 " where id = ? and lease_owner = ? and status = 'running'",

@@ -36,3 +36,34 @@ def test_a_model_whose_export_never_finished_is_replaced_not_kept_beside_the_new
     kept = store.register_model(run_id=other, set_name="t", config_id="c-b", path="/models/b")
     new = store.register_model(run_id=run_id, set_name="s", config_id="c-a", path="")
     assert sorted(m["id"] for m in store.models()) == sorted([kept, new])
+
+
+def test_a_write_transaction_waits_for_another_writer_instead_of_failing(tmp_path):
+    """A deferred transaction that read first fails at once ("database is locked") when another process writes
+    meanwhile; the store's transactions take the write lock when they begin, so the other writer waits instead."""
+    import sqlite3
+    import threading
+    import time
+
+    store = Store(tmp_path / "s.sqlite")
+    other_errors = []
+
+    def other_writer():
+        connection = sqlite3.connect(tmp_path / "s.sqlite", timeout=10)
+        try:
+            connection.execute("insert into events (at, level, message) values ('now', 'info', 'other')")
+            connection.commit()
+        except sqlite3.Error as error:
+            other_errors.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_writer)
+    with store.transaction():
+        store.events()  # a read first
+        thread.start()
+        time.sleep(0.3)  # the other writer tries now
+        store.db.execute("insert into events (at, level, message) values ('now', 'info', 'ours')")
+    thread.join()
+    assert other_errors == []
+    assert sorted(e["message"] for e in store.events()) == ["other", "ours"]

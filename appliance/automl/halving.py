@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance.automl.schedule import HalvingSchedule, select_survivors
 from appliance.errors import ApplianceError
+from appliance.faults import fault_point
 from appliance.pipeline.config import PipelineConfig
 from appliance.store import Store
 
@@ -161,6 +162,7 @@ class SuccessiveHalving:
         self.store.finish_step(
             self.run_id, step, active=ranks, survivors=survivors, seconds=consumed + self.clock() - step_started
         )
+        fault_point(f"halving-step-{step}")
         for trial in active:
             if trial["rank"] not in survivors:
                 self._delete_checkpoints(trial["rank"])
@@ -221,7 +223,7 @@ class SuccessiveHalving:
             "checkpoint": str(path),
         }
         self.store.record_step_result(self.run_id, step, rank, **result)
-        self.store.update_trial(self.run_id, rank, checkpoint=str(path))
+        fault_point(f"halving-step-{step}-slice")
         if checkpoint and Path(checkpoint) != path:
             Path(checkpoint).unlink(missing_ok=True)
         self.on_slice({"step": step, "rank": rank, **result})

@@ -17,6 +17,7 @@ trial's validation IoU per step, the paper's Fig. 9) and ``qc/test.json``; the e
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from appliance.automl.throughput import ensure_reference_measurements, record_tr
 from appliance.data.io import atomic_write, write_png
 from appliance.data.labelled_set import LabelledSet, load_labelled_set
 from appliance.data.splits import Split, split_stems
+from appliance.faults import fault_point
 from appliance.pipeline.evaluation import Evaluation, evaluate
 from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES
@@ -146,6 +148,7 @@ def train_set(
                 growth=growth,
                 include_default=include_default,
             )
+            fault_point("ranked")
             enter_race(store, run_id, candidates, plan)
             timings["planning_seconds"] = time.perf_counter() - job_started
             log(plan.describe())
@@ -235,6 +238,7 @@ def _finish(
 
     k = labelled_set.num_classes
     test = evaluate(predict, test_images, test_masks, num_classes=k, names=split.test)
+    fault_point("tested")
     qc = run_dir / "qc"
     for index, stem in enumerate(split.test):
         panel = comparison_panel(test_images[index], test_masks[index], predictions[index])
@@ -243,6 +247,9 @@ def _finish(
     write_halving_chart(store, run_id, qc / "halving.png")
 
     validation_iou = backend.validate(trainer).mean_iou  # the winner as exported (its last slice is not validated)
+    models_dir = settings.data_dir / "models"
+    for stale in store.unfinished_models(run_id):  # a kill during an earlier export left its files behind
+        shutil.rmtree(models_dir / stale, ignore_errors=True)
     model_id = store.register_model(
         run_id=run_id,
         set_name=labelled_set.name,
@@ -251,7 +258,8 @@ def _finish(
         validation_iou=validation_iou,
         test_iou=test.mean_foreground_iou,
     )
-    model_dir = (settings.data_dir / "models" / model_id).resolve()
+    fault_point("registered")
+    model_dir = (models_dir / model_id).resolve()
     write_model_folder(
         model_dir,
         trainer.model,
@@ -268,14 +276,14 @@ def _finish(
         },
     )
     parity = onnx_parity(trainer.model, OnnxPredictor(model_dir), test_images[:1])
-    store.db["models"].update(model_id, {"path": str(model_dir)})
-    store.update_run(
+    fault_point("exported")
+    store.finish_export(
         run_id,
-        status="finished",
+        model_id,
+        str(model_dir),
         winner_config_id=winner["config_id"],
         validation_iou=validation_iou,
         test_iou=test.mean_foreground_iou,
-        model_id=model_id,
         finished_at=now(),
     )
     store.event(

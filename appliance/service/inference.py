@@ -19,6 +19,7 @@ from pathlib import Path
 
 from appliance.data.io import atomic_write, read_image, write_label_image, write_png
 from appliance.errors import ApplianceError, ImageReadError, readable
+from appliance.faults import fault_point
 from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, measure
 from appliance.pipeline.outputs import MASK_SUFFIX, OVERLAY_SUFFIX, result_files, result_stem
 from appliance.pipeline.overlay import overlay
@@ -129,6 +130,7 @@ class InferenceWorker:
             pixel_size_um=predictor.pixel_size_um,
             min_object_px=self.settings.min_object_px,
         )
+        fault_point("image-written")
         finished = self.store.finish_image(
             image["id"],
             job["id"],
@@ -141,6 +143,7 @@ class InferenceWorker:
             error=None,
         )
         if finished:
+            fault_point("image-finished")
             write_project_csv(self.store, self.settings.results, image["project"])
             self.processed += 1
             self.log(

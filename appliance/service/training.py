@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from appliance.faults import fault_point
 from appliance.service.disk import training_must_stop, training_space
 from appliance.settings import Settings
 from appliance.store import Store
@@ -179,7 +180,9 @@ def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = pri
         run = result.run
     else:
         log(f"run {run['id']} of this set already finished; applying the activation rule only")
+    fault_point("trained")
     decision = decide_activation(store, model_id=run["model_id"], project=payload["project"])
+    fault_point("activated")
     verb = "activated" if decision.activated else "not activated"
     summary = f"run {run['id']}: model {run['model_id']} {verb} for {payload['project']} ({decision.reason})"
     log(summary)
