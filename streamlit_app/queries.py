@@ -181,3 +181,26 @@ def failed_runs(store: Store) -> list[dict]:
     return rows_where(
         store, "runs", "status = 'failed'", order_by="created_at desc", select="id, set_name, error, finished_at"
     )
+
+
+def images_waiting_for_a_model(store: Store) -> list[dict]:
+    """Per project whose images wait in the queue without an active model: how many, since when, and the latest
+    training job of that project (None when no labelled set was ever accepted for it)."""
+    if not has_table(store, "jobs"):
+        return []
+    active = store.active_projects()
+    rows = store.db.execute(
+        "select project, count(*), min(created_at) from jobs where kind = 'segment' and status = 'queued'"
+        " group by project order by project"
+    ).fetchall()
+    waiting = []
+    for project, count, since in rows:
+        if project in active:
+            continue
+        training = store.db.execute(
+            "select id, status, error from jobs where kind = 'train' and project = ? order by id desc limit 1",
+            [project],
+        ).fetchone()
+        job = None if training is None else dict(zip(("id", "status", "error"), training, strict=True))
+        waiting.append({"project": project, "images": count, "since": since, "training": job})
+    return waiting

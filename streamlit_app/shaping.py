@@ -438,3 +438,35 @@ def rejected_set_rows(intakes: Iterable[Mapping]) -> list[dict]:
                 }
             )
     return rows
+
+
+def waiting_reason(project: str, training: Mapping | None) -> tuple[str, str]:
+    """``(level, sentence)``: why a project's images wait for a model and what to do; level ``error`` when
+    nothing will ever end the wait by itself.
+
+    >>> waiting_reason("hela", None)[0]
+    'error'
+    >>> waiting_reason("hela", {"id": 4, "status": "running", "error": None})[1]
+    'training job 4 for hela is running; its images are segmented once its model is activated'
+    """
+    if training is None:
+        return "error", (
+            f"no labelled set was ever accepted for project {project}, so no model will come: check the folder "
+            f"name for a typo (images go to inbox/images/<project>/), or drop a labelled set with "
+            f"`project: {project}` in its dataset.yaml"
+        )
+    if training["status"] in ("failed", "superseded"):
+        return "error", (
+            f"the training of project {project} {training['status']} (job {training['id']}: "
+            f"{training.get('error') or 'no reason recorded'}); fix it and run `appliance retry {training['id']}` "
+            "or retry it below"
+        )
+    if training["status"] == "done":
+        return "error", (
+            f"training job {training['id']} of project {project} finished without an active model (not activated); "
+            "activate a model on the Models page"
+        )
+    return "info", (
+        f"training job {training['id']} for {project} is {training['status']}; its images are segmented once its "
+        "model is activated"
+    )

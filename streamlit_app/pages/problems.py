@@ -43,6 +43,19 @@ def images(store) -> None:
     )
 
 
+def waiting_for_a_model(store) -> None:
+    st.subheader("Images waiting for a model")
+    rows = queries.images_waiting_for_a_model(store)
+    if not rows:
+        st.success("No image waits for a model.")
+        return
+    for row in rows:
+        level, sentence = shaping.waiting_reason(row["project"], row["training"])
+        since = shaping.local_time(row["since"])
+        text = f"{row['images']} image(s) of project {row['project']} waiting since {since}: {sentence}"
+        (st.error if level == "error" else st.info)(text)
+
+
 def jobs_and_runs(store) -> None:
     st.subheader("Failed jobs and runs")
     jobs, runs = queries.failed_jobs(store), queries.failed_runs(store)
@@ -103,6 +116,7 @@ def body() -> None:
         return
     common.guarded("Rejected sets", lambda: rejected_sets(store))
     common.guarded("Images", lambda: images(store))
+    common.guarded("Waiting for a model", lambda: waiting_for_a_model(store))
     common.guarded("Failed work", lambda: jobs_and_runs(store))
     common.guarded("Events", lambda: warnings(store))
 

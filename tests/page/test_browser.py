@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -181,3 +182,19 @@ def test_login_and_every_page_in_chromium(server, browser):
 
     assert PASSWORD not in browser.current_url
     assert PASSWORD not in log.read_text(errors="replace")  # no secret in the server's log
+
+    # images the page served stop answering once the session logs out
+    browser.find_element(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] a[href$="/models"]').click()
+    wait_for_text(browser, ["Models", "Test images: image | truth | prediction"])
+    media = [img.get_attribute("src") for img in browser.find_elements(By.CSS_SELECTOR, "img")]
+    media = [src for src in media if src and "/media/" in src]
+    assert media, "the Models page shows its QC images through /media/"
+    with urllib.request.urlopen(media[0], timeout=10) as response:
+        assert response.status == 200
+    browser.find_element(By.XPATH, "//button[.//p[text()='Log out']]").click()
+    wait_for_text(browser, ["Enter the page password"])
+    time.sleep(1.0)
+    for src in media:
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(src, timeout=10)
+        assert error.value.code == 404, src

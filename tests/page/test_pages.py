@@ -254,3 +254,19 @@ def test_no_live_fragment_captures_the_store_of_the_page_thread():
                 names = {n.id for arg in node.args for n in ast.walk(arg) if isinstance(n, ast.Name)}
                 captured += [f"{path.name}:{node.lineno}" for name in names if name.lstrip("_") == "store"]
     assert captured == []
+
+
+def test_images_of_a_project_without_a_model_are_a_problem_with_the_fix(page_env, tmp_path):
+    seed_typical(tmp_path)
+    store = Store(tmp_path / "appliance.sqlite")
+    store.enqueue("segment", "typo-1", payload={}, project="hela-scren")  # a typo in the folder name
+    page_env(tmp_path)
+    app = open_page("pages/problems.py")
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert any(
+        text.startswith("1 image(s) of project hela-scren waiting since")
+        and "no labelled set was ever accepted for project hela-scren" in text
+        and "`project: hela-scren`" in text
+        for text in errors
+    ), errors
