@@ -33,7 +33,7 @@ def render(page: str) -> tuple[float, object]:
     from streamlit.testing.v1 import AppTest
 
     app = AppTest.from_file(str(ROOT / "streamlit_app" / "app.py"), default_timeout=120).run()
-    app.switch_page(f"pages/{page}.py")
+    app.switch_page(f"views/{page}.py")
     started = time.perf_counter()
     app.run()
     elapsed = time.perf_counter() - started

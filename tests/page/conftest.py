@@ -10,7 +10,7 @@ from appliance.store import Store
 from tests.page.seed import seed_results, seed_typical
 
 APP = Path(__file__).resolve().parents[2] / "streamlit_app" / "app.py"
-PAGES = ("pages/overview.py", "pages/training.py", "pages/models.py", "pages/results.py", "pages/problems.py")
+PAGES = ("views/overview.py", "views/training.py", "views/models.py", "views/results.py", "views/problems.py")
 BIG = 10_000
 
 

@@ -4,6 +4,7 @@ Screenshots of every page go to ``test-artifacts/page/``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -73,14 +74,14 @@ def beat_like_the_service(store_path: Path, stop: threading.Event) -> None:
     store.close()
 
 
-@pytest.fixture
-def server(tmp_path):
-    """The page as the service starts it, on loopback, with a seeded store and a password in the environment."""
+@contextlib.contextmanager
+def page_server(tmp_path: Path, password: str):
+    """The page as the service starts it, on loopback, with a seeded store (and a password when given)."""
     data_dir = tmp_path / "data"
     seed_typical(data_dir)
     seed_results(data_dir, 600)
     port = free_port()
-    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_PAGE_PASSWORD": PASSWORD}
+    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_PAGE_PASSWORD": password}
     env.pop("APPLIANCE_CONFIG", None)
     log = tmp_path / "page.log"
     command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true"]
@@ -103,6 +104,12 @@ def server(tmp_path):
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+def server(tmp_path):
+    with page_server(tmp_path, PASSWORD) as running:
+        yield running
 
 
 @pytest.fixture
@@ -198,3 +205,23 @@ def test_login_and_every_page_in_chromium(server, browser):
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(src, timeout=10)
         assert error.value.code == 404, src
+
+
+@pytest.mark.parametrize("password", [PASSWORD, ""], ids=["with-password", "without-password"])
+def test_every_page_opens_by_its_own_address_on_a_cold_start(tmp_path, browser, password):
+    """Bookmarks and links from notifications: each page's URL, first thing after the page server started."""
+    from selenium.webdriver.common.by import By
+
+    with page_server(tmp_path, password) as (url, _):
+        for title, path, texts in PAGES:
+            browser.get(f"{url}/{path}")  # a new session each time: with a password, the login form first
+            if password:
+                wait_for_text(browser, ["Enter the page password"])
+                field = browser.find_element(By.CSS_SELECTOR, 'input[type="password"]')
+                field.send_keys(password)
+                browser.find_element(By.XPATH, "//button[.//p[text()='Log in']]").click()
+            body = wait_for_text(browser, [title, texts[0]])
+            assert browser.current_url.rstrip("/").endswith(f"/{path}"), browser.current_url
+            assert browser.find_element(By.TAG_NAME, "h1").text.startswith(title)
+            assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]') == [], f"exception on {title}"
+            assert "ModuleNotFoundError" not in body and "Log in first." not in body

@@ -13,11 +13,11 @@ from tests.page.conftest import APP, PAGES
 from tests.page.seed import PROJECT, seed_typical
 
 TITLES = {
-    "pages/overview.py": "Overview",
-    "pages/training.py": "Training runs",
-    "pages/models.py": "Models",
-    "pages/results.py": "Results",
-    "pages/problems.py": "Problems",
+    "views/overview.py": "Overview",
+    "views/training.py": "Training runs",
+    "views/models.py": "Models",
+    "views/results.py": "Results",
+    "views/problems.py": "Problems",
 }
 
 
@@ -45,7 +45,7 @@ def test_page_without_a_store_says_nothing_yet(page, page_env, tmp_path):
     page_env(tmp_path / "not-created")
     app = open_page(page)
     assert app.title[0].value == TITLES[page]
-    assert "Nothing yet" in texts(app) or page == "pages/overview.py"
+    assert "Nothing yet" in texts(app) or page == "views/overview.py"
     assert not (tmp_path / "not-created" / "appliance.sqlite").exists()  # the page never creates the store
 
 
@@ -56,19 +56,19 @@ def test_page_with_an_empty_store(page, page_env, empty_store):
     assert app.title[0].value == TITLES[page]
     shown = texts(app)
     assert "Traceback" not in shown
-    if page != "pages/problems.py":
+    if page != "views/problems.py":
         assert "Nothing yet" in shown
 
 
 EXPECTED = {
-    "pages/overview.py": ["Service", "inference", "scanner", "GPU", "ONNX Runtime provider", "Free disk",
+    "views/overview.py": ["Service", "inference", "scanner", "GPU", "ONNX Runtime provider", "Free disk",
                           "Segmentation jobs", "service started"],
-    "pages/training.py": ["Successive halving", "Budget used", "Budget left", "Halving ends (ETA)",
+    "views/training.py": ["Successive halving", "Budget used", "Budget left", "Halving ends (ETA)",
                           "Meta-model: predicted vs realised", "Spearman"],
-    "pages/models.py": ["Active model", "Activation history", "first model of the project", "Test-split QC per class",
+    "views/models.py": ["Active model", "Activation history", "first model of the project", "Test-split QC per class",
                         "cell", "Learning curve"],
-    "pages/results.py": ["Recent images", "Segmented", "Trends per day", "Measurements", "cell"],
-    "pages/problems.py": ["plate7_labels", "masks/img03.png", "scan_0042.tif", "not a readable TIFF",
+    "views/results.py": ["Recent images", "Segmented", "Trends per day", "Measurements", "cell"],
+    "views/problems.py": ["plate7_labels", "masks/img03.png", "scan_0042.tif", "not a readable TIFF",
                           "OutOfMemoryError"],
 }  # fmt: skip
 
@@ -87,14 +87,14 @@ def test_page_with_10000_result_rows(page, page_env, big_store):
     page_env(big_store)
     app = open_page(page)
     assert app.title[0].value == TITLES[page]
-    if page == "pages/results.py":
+    if page == "views/results.py":
         assert "Showing the newest 1000 of 20006 rows" in texts(app)
         assert app.dataframe[-1].value.shape[0] == 1000
 
 
 def test_training_opens_on_the_live_run_and_shows_a_finished_ones_winner(page_env, typical_store):
     page_env(typical_store)
-    app = open_page("pages/training.py")
+    app = open_page("views/training.py")
     run = app.selectbox(key="training_run")
     assert run.value.endswith("· nuclei_fluo · halving")
     finished = next(option for option in run.options if option.endswith("· finished"))
@@ -108,7 +108,7 @@ def test_training_opens_on_the_live_run_and_shows_a_finished_ones_winner(page_en
 
 def test_results_filters_by_project_and_date(page_env, big_store):
     page_env(big_store)
-    app = open_page("pages/results.py")
+    app = open_page("views/results.py")
     app.selectbox(key="results_project").select("nuclei-screen").run()
     assert not app.exception
     assert set(app.dataframe[-1].value["project"]) == {"nuclei-screen"}
@@ -129,7 +129,7 @@ def test_every_page_asks_for_the_password(page_env, typical_store):
     assert [t.value for t in app.title] == ["Microscope AutoML appliance"]
     assert "Overview" not in texts(app)
     with pytest.raises(ValueError):  # no page is registered before login, so none can be opened by its path
-        app.switch_page("pages/problems.py")
+        app.switch_page("views/problems.py")
     app.text_input(key="login_password").input("wrong")
     app.button[0].click().run()
     assert [e.value for e in app.error] == ["Wrong password."]
@@ -138,13 +138,13 @@ def test_every_page_asks_for_the_password(page_env, typical_store):
     app.button[0].click().run()
     assert not app.exception
     assert app.title[0].value == "Overview"
-    app.switch_page("pages/problems.py").run()
+    app.switch_page("views/problems.py").run()
     assert app.title[0].value == "Problems"
 
 
 def test_activation_needs_a_password_to_be_configured(page_env, typical_store):
     page_env(typical_store)
-    app = open_page("pages/models.py")
+    app = open_page("views/models.py")
     assert "Admin actions need a page password" in texts(app)
 
 
@@ -157,7 +157,7 @@ def test_roll_back_with_confirmation(page_env, tmp_path):
     app = AppTest.from_file(str(APP), default_timeout=60).run()
     app.text_input(key="login_password").input("pw")
     app.button[0].click().run()
-    app.switch_page("pages/models.py").run()
+    app.switch_page("views/models.py").run()
     assert not app.exception
     form_select = next(s for s in app.selectbox if s.label == "Model to make active")
     assert form_select.value == f"{previous} (previously active: roll back)"
@@ -193,7 +193,7 @@ def test_a_failed_job_can_be_retried_from_the_problems_page(page_env, tmp_path):
     app = AppTest.from_file(str(APP), default_timeout=60).run()
     app.text_input(key="login_password").input("pw")
     app.button[0].click().run()
-    app.switch_page("pages/problems.py").run()
+    app.switch_page("views/problems.py").run()
     assert not app.exception
     assert next(s for s in app.selectbox if s.label == "Failed job to run again").value.startswith(
         f"job {failed['id']}"
@@ -246,7 +246,7 @@ def test_no_live_fragment_captures_the_store_of_the_page_thread():
     """Fragment reruns may run on another thread, where a captured SQLite connection raises ProgrammingError."""
     import ast
 
-    pages = Path(APP).parent / "pages"
+    pages = Path(APP).parent / "views"
     captured = []
     for path in sorted(pages.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -261,7 +261,7 @@ def test_images_of_a_project_without_a_model_are_a_problem_with_the_fix(page_env
     store = Store(tmp_path / "appliance.sqlite")
     store.enqueue("segment", "typo-1", payload={}, project="hela-scren")  # a typo in the folder name
     page_env(tmp_path)
-    app = open_page("pages/problems.py")
+    app = open_page("views/problems.py")
     assert not app.exception
     errors = [e.value for e in app.error]
     assert any(
