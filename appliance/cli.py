@@ -122,8 +122,10 @@ def train_config(set_dir: Path, config_path: Path, seconds: float, out_dir: Path
 )
 def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, min_object_px: int | None):
     """Segment IMAGES with an exported model; write masks, overlays and measurements."""
+    from tqdm.auto import tqdm
+
+    from appliance.pipeline.outputs import segment_files
     from appliance.pipeline.predictor import OnnxPredictor
-    from appliance.pipeline.workflow import segment_files
 
     try:
         if min_object_px is None:
@@ -131,7 +133,14 @@ def predict(model_dir: Path, images: tuple[Path, ...], out_dir: Path, min_object
         predictor = OnnxPredictor(model_dir)
     except ApplianceError as error:
         _fail(error)
-    done, failures = segment_files(predictor, list(images), out_dir=out_dir, min_object_px=min_object_px)
+    with tqdm(total=len(set(images)), desc="segmenting", unit="image", file=sys.stderr) as bar:
+        done, failures = segment_files(
+            predictor,
+            list(images),
+            out_dir=out_dir,
+            min_object_px=min_object_px,
+            on_image=lambda path: (bar.set_postfix_str(path.name, refresh=False), bar.update()),
+        )
     click.echo(f"segmented {len(done)} image(s) on {predictor.provider}; results in {out_dir.resolve()}")
     for failure in failures:
         click.secho(f"skipped: {failure}", fg="yellow", err=True)
@@ -185,8 +194,9 @@ def demo(out_dir: Path | None, seconds: float, once: bool):
 def _demo_once(out_dir: Path, seconds: float) -> None:
     from appliance.data.labelled_set import load_labelled_set
     from appliance.pipeline.config import PAPER_DEFAULT
+    from appliance.pipeline.outputs import segment_files
     from appliance.pipeline.predictor import OnnxPredictor
-    from appliance.pipeline.workflow import segment_files, train_configuration
+    from appliance.pipeline.workflow import train_configuration
 
     demo_data = files("appliance") / "demo_data"
     set_dir = out_dir / "inbox" / "labelled" / "usiigaci_phase_cells_demo"

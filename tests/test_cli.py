@@ -45,6 +45,7 @@ def test_train_config_then_predict_writes_every_output(demo_set_dir, demo_images
         main, ["predict", "--model", str(tmp_path / "model"), *map(str, images), "--out", str(tmp_path / "results")]
     )
     assert result.exit_code == 0, result.output
+    assert "segmenting: 100%" in result.output and f"{len(images)}/{len(images)}" in result.output  # the bar
     for image in images:
         mask = tifffile.imread(tmp_path / "results" / f"{image.stem}_mask.tif")
         assert mask.shape == (384, 384) and mask.dtype == np.uint8
@@ -134,3 +135,10 @@ def test_retry_queues_a_failed_job_and_refuses_others(tmp_path):
     assert result.exit_code == 2 and "is queued; only failed jobs can be retried" in result.output
     result = runner.invoke(main, ["retry", "99", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "job 99 does not exist" in result.output
+
+
+def test_predict_starts_without_importing_torch():
+    """Segmenting with an exported model needs ONNX Runtime only; importing torch alone costs seconds."""
+    code = "import sys, appliance.cli, appliance.pipeline.outputs; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

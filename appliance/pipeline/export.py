@@ -21,11 +21,10 @@ from appliance import __version__
 from appliance.data.io import NORMALISATION, atomic_write, normalise
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings, sliding_window_logits, torch_runner
+from appliance.pipeline.predictor import METADATA_FILE, METADATA_FORMAT
 
 MODEL_FILE = "model.onnx"
-METADATA_FILE = "model.json"
 OPSET = 17
-METADATA_FORMAT = 1
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, *, in_channels: int) -> Path:

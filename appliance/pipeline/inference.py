@@ -15,8 +15,10 @@ from functools import lru_cache
 import numpy as np
 
 from appliance.data.io import normalise
-from appliance.pipeline.model import SIZE_MULTIPLE
 from appliance.pipeline.patches import grid_positions
+
+SIZE_MULTIPLE = 32
+"""Input height and width must be multiples of this (five stride-2 stages in the U-Net encoder)."""
 
 BatchRunner = Callable[[np.ndarray], np.ndarray]
 """Maps a float32 ``(B, C, h, w)`` batch of tiles to float32 ``(B, K + 1, h, w)`` logits."""

@@ -10,9 +10,6 @@ from torch import nn
 from appliance.pipeline.config import ENCODER_WEIGHTS, FOCAL_GAMMA, PipelineConfig
 from appliance.pipeline.patches import IGNORE_LABEL
 
-SIZE_MULTIPLE = 32
-"""Input height and width must be multiples of this (five stride-2 stages in the encoder)."""
-
 
 def build_model(config: PipelineConfig, *, in_channels: int, num_classes: int) -> nn.Module:
     """U-Net with ``config.encoder``, randomly initialised, ``num_classes + 1`` output logits

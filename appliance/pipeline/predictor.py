@@ -11,9 +11,10 @@ import onnxruntime as ort
 
 from appliance.data.io import NORMALISATION, normalise, read_format_json
 from appliance.errors import ModelFileError
-from appliance.pipeline.export import METADATA_FILE, METADATA_FORMAT
 from appliance.pipeline.inference import TileSettings, sliding_window_logits
 
+METADATA_FILE = "model.json"
+METADATA_FORMAT = 1
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 

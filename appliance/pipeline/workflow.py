@@ -8,25 +8,20 @@ baseline on the same images, ONNX/PyTorch parity, training counters).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from appliance.data.io import atomic_write, read_image, write_label_image, write_png
+from appliance.data.io import atomic_write
 from appliance.data.labelled_set import LabelledSet
 from appliance.data.splits import Split, split_stems
-from appliance.errors import ApplianceError
 from appliance.pipeline.baselines import fit_otsu_baseline
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.evaluation import Evaluation, evaluate
 from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
-from appliance.pipeline.measurements import measure, write_measurements_csv
-from appliance.pipeline.outputs import result_files, result_stem
-from appliance.pipeline.overlay import overlay
 from appliance.pipeline.patches import make_training_patches
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.trainer import Trainer
@@ -145,61 +140,3 @@ def train_configuration(
         seconds=trainer.seconds,
         metrics=metrics,
     )
-
-
-@dataclass(frozen=True)
-class SegmentedImage:
-    """Files written for one input image."""
-
-    image: Path
-    mask: Path
-    overlay: Path
-    measurements: list[dict]
-
-
-def segment_files(
-    predictor: OnnxPredictor, image_paths: list[Path], *, out_dir: str | Path, min_object_px: int = 0
-) -> tuple[list[SegmentedImage], list[ApplianceError]]:
-    """Segment each image file with ``predictor``: write ``<stem>_mask.tif`` (label image),
-    ``<stem>_overlay.png`` and one ``measurements.csv`` for all of them into ``out_dir``
-    (objects below ``min_object_px`` pixels are not counted, see :func:`measure`).
-
-    Images are named by their path below the folder all of them share, so ``a/cell.png`` and ``b/cell.png``
-    give ``a/cell_mask.tif`` and ``b/cell_mask.tif`` (see :func:`result_stem`); a file given twice is
-    segmented once. An image that cannot be read or does not fit the model is skipped and its error returned;
-    the others are still processed.
-    """
-    out_dir = Path(out_dir)
-    paths = list(dict.fromkeys(Path(p).resolve() for p in image_paths))
-    common = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
-    stems: dict[str, str] = {}
-    done: list[SegmentedImage] = []
-    failures: list[ApplianceError] = []
-    for path in paths:
-        relpath = path.relative_to(common).as_posix()
-        stems[relpath] = result_stem(relpath, taken=lambda stem: stem in stems.values())
-        try:
-            image = read_image(path)
-            labels = predictor.predict(image)
-        except ApplianceError as exc:
-            failures.append(exc)
-            continue
-        rows = measure(
-            labels,
-            class_names=predictor.class_names,
-            image=relpath,
-            pixel_size_um=predictor.pixel_size_um,
-            min_object_px=min_object_px,
-        )
-        mask_path, overlay_path = result_files(out_dir, stems[relpath])
-        done.append(
-            SegmentedImage(
-                image=path,
-                mask=write_label_image(mask_path, labels),
-                overlay=write_png(overlay_path, overlay(image, labels)),
-                measurements=rows,
-            )
-        )
-    if done:
-        write_measurements_csv(out_dir / "measurements.csv", [row for item in done for row in item.measurements])
-    return done, failures

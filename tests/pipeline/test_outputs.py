@@ -6,9 +6,8 @@ import shutil
 import imageio.v3 as iio
 import tifffile
 
-from appliance.pipeline.outputs import result_stem
+from appliance.pipeline.outputs import result_stem, segment_files
 from appliance.pipeline.predictor import OnnxPredictor
-from appliance.pipeline.workflow import segment_files
 
 
 def test_a_stem_taken_by_another_file_keeps_the_extension_then_counts():
