@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -434,13 +435,24 @@ def train(set_dir: Path, budget, top_n, trials, seed, device, data_dir, start_ne
     try:
         settings = Settings.from_env(data_dir=data_dir)
         seconds = parse_duration(budget) if budget is not None else None
-        bar = tqdm(desc="halving", unit="slice", leave=True)
+        started = time.monotonic()
+        total = round(seconds if seconds is not None else settings.default_budget)
+        bar = tqdm(
+            desc="budget",
+            total=total,
+            unit="s",
+            leave=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s used [{elapsed}] {postfix}",
+        )
 
         def on_slice(result: dict) -> None:
-            bar.update(1)
+            bar.n = min(time.monotonic() - started, total)
             iou = result["validation_iou"]
             score = f"IoU {iou:.3f}" if iou is not None else "not validated"
-            bar.set_postfix_str(f"step {result['step'] + 1} rank {result['rank']} {score}")
+            bar.set_postfix_str(
+                f"step {result['step'] + 1} of {result['steps']}, {result['racing']} racing; "
+                f"configuration {result['rank']}: {score}"
+            )
 
         result = train_set(
             set_dir,

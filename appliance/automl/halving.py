@@ -109,13 +109,14 @@ class SuccessiveHalving:
         self.overheads: dict[int, float] = {}
         self.validation_seconds: dict[int, float] = {}
         self.overhead_estimate = overhead_estimate
+        self.schedule: HalvingSchedule | None = None  # set by run()
 
     def run(self) -> dict:
         """Run every step not recorded yet; return the winning trial (at once when a resumed run has one)."""
         decided = self.store.trials(self.run_id, status="winner")
         if decided:
             return decided[0]
-        schedule = HalvingSchedule(self._initial_count(), self.budget_seconds, self.growth)
+        schedule = self.schedule = HalvingSchedule(self._initial_count(), self.budget_seconds, self.growth)
         finished = {row["step"] for row in self.store.finished_steps(self.run_id)}
         # Time already spent by recorded slices counts as spent, so a resumed run keeps the same deadlines.
         spent = sum(row["wall_seconds"] for row in self.store.step_results(self.run_id))
@@ -226,7 +227,9 @@ class SuccessiveHalving:
         fault_point(f"halving-step-{step}-slice")
         if checkpoint and Path(checkpoint) != path:
             Path(checkpoint).unlink(missing_ok=True)
-        self.on_slice({"step": step, "rank": rank, **result})
+        self.on_slice(
+            {"step": step, "steps": self.schedule.steps, "racing": self.schedule.active[step], "rank": rank, **result}
+        )
         return True
 
     def _expected_overhead(self, rank: int, config: PipelineConfig, validate: bool) -> float:

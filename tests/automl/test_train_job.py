@@ -90,6 +90,7 @@ def test_a_run_killed_mid_step_resumes_without_repeating_finished_steps(tmp_path
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming run" in resumed.stdout + resumed.stderr
+    assert "s used" in resumed.stderr and "step 3 of 3, 1 racing" in resumed.stderr  # the bar: budget, step k of K
     after = _rows(store_path, "select step, rank, finished_at, validation_iou from step_results")
     keys = [(step, rank) for step, rank, _, _ in after]
     assert len(keys) == len(set(keys)) == 4 + 2 + 1
