@@ -54,6 +54,10 @@ def test_train_keeps_the_budget_and_exports_a_working_model(tmp_path, demo_set, 
     qc = Path(result.run["run_dir"]) / "qc"
     assert (qc / "halving.png").stat().st_size > 0
     assert len(list(qc.glob("*.png"))) == 1 + len(result.test.per_image)
+    # the dropped trials' checkpoints went as their steps were decided: only the winner's last one is left
+    (winner,) = [t for t in result.trials if t["status"] == "winner"]
+    checkpoints = sorted((Path(result.run["run_dir"]) / "trials").rglob("*.pt"))
+    assert checkpoints == [Path(winner["checkpoint"])]
 
 
 def _rows(path, query):
