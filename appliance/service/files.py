@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 CHUNK = 1 << 20
+LOG_MAX_BYTES = 20 * 1024**2
+LOG_KEEP = 3
 # editors, copy tools and our own atomic writes leave these while a file is being written
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~")
 
@@ -73,3 +76,23 @@ def tree_hashes(root: str | Path) -> dict[str, str]:
             if path.is_file() and not path.is_symlink():
                 hashes[path.relative_to(root).as_posix()] = file_hash(path)
     return hashes
+
+
+def rotate_log(path: str | Path, *, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
+    """Once ``path`` is larger than ``max_bytes``: ``path.1`` … ``path.<keep>`` hold the older parts and ``path``
+    starts empty again. Copy then truncate, so a process still appending to it (the page, a training child: opened
+    with ``O_APPEND``) goes on writing at the new end. True when it rotated."""
+    path = Path(path)
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except OSError:
+        return False
+    for index in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{index}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{index + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    with open(path, "r+b") as handle:
+        handle.truncate(0)
+    return True

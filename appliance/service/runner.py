@@ -31,6 +31,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from appliance.service.disk import inference_space
+from appliance.service.files import rotate_log
 from appliance.service.images import ImageDetector
 from appliance.service.inference import InferenceWorker
 from appliance.service.intake import Intake
@@ -172,6 +173,7 @@ class Service:
                 detail = f"{detail} (last error: {component.last_error})".strip()
             self.store.component_beat(component.name, state=state, detail=detail, interval=1, pid=pid)
         if self.page_enabled:
+            rotate_log(self.settings.logs_dir / "page.log")
             if self.page_process.poll() is not None:
                 self.log(f"status page exited with code {self.page_process.returncode}; restarting it")
                 self._start_page()
@@ -305,6 +307,7 @@ class Service:
         command = [sys.executable, "-m", "streamlit", "run", str(PAGE_SCRIPT), "--server.headless", "true"]
         command += ["--server.address", self.settings.page_address, "--server.port", str(self.settings.page_port)]
         command += ["--client.toolbarMode", "viewer", "--browser.gatherUsageStats", "false"]
+        rotate_log(self.settings.logs_dir / "page.log")
         log = open(self.settings.logs_dir / "page.log", "ab")
         self.page_process = subprocess.Popen(
             command, env=environment, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent

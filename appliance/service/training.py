@@ -26,6 +26,7 @@ from pathlib import Path
 
 from appliance.faults import fault_point
 from appliance.service.disk import training_must_stop, training_space
+from appliance.service.files import rotate_log
 from appliance.settings import Settings
 from appliance.store import Store
 
@@ -86,6 +87,7 @@ class TrainingSupervisor:
         log_path = self.settings.logs_dir / f"train-job-{job['id']}.log"
         result_path = self.settings.logs_dir / f"train-job-{job['id']}.json"
         result_path.unlink(missing_ok=True)
+        rotate_log(log_path)
         settings_json = json.dumps(self.settings.to_dict(hide_password=False))
         with open(log_path, "ab") as log_file:
             child = subprocess.Popen(
@@ -139,6 +141,7 @@ class TrainingSupervisor:
                     child.wait()
                 return reason
             self.store.heartbeat(job["id"], self.owner, lease_seconds=self.settings.lease_seconds)
+            rotate_log(self.settings.logs_dir / f"train-job-{job['id']}.log")
         return None
 
 
