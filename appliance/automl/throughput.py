@@ -8,7 +8,7 @@ at 0.8 MPix/s but patch 256 / batch 8 at 18 MPix/s), while a CPU's time grows wi
 The table lives in the store, per device name and code version (:meth:`~appliance.store.Store.throughput`).
 Values come from two sources: ``probe`` (:func:`measure_group`: one warm-up step, then timed steps on random
 patches) and ``training`` (what a real halving slice achieved, which includes batch preparation; it replaces the
-probe's value). A group not measured yet is estimated by interpolating seconds per step over pixels per step
+probe's value, and a slower later slice lowers it halfway: :func:`record_training_throughput`). A group not measured yet is estimated by interpolating seconds per step over pixels per step
 (log-log) through the measured groups of its encoder (:meth:`ThroughputTable.get`);
 :func:`ensure_reference_measurements` measures two or three groups per encoder and the prediction speed of each
 encoder (which prices validation), once per device and code version. A linear cost model fitted to two small groups
@@ -291,9 +291,17 @@ def ensure_reference_measurements(
 def record_training_throughput(
     store: Store, table: ThroughputTable, config: PipelineConfig, *, steps: int, seconds: float
 ) -> None:
-    """Keep what a real training slice achieved (at least 3 steps), replacing a probe's or an older slice's value."""
+    """Keep what a real training slice achieved (at least 3 steps): it replaces a probe's value and a slower slice's;
+    a slower slice than the last one moves the value only halfway (geometric mean). A slice slowed by a passing
+    load (another job, a test run beside a benchmark) must not make its group look slow for good: the race passes a
+    slow-looking group over, so it would rarely be measured again (cpm15, 15 min on the 2-core CPU: the paper
+    default recorded at 0.14 steps/s under load instead of ~0.5 left no race at all)."""
     if steps < 3 or seconds <= 0:
         return
     group = group_of(config)
-    store.record_throughput(table.device, table.version, group, steps / seconds, source=TRAINING)
-    table.record(group, steps / seconds, TRAINING)
+    steps_per_second = steps / seconds
+    previous = table.measured.get(group)
+    if previous is not None and previous[1] == TRAINING and steps_per_second < previous[0]:
+        steps_per_second = math.sqrt(previous[0] * steps_per_second)
+    store.record_throughput(table.device, table.version, group, steps_per_second, source=TRAINING)
+    table.record(group, steps_per_second, TRAINING)

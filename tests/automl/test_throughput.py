@@ -122,6 +122,21 @@ def test_a_training_slice_replaces_the_probe_but_a_tiny_one_does_not(tmp_path):
     assert store.throughput("cpu x", "v1")[0]["steps_per_second"] == 3.0
 
 
+def test_a_slice_slowed_by_load_lowers_its_group_only_halfway_and_a_faster_one_raises_it_fully(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    table = ThroughputTable("cpu x", "v1", {R18_SMALL: (4.0, PROBE)})
+    config = PipelineConfig(patch_size=64, batch_size=4)
+    record_training_throughput(store, table, config, steps=40, seconds=10.0)  # replaces the probe fully
+    assert table.get(config).steps_per_second == 4.0
+    record_training_throughput(store, table, config, steps=10, seconds=10.0)  # 1 step/s under load
+    assert table.get(config).steps_per_second == pytest.approx(2.0)
+    assert store.throughput("cpu x", "v1")[0]["steps_per_second"] == pytest.approx(2.0)
+    record_training_throughput(store, table, config, steps=10, seconds=10.0)  # still slow: it keeps coming down
+    assert table.get(config).steps_per_second == pytest.approx(2.0**0.5)
+    record_training_throughput(store, table, config, steps=50, seconds=10.0)  # the load went: back up at once
+    assert table.get(config).steps_per_second == 5.0
+
+
 def test_measuring_a_real_group_and_prediction_on_the_cpu():
     assert measure_group(R18_SMALL, torch.device("cpu"), min_seconds=0.0) > 0
     assert tp.measure_prediction("resnet18", torch.device("cpu"), repeats=1) > 0

@@ -143,6 +143,23 @@ def wait_for_text(driver, texts: list[str], timeout: float = 45.0) -> str:
     pytest.fail(f"not visible after {timeout:.0f} s: {missing}\n--- page text ---\n{body}")
 
 
+def log_in(driver, password: str, timeout: float = 45.0) -> None:
+    """Type the password into the login form once the form itself is on the page (its text arrives before its
+    widgets on a cold start) and submit it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait_for_text(driver, ["Enter the page password"], timeout)
+    field = WebDriverWait(driver, timeout).until(
+        expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, 'input[type="password"]'))
+    )
+    field.send_keys(password)
+    WebDriverWait(driver, timeout).until(
+        expected_conditions.element_to_be_clickable((By.XPATH, "//button[.//p[text()='Log in']]"))
+    ).click()
+
+
 def screenshot(driver, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -165,9 +182,7 @@ def test_login_and_every_page_in_chromium(server, browser):
     assert "Training runs" not in browser.find_element(By.TAG_NAME, "body").text  # nothing before the password
     screenshot(browser, "0-login")
 
-    field = browser.find_element(By.CSS_SELECTOR, 'input[type="password"]')
-    field.send_keys("not the password")
-    browser.find_element(By.XPATH, "//button[.//p[text()='Log in']]").click()
+    log_in(browser, "not the password")
     wait_for_text(browser, ["Wrong password."])
 
     field = browser.find_element(By.CSS_SELECTOR, 'input[type="password"]')
@@ -217,10 +232,7 @@ def test_every_page_opens_by_its_own_address_on_a_cold_start(tmp_path, browser, 
             address = url if index == 0 else f"{url}/{path}"  # the default page (Overview) lives at the root
             browser.get(address)  # a new session each time: with a password, the login form first
             if password:
-                wait_for_text(browser, ["Enter the page password"])
-                field = browser.find_element(By.CSS_SELECTOR, 'input[type="password"]')
-                field.send_keys(password)
-                browser.find_element(By.XPATH, "//button[.//p[text()='Log in']]").click()
+                log_in(browser, password)
             body = wait_for_text(browser, [title, texts[0]])
             assert browser.current_url.rstrip("/") == address, browser.current_url
             assert browser.find_element(By.TAG_NAME, "h1").text.startswith(title)
