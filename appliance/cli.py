@@ -619,6 +619,25 @@ def retry(job_id, config_file, data_dir):
     click.echo(f"job {job_id} ({job['kind']}, project {job['project']}) queued again; last error was: {job['error']}")
 
 
+@main.command()
+@click.argument("project")
+@click.argument("model_id")
+@_CONFIG_OPTION
+@_DATA_DIR_OPTION
+def activate(project, model_id, config_file, data_dir):
+    """Make MODEL_ID the active model of PROJECT by hand (e.g. one the quality gate did not activate); the running
+    service segments the project's next images with it."""
+    from appliance.service.activation import activate_by_hand
+    from appliance.store import Store
+
+    try:
+        settings = _service_settings(config_file, data_dir=data_dir)
+        activate_by_hand(Store(settings.store_path), project=project, model_id=model_id, note="activated by hand")
+    except ApplianceError as error:
+        _fail(error)
+    click.echo(f"{model_id} is now the active model of {project}")
+
+
 @main.command("config")
 @_CONFIG_OPTION
 @_DATA_DIR_OPTION

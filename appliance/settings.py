@@ -72,6 +72,9 @@ def parse_bool(text: str | bool) -> bool:
     raise ConfigError(f"{text!r} is not a yes/no value; write true or false")
 
 
+KEEP_CHECKPOINTS = ("winner", "all", "none")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the appliance keeps its state, how it watches its folders and how much it may use.
@@ -118,6 +121,13 @@ class Settings:
     min_object_px : int
         Segmented components smaller than this many pixels are not counted as objects in the measurements
         (specks of a few misclassified pixels); they still count in a class's pixel fraction. 0 counts all.
+    quality_gate : bool
+        Activate a newly trained model only when it beats Otsu thresholding on its test split (mean IoU with the
+        background). A model that does not is registered but not activated; it can be activated by hand.
+    keep_checkpoints : str
+        Which training checkpoints (``.pt``) stay after a run: ``winner`` (each step deletes the checkpoints of the
+        trials it drops; the winner's stays), ``all`` (every trial's last checkpoint stays) or ``none`` (the
+        winner's goes too once its ONNX export is registered). The exported model folder always stays.
     """
 
     data_dir: Path = Path("appliance-data")
@@ -142,6 +152,8 @@ class Settings:
     max_attempts: int = 3
     lease_seconds: float = 60.0
     min_object_px: int = 10
+    quality_gate: bool = True
+    keep_checkpoints: str = "winner"
 
     def __post_init__(self) -> None:
         if self.top_n < 1:
@@ -150,6 +162,10 @@ class Settings:
             raise ConfigError(f"race_floor_steps must be at least 1, got {self.race_floor_steps}")
         if not 0 < self.race_min_winner_share < 1:
             raise ConfigError(f"race_min_winner_share must be between 0 and 1, got {self.race_min_winner_share}")
+        if self.keep_checkpoints not in KEEP_CHECKPOINTS:
+            raise ConfigError(
+                f"keep_checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)}, got {self.keep_checkpoints!r}"
+            )
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
         if not 0 < self.page_port < 65536:
@@ -281,7 +297,8 @@ _DURATIONS = (
 )
 _INTS = ("top_n", "race_floor_steps", "seed", "page_port", "max_attempts", "min_object_px")
 _FLOATS = ("gpu_memory_gb", "disk_reserve_gb", "race_min_winner_share")
-_STRINGS = ("page_address", "page_password")
+_STRINGS = ("page_address", "page_password", "keep_checkpoints")
+_BOOLS = ("polling", "quality_gate")
 
 
 def _convert(name: str, raw, *, source: str):
@@ -293,7 +310,7 @@ def _convert(name: str, raw, *, source: str):
             if name == "quiet_period" and str(raw).strip() in ("0", "0s"):
                 return 0.0
             return parse_duration(raw)
-        if name == "polling":
+        if name in _BOOLS:
             return parse_bool(raw)
         if name in _INTS:
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):

@@ -227,6 +227,8 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
             "previous_score": float,
             "activated": int,
             "reason": str,
+            "baseline_score": float,
+            "model_mean_iou": float,
             "decided_at": str,
         },
         "id",
@@ -757,8 +759,12 @@ class Store:
         previous_score: float | None,
         activated: bool,
         reason: str,
+        baseline_score: float | None = None,
+        model_mean_iou: float | None = None,
     ) -> int:
-        """Store an activation decision; when ``activated``, make the model the project's active one, in one go."""
+        """Store an activation decision; when ``activated``, make the model the project's active one, in one go.
+        ``baseline_score`` and ``model_mean_iou``: the quality gate's numbers (test mean IoU with background of
+        Otsu thresholding and of the model), when it was applied."""
         with self.transaction():
             decision = (
                 self.db["activations"]
@@ -771,6 +777,8 @@ class Store:
                         "previous_score": previous_score,
                         "activated": int(activated),
                         "reason": reason,
+                        "baseline_score": baseline_score,
+                        "model_mean_iou": model_mean_iou,
                         "decided_at": now(),
                     }
                 )

@@ -202,5 +202,14 @@ def images_waiting_for_a_model(store: Store) -> list[dict]:
             [project],
         ).fetchone()
         job = None if training is None else dict(zip(("id", "status", "error"), training, strict=True))
-        waiting.append({"project": project, "images": count, "since": since, "training": job})
+        decisions = store.activations(project) if has_table(store, "activations") else []
+        waiting.append(
+            {
+                "project": project,
+                "images": count,
+                "since": since,
+                "training": job,
+                "decision": decisions[-1] if decisions else None,
+            }
+        )
     return waiting

@@ -142,21 +142,23 @@ def disk_state(free: int, total: int, reserve_gb: float) -> dict:
 # -- training runs ------------------------------------------------------------------------------------------------
 
 
-def trial_label(rank: int, config_id: str | None) -> str:
-    return f"#{rank} {config_id or ''}".strip()
-
-
 def halving_chart_rows(step_results: Iterable[Mapping], trials: Iterable[Mapping]) -> list[dict]:
     """Validation IoU of every trial after every step (steps counted from 1), with the trial's status and whether it
-    is still in the race (``active`` or ``winner``): the data of the live successive-halving chart."""
+    is still in the race (``active`` or ``winner``): the data of the live successive-halving chart. Trials are named
+    in words, "configuration 3 of 12" in the race's order, with their settings for the hover."""
+    trials = list(trials)
     status = {t["rank"]: t for t in trials}
+    position = {rank: index for index, rank in enumerate(sorted(status), start=1)}
     rows = []
     for r in step_results:
         trial = status.get(r["rank"], {})
         state = trial.get("status") or "active"
+        name = f"configuration {position[r['rank']]} of {len(trials)}" if r["rank"] in position else f"#{r['rank']}"
         rows.append(
             {
-                "trial": trial_label(r["rank"], r.get("config_id")),
+                "trial": name,
+                "configuration": r.get("config_id"),
+                "settings": config_summary(trial.get("config")),
                 "rank": r["rank"],
                 "step": r["step"] + 1,
                 "validation_iou": r.get("validation_iou"),
@@ -197,6 +199,18 @@ def race_plan(run: Mapping) -> dict | None:
             for t in plan.get("trials", [])
         ],
     }
+
+
+def test_image_count(run: Mapping | None) -> int | None:
+    """How many test images a run's test IoU rests on (None when its split is unknown).
+
+    >>> test_image_count({"split": '{"train": ["a", "b"], "validation": ["c"], "test": ["d", "e"]}'})
+    2
+    """
+    try:
+        return len(json.loads((run or {}).get("split") or "")["test"])
+    except (TypeError, ValueError, KeyError):
+        return None
 
 
 def halving_steps(n_trials: int) -> int:
@@ -440,7 +454,7 @@ def rejected_set_rows(intakes: Iterable[Mapping]) -> list[dict]:
     return rows
 
 
-def waiting_reason(project: str, training: Mapping | None) -> tuple[str, str]:
+def waiting_reason(project: str, training: Mapping | None, decision: Mapping | None = None) -> tuple[str, str]:
     """``(level, sentence)``: why a project's images wait for a model and what to do; level ``error`` when
     nothing will ever end the wait by itself.
 
@@ -462,6 +476,11 @@ def waiting_reason(project: str, training: Mapping | None) -> tuple[str, str]:
             "or retry it below"
         )
     if training["status"] == "done":
+        if decision is not None and not decision.get("activated"):
+            return "error", (
+                f"training job {training['id']} of project {project} finished, but its model "
+                f"{decision.get('model_id')} was not activated: {decision.get('reason')}"
+            )
         return "error", (
             f"training job {training['id']} of project {project} finished without an active model (not activated); "
             "activate a model on the Models page"

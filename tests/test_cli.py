@@ -137,6 +137,25 @@ def test_retry_queues_a_failed_job_and_refuses_others(tmp_path):
     assert result.exit_code == 2 and "job 99 does not exist" in result.output
 
 
+def test_activate_makes_a_model_active_by_hand_and_names_what_is_wrong(tmp_path):
+    from appliance.store import Store
+
+    store = Store(tmp_path / "appliance.sqlite")
+    run = store.create_run(set_name="s", set_dir=str(tmp_path / "s"), split="{}")
+    model = store.register_model(run_id=run, set_name="s", path="")
+    runner = CliRunner()
+    result = runner.invoke(main, ["activate", "p", model, "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "its export did not finish" in result.output
+    store.finish_export(run, model, str(tmp_path / "m"))
+    result = runner.invoke(main, ["activate", "p", model, "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0 and f"{model} is now the active model of p" in result.output
+    assert store.active_model("p")["id"] == model and store.activations("p")[-1]["reason"].startswith(
+        "activated by hand"
+    )
+    result = runner.invoke(main, ["activate", "p", "model-typo", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and f"registered models: {model}" in result.output
+
+
 def test_predict_starts_without_importing_torch():
     """Segmenting with an exported model needs ONNX Runtime only; importing torch alone costs seconds."""
     code = "import sys, appliance.cli, appliance.pipeline.outputs; print('torch' in sys.modules)"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from appliance.automl.halving import DoesNotFit, TrainedSlice, TrialFailed, Validation
-from appliance.data.labelled_set import LabelledSet
+from appliance.data.labelled_set import LabelledSet, read_split_images
 from appliance.data.splits import Split
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.device import (
@@ -30,7 +30,6 @@ from appliance.pipeline.evaluation import evaluate
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings, tile_pixels
 from appliance.pipeline.patches import PatchCache
 from appliance.pipeline.trainer import Trainer
-from appliance.pipeline.workflow import read_split_images
 
 
 class TorchBackend:

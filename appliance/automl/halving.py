@@ -95,6 +95,7 @@ class SuccessiveHalving:
         clock: Callable[[], float] = time.perf_counter,
         on_slice: Callable[[dict], None] | None = None,
         overhead_estimate: Callable[[PipelineConfig], tuple[float, float]] | None = None,
+        keep_dropped_checkpoints: bool = False,
     ):
         self.store = store
         self.run_id = run_id
@@ -109,6 +110,7 @@ class SuccessiveHalving:
         self.overheads: dict[int, float] = {}
         self.validation_seconds: dict[int, float] = {}
         self.overhead_estimate = overhead_estimate
+        self.keep_dropped_checkpoints = keep_dropped_checkpoints  # a dropped trial's last checkpoint stays
         self.schedule: HalvingSchedule | None = None  # set by run()
 
     def run(self) -> dict:
@@ -165,7 +167,7 @@ class SuccessiveHalving:
         )
         fault_point(f"halving-step-{step}")
         for trial in active:
-            if trial["rank"] not in survivors:
+            if trial["rank"] not in survivors and not self.keep_dropped_checkpoints:
                 self._delete_checkpoints(trial["rank"])
         scores = [results[r]["validation_iou"] for r in ranks if r in results]
         best = max((score for score in scores if score is not None), default=None)

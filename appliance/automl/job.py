@@ -31,7 +31,7 @@ from appliance.automl.ranking import Ranking, fallback_ranking, rank_for_set
 from appliance.automl.schedule import HalvingSchedule
 from appliance.automl.throughput import ensure_reference_measurements, record_training_throughput
 from appliance.data.io import atomic_write, write_png
-from appliance.data.labelled_set import LabelledSet, load_labelled_set
+from appliance.data.labelled_set import LabelledSet, load_labelled_set, read_split_images
 from appliance.data.splits import Split, split_stems
 from appliance.faults import fault_point
 from appliance.pipeline.evaluation import Evaluation, evaluate
@@ -40,7 +40,6 @@ from appliance.pipeline.inference import DEFAULT_TILES
 from appliance.pipeline.overlay import comparison_panel
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.trainer import Trainer
-from appliance.pipeline.workflow import read_split_images
 from appliance.settings import Settings
 from appliance.store import Store, now
 
@@ -167,6 +166,7 @@ def train_set(
             overhead_estimate=lambda config: slice_overheads(
                 config, validation_pixels=backend.validation_tile_pixels, table=table
             ),
+            keep_dropped_checkpoints=settings.keep_checkpoints == "all",
         )
         winner = halving.run()
         timings["halving_seconds"] = time.perf_counter() - started
@@ -291,6 +291,8 @@ def _finish(
         f"winner {winner['config_id']}: test IoU {test.mean_foreground_iou:.3f}; exported to {model_dir} "
         f"(ONNX vs PyTorch max |logit diff| {parity['max_abs_logit_diff']:.1e})",
     )
+    if settings.keep_checkpoints == "none":  # the run is finished: nothing resumes from its checkpoints any more
+        shutil.rmtree(run_dir / "trials", ignore_errors=True)
     return test, model_dir
 
 

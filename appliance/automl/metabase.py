@@ -42,7 +42,7 @@ import torch
 import yaml
 
 from appliance.data.io import atomic_write
-from appliance.data.labelled_set import LabelledSet, load_labelled_set
+from appliance.data.labelled_set import LabelledSet, load_labelled_set, read_split_images
 from appliance.data.splits import Split, split_stems
 from appliance.errors import ConfigError
 from appliance.pipeline.config import SEARCH_SPACE, PipelineConfig
@@ -50,7 +50,6 @@ from appliance.pipeline.device import device_name, process_peak_memory_mb, reset
 from appliance.pipeline.evaluation import evaluate
 from appliance.pipeline.patches import PatchCache
 from appliance.pipeline.trainer import Trainer
-from appliance.pipeline.workflow import read_split_images
 from appliance.version import code_version
 
 DEFAULT_CURVE_MP: tuple[float, ...] = (0.5, 1.0, 2.0)

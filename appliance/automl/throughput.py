@@ -8,10 +8,11 @@ at 0.8 MPix/s but patch 256 / batch 8 at 18 MPix/s), while a CPU's time grows wi
 The table lives in the store, per device name and code version (:meth:`~appliance.store.Store.throughput`).
 Values come from two sources: ``probe`` (:func:`measure_group`: one warm-up step, then timed steps on random
 patches) and ``training`` (what a real halving slice achieved, which includes batch preparation; it replaces the
-probe's value, and a slower later slice lowers it halfway: :func:`record_training_throughput`). A group not measured yet is estimated by interpolating seconds per step over pixels per step
-(log-log) through the measured groups of its encoder (:meth:`ThroughputTable.get`);
-:func:`ensure_reference_measurements` measures two or three groups per encoder and the prediction speed of each
-encoder (which prices validation), once per device and code version. A linear cost model fitted to two small groups
+probe's value, and a slower later slice lowers it halfway: :func:`record_training_throughput`). A group not
+measured yet is estimated by interpolating seconds per step over pixels per step (log-log) through the measured
+groups of its encoder (:meth:`ThroughputTable.get`); :func:`ensure_reference_measurements` measures two or three
+groups per encoder and the prediction speed of each encoder (which prices validation), once per device and code
+version. A linear cost model fitted to two small groups
 was tried first: on the 2-core CPU it put the paper default at 0.89 steps/s; it trains at 0.47–0.52.
 """
 

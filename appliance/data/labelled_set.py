@@ -583,3 +583,10 @@ _VALUE_CHECKS = {
     "pixel_size_um": _positive_number,
     "budget_minutes": _check_budget,
 }
+
+
+def read_split_images(labelled_set: LabelledSet, stems: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Raw images and masks of ``stems`` (in that order)."""
+    index = {stem: i for i, stem in enumerate(labelled_set.stems)}
+    pairs = [labelled_set.read(index[stem]) for stem in stems]
+    return [image for image, _ in pairs], [mask for _, mask in pairs]

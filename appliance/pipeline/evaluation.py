@@ -70,6 +70,12 @@ class Evaluation:
         """Mean foreground IoU of the set (0 when no class has a score)."""
         return self.overall.mean_foreground_iou or 0.0
 
+    @property
+    def mean_iou(self) -> float:
+        """Mean IoU over every class with a score, background included: a model that calls every pixel a cell
+        scores its foreground IoU on the cell class but 0 on the background."""
+        return _mean(self.overall.iou) or 0.0
+
     def to_dict(self) -> dict:
         return {"overall": self.overall.to_dict(), "per_image": {k: v.to_dict() for k, v in self.per_image.items()}}
 

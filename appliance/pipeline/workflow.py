@@ -12,10 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from appliance.data.io import atomic_write
-from appliance.data.labelled_set import LabelledSet
+from appliance.data.labelled_set import LabelledSet, read_split_images
 from appliance.data.splits import Split, split_stems
 from appliance.pipeline.baselines import fit_otsu_baseline
 from appliance.pipeline.config import PipelineConfig
@@ -45,13 +43,6 @@ class TrainingReport:
     steps: int
     seconds: float
     metrics: dict
-
-
-def read_split_images(labelled_set: LabelledSet, stems: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Raw images and masks of ``stems`` (in that order)."""
-    index = {stem: i for i, stem in enumerate(labelled_set.stems)}
-    pairs = [labelled_set.read(index[stem]) for stem in stems]
-    return [image for image, _ in pairs], [mask for _, mask in pairs]
 
 
 def train_configuration(

@@ -1,8 +1,13 @@
 """Model activation: which model serves a project's images.
 
-A project's first model is activated. A newer model is activated only when, on the test split of the set it was
-trained on, it scores at least as well (mean foreground IoU) as the active model does on the same images; both are
-evaluated here with ONNX Runtime, the way they would serve. The decision and both numbers are stored.
+A newly trained model must first earn activation: on the test split of the set it was trained on, its mean IoU
+with the background must beat Otsu thresholding's (:mod:`appliance.pipeline.baselines`, its bands mapped to classes
+on the training split) — a model that called every pixel "cell" after a one-minute run scored 0.301 foreground IoU
+and 0.03 background IoU, and was activated without this gate. Then a project's first model is activated; a newer
+one only when it scores at least as well (mean foreground IoU) as the active model on the same test images. Every
+model is evaluated here with ONNX Runtime, the way it would serve. The decision, its numbers and its reason are
+stored; a model that was not activated can be activated by hand (:func:`activate_by_hand`: the Models page, or
+``appliance activate``). ``Settings.quality_gate = false`` turns the baseline check off.
 """
 
 from __future__ import annotations
@@ -11,12 +16,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.data.labelled_set import load_labelled_set
+from appliance.data.labelled_set import LabelledSet, load_labelled_set, read_split_images
 from appliance.errors import ApplianceError
-from appliance.pipeline.evaluation import evaluate
-from appliance.pipeline.predictor import OnnxPredictor
-from appliance.pipeline.workflow import read_split_images
+from appliance.pipeline.baselines import fit_otsu_baseline
+from appliance.pipeline.evaluation import Evaluation, evaluate
 from appliance.store import Store
+
+BASELINE_FIT_IMAGES = 32
+"""Training images the Otsu baseline learns its band → class map from (evenly spread over the training split)."""
+
+
+class ActivationError(ApplianceError, ValueError):
+    """A manual activation that cannot be done as asked (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -28,17 +39,36 @@ class Decision:
     previous_score: float | None
     activated: bool
     reason: str
+    baseline_score: float | None = None  # Otsu's test mean IoU with background, when the gate was applied
+    model_mean_iou: float | None = None  # the model's, on the same images
+
+
+def evaluate_on_split(model_dir: str | Path, set_dir: str | Path, test_stems: list[str]) -> Evaluation:
+    """An exported model's scores on the given images of a labelled set."""
+    from appliance.pipeline.predictor import OnnxPredictor  # ONNX Runtime: not for the page's manual activation
+
+    labelled_set = load_labelled_set(set_dir)
+    images, masks = read_split_images(labelled_set, tuple(test_stems))
+    predictor = OnnxPredictor(model_dir)
+    return evaluate(predictor.predict, images, masks, num_classes=labelled_set.num_classes)
 
 
 def score_on_split(model_dir: str | Path, set_dir: str | Path, test_stems: list[str]) -> float:
     """Mean foreground IoU of an exported model on the given images of a labelled set."""
-    labelled_set = load_labelled_set(set_dir)
+    return evaluate_on_split(model_dir, set_dir, test_stems).mean_foreground_iou
+
+
+def baseline_on_split(labelled_set: LabelledSet, train_stems: list[str], test_stems: list[str]) -> Evaluation:
+    """Otsu thresholding's scores on the test images, its band → class map learnt from (up to
+    :data:`BASELINE_FIT_IMAGES` of) the training images."""
+    step = max(1, len(train_stems) // BASELINE_FIT_IMAGES)
+    fit_images, fit_masks = read_split_images(labelled_set, tuple(train_stems[::step][:BASELINE_FIT_IMAGES]))
+    otsu = fit_otsu_baseline(fit_images, fit_masks, num_classes=labelled_set.num_classes)
     images, masks = read_split_images(labelled_set, tuple(test_stems))
-    predictor = OnnxPredictor(model_dir)
-    return evaluate(predictor.predict, images, masks, num_classes=labelled_set.num_classes).mean_foreground_iou
+    return evaluate(otsu, images, masks, num_classes=labelled_set.num_classes)
 
 
-def decide_activation(store: Store, *, model_id: str, project: str) -> Decision:
+def decide_activation(store: Store, *, model_id: str, project: str, quality_gate: bool = True) -> Decision:
     """Apply the activation rule to a freshly registered model and store the decision (once per model)."""
     earlier = store.decision_for(model_id)
     if earlier is not None:
@@ -47,11 +77,23 @@ def decide_activation(store: Store, *, model_id: str, project: str) -> Decision:
         )
     model = store.model(model_id)
     run = store.run(model["run_id"])
-    test_stems = json.loads(run["split"])["test"]
-    new_score = score_on_split(model["path"], run["set_dir"], test_stems)
+    split = json.loads(run["split"])
+    test_stems = split["test"]
+    evaluation = evaluate_on_split(model["path"], run["set_dir"], test_stems)
+    new_score = evaluation.mean_foreground_iou
     active = store.active_model(project)
-    previous_score = None
-    if active is None:
+    previous_score = baseline_score = None
+    by_hand = f"activate it by hand on the Models page or with `appliance activate {project} {model_id}`"
+    if quality_gate:
+        baseline_score = baseline_on_split(load_labelled_set(run["set_dir"]), split["train"], test_stems).mean_iou
+    if quality_gate and evaluation.mean_iou <= baseline_score:
+        activated = False
+        reason = (
+            f"not better than Otsu thresholding: test mean IoU with background on {len(test_stems)} image(s) of "
+            f"{run['set_name']} {evaluation.mean_iou:.3f} <= Otsu's {baseline_score:.3f}. Registered, not active; "
+            f"train it with a larger budget, or {by_hand}"
+        )
+    elif active is None:
         activated, reason = True, "first model of the project"
     else:
         try:
@@ -65,6 +107,12 @@ def decide_activation(store: Store, *, model_id: str, project: str) -> Decision:
                 f"test IoU on {len(test_stems)} image(s) of {run['set_name']}: new {new_score:.3f} {comparison} "
                 f"active {previous_score:.3f}"
             )
+            if not activated:
+                reason += f"; {by_hand}"
+    if activated and quality_gate:
+        reason += (
+            f" (beats Otsu thresholding: mean IoU with background {evaluation.mean_iou:.3f} > {baseline_score:.3f})"
+        )
     decision = Decision(
         project=project,
         model_id=model_id,
@@ -73,8 +121,39 @@ def decide_activation(store: Store, *, model_id: str, project: str) -> Decision:
         previous_score=previous_score,
         activated=activated,
         reason=reason,
+        baseline_score=baseline_score,
+        model_mean_iou=evaluation.mean_iou,
     )
     store.record_activation(**{k: getattr(decision, k) for k in Decision.__dataclass_fields__})
     verb = "activated" if activated else "not activated"
-    store.event(model["run_id"], f"model {model_id} {verb} for project {project}: {reason}")
+    store.event(
+        model["run_id"],
+        f"model {model_id} {verb} for project {project}: {reason}",
+        level="info" if activated else "warning",
+    )
+    return decision
+
+
+def activate_by_hand(store: Store, *, project: str, model_id: str, note: str) -> int:
+    """Make ``model_id`` the active model of ``project`` whatever the rule decided (an admin's call, from the page or
+    the command line); the decision is stored with each model's own test-split score. Returns the decision's id."""
+    model = store.model(model_id)
+    if model is None:
+        known = ", ".join(m["id"] for m in store.models()) or "none"
+        raise ActivationError(f"model {model_id!r} is not in the registry; registered models: {known}")
+    if not model.get("path"):
+        raise ActivationError(f"model {model_id} has no exported files yet (its export did not finish)")
+    active = store.active_model(project)
+    if active is not None and active["id"] == model_id:
+        raise ActivationError(f"model {model_id} is already the active model of project {project}")
+    decision = store.record_activation(
+        project=project,
+        model_id=model_id,
+        previous_model_id=None if active is None else active["id"],
+        new_score=model.get("test_iou"),
+        previous_score=None if active is None else active.get("test_iou"),
+        activated=True,
+        reason=f"{note} (test IoU on each model's own test split)",
+    )
+    store.event(model.get("run_id"), f"model {model_id} activated for project {project} by hand: {note}")
     return decision

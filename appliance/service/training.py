@@ -184,7 +184,9 @@ def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = pri
     else:
         log(f"run {run['id']} of this set already finished; applying the activation rule only")
     fault_point("trained")
-    decision = decide_activation(store, model_id=run["model_id"], project=payload["project"])
+    decision = decide_activation(
+        store, model_id=run["model_id"], project=payload["project"], quality_gate=settings.quality_gate
+    )
     fault_point("activated")
     verb = "activated" if decision.activated else "not activated"
     summary = f"run {run['id']}: model {run['model_id']} {verb} for {payload['project']} ({decision.reason})"

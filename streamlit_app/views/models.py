@@ -35,9 +35,15 @@ def quality(store, model: dict) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**Test-split QC per class**")
-        scores = shaping.per_class_scores(read_json(run_dir / "qc" / "test.json") if run_dir else None, class_names)
+        report = read_json(run_dir / "qc" / "test.json") if run_dir else None
+        scores = shaping.per_class_scores(report, class_names)
         if scores:
             common.score_table(scores, ("IoU", "Dice"))
+            count = len((report or {}).get("per_image") or {})
+            st.caption(
+                f"On {count} test image(s) the model never saw in training"
+                + (" — few: read the numbers as rough" if count < 5 else "")
+            )
         else:
             common.nothing_yet("no test report (qc/test.json) for this model's run")
     with right:
@@ -57,7 +63,7 @@ def quality(store, model: dict) -> None:
                 .mark_line(point=True)
                 .encode(
                     x=alt.X("seconds trained:Q", title="seconds trained"),
-                    y=alt.Y("validation IoU:Q", scale=alt.Scale(zero=False)),
+                    y=alt.Y("validation IoU:Q", title="validation IoU (0-1)", scale=alt.Scale(domain=[0, 1])),
                     tooltip=["step", "seconds trained", "validation IoU"],
                 )
                 .properties(height=220)
@@ -135,7 +141,10 @@ def admin(store, project: str, models: list[dict]) -> None:
 def project_view(store, project: str, models: list[dict]) -> None:
     active = store.active_model(project)
     st.markdown(f"Active model: **{active['id']}**" if active else "Active model: **none**")
-    decisions = {a["model_id"]: a for a in store.activations(project)}
+    history = store.activations(project)
+    if history and not history[-1]["activated"]:  # the newest decision kept a model out: say why, prominently
+        st.warning(f"Model {history[-1]['model_id']} was not activated: {history[-1]['reason']}")
+    decisions = {a["model_id"]: a for a in history}
     table = [
         {
             "model": m["id"],
@@ -144,13 +153,14 @@ def project_view(store, project: str, models: list[dict]) -> None:
             "configuration": m["config_id"],
             "validation IoU": m["validation_iou"],
             "test IoU": m["test_iou"],
+            "test images": shaping.test_image_count(store.run(m["run_id"]) if m.get("run_id") else None),
             "decision": (decisions.get(m["id"]) or {}).get("reason"),
         }
         for m in models
     ]
     common.score_table(table, ("validation IoU", "test IoU"))
     st.subheader("Activation history")
-    history = shaping.activation_history(store.activations(project))
+    history = shaping.activation_history(history)
     if history:
         common.score_table(history, ("new score", "its score"))
     else:

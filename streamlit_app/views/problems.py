@@ -50,7 +50,7 @@ def waiting_for_a_model(store) -> None:
         st.success("No image waits for a model.")
         return
     for row in rows:
-        level, sentence = shaping.waiting_reason(row["project"], row["training"])
+        level, sentence = shaping.waiting_reason(row["project"], row["training"], row.get("decision"))
         since = shaping.local_time(row["since"])
         text = f"{row['images']} image(s) of project {row['project']} waiting since {since}: {sentence}"
         (st.error if level == "error" else st.info)(text)

@@ -87,6 +87,9 @@ def trends(store, chosen: dict) -> None:
     frame = pd.DataFrame(rows)
     frame["series"] = frame["project"] + " · " + frame["class"]
     frame["day"] = pd.to_datetime(frame["day"])
+    days = frame["day"].nunique()
+    if days < 2:
+        st.caption("One day of measurements so far: a trend needs two days or more; each point is a day's mean.")
     left, right = st.columns(2)
     for column, field, title in (
         (left, "mean_confluence", "mean confluence (pixel fraction)"),

@@ -10,6 +10,7 @@ import streamlit as st
 
 from streamlit_app import common, shaping
 
+IOU_SCALE = alt.Scale(domain=[0, 1])  # the whole range: a 0.300-0.314 zoom makes noise look like progress
 STATUS_COLOURS = {"winner": "#d62728", "active": "#1f77b4", "dropped": "#9e9e9e", "failed": "#ff7f0e"}
 
 
@@ -19,8 +20,15 @@ def halving_chart(rows: list[dict], steps_total: int) -> alt.LayerChart:
     frame = pd.DataFrame(rows)
     steps = list(range(1, max(steps_total, max(r["step"] for r in rows)) + 1))  # steps to come stay on the axis
     x = alt.X("step:O", title="halving step", axis=alt.Axis(labelAngle=0), scale=alt.Scale(domain=steps))
-    y = alt.Y("validation_iou:Q", title="validation mean IoU", scale=alt.Scale(zero=False))
-    tooltip = ["trial", "step", alt.Tooltip("validation_iou:Q", format=".3f"), "status"]
+    y = alt.Y("validation_iou:Q", title="validation mean IoU (0-1)", scale=IOU_SCALE)
+    tooltip = [
+        "trial",
+        "settings",
+        "configuration",
+        "step",
+        alt.Tooltip("validation_iou:Q", title="validation IoU", format=".3f"),
+        "status",
+    ]
     dropped = (
         alt.Chart(frame[~frame["survivor"]])
         .mark_line(point=alt.OverlayMarkDef(size=20, color="#b0b0b0"), color="#b0b0b0", strokeWidth=1, opacity=0.7)
@@ -74,8 +82,10 @@ def plan(run: dict) -> None:
         return
     if not summary["search"]:
         st.warning(
-            f"No search: {summary['reason']}. The best predicted configuration trained for all "
-            f"{summary['race_budget']} instead; give the set a larger budget for a search."
+            f"No search: {summary['reason']}. Configuration {summary['trials'][0]['configuration']} trained for "
+            f"all {summary['race_budget']} instead; give the set a larger budget for a search."
+            if summary["trials"]
+            else f"No search: {summary['reason']}."
         )
         return
     st.caption(
@@ -112,7 +122,7 @@ def predictions(results: list[dict], trials: list[dict]) -> None:
             .mark_circle(size=70)
             .encode(
                 x=alt.X("predicted:Q", title="predicted score", scale=alt.Scale(zero=False)),
-                y=alt.Y("realised:Q", title="realised validation IoU", scale=alt.Scale(zero=False)),
+                y=alt.Y("realised:Q", title="realised validation IoU (0-1)", scale=IOU_SCALE),
                 color=alt.Color(
                     "status:N",
                     scale=alt.Scale(

@@ -124,6 +124,20 @@ def test_survivors_continue_and_the_best_wins(tmp_path):
     )
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_dropped_trials_checkpoints_go_unless_kept(tmp_path, keep):
+    clock = FakeClock()
+    store, run_id, halving = _run(tmp_path, FakeBackend(clock), clock, top_n=8, budget=400.0)
+    halving.keep_dropped_checkpoints = keep  # Settings.keep_checkpoints == "all"
+    winner = halving.run()
+    left = {p.parent.name: p.name for p in (tmp_path / run_id / "trials").glob("*/*.pt")}  # one per trial at most
+    assert len(left) == len(list((tmp_path / run_id / "trials").glob("*/*.pt")))
+    if keep:
+        assert len(left) == 8  # every trial's last checkpoint
+    else:
+        assert list(left) == [f"rank-{winner['rank']:03d}"]
+
+
 def test_ties_are_broken_by_meta_model_rank(tmp_path):
     clock = FakeClock()
     store, run_id, halving = _run(tmp_path, FakeBackend(clock, flat=True), clock, top_n=8, budget=400.0)

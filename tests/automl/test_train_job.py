@@ -91,7 +91,8 @@ def test_a_run_killed_mid_step_resumes_without_repeating_finished_steps(tmp_path
     before = _rows(store_path, "select step, rank, finished_at, validation_iou from step_results")
     assert {row[0] for row in before} >= {0, 1}
 
-    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    keep_none = {**os.environ, "APPLIANCE_KEEP_CHECKPOINTS": "none"}  # resuming needs them; a finished run does not
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900, env=keep_none)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming run" in resumed.stdout + resumed.stderr
     assert "s used" in resumed.stderr and "step 3 of 3, 1 racing" in resumed.stderr  # the bar: budget, step k of K
@@ -100,6 +101,9 @@ def test_a_run_killed_mid_step_resumes_without_repeating_finished_steps(tmp_path
     assert len(keys) == len(set(keys)) == 4 + 2 + 1
     assert set(before) <= set(after)  # finished slices kept exactly as they were, not redone
     assert _rows(store_path, "select status from runs") == [("finished",)]
+    assert not list(data.rglob("*.pt"))  # keep_checkpoints = "none": the winner's went after its export
+    ((model_path,),) = _rows(store_path, "select path from models")
+    assert (Path(model_path) / "model.onnx").is_file()
 
 
 def test_without_pyradiomics_the_job_ranks_with_the_fallback_prior_and_says_why(tmp_path, demo_set, monkeypatch):

@@ -169,14 +169,13 @@ def _finished_run(store: Store, data_dir: Path, *, started: datetime, n_trials: 
     (model_dir / "model.json").write_text(
         json.dumps({"format": 1, "model_file": "model.onnx", "class_names": ["cell"], "config": _config(winner)})
     )
-    store.db["models"].update(model_id, {"path": str(model_dir)})
-    store.update_run(
+    store.finish_export(
         run_id,
-        status="finished",
+        model_id,
+        str(model_dir),
         winner_config_id=f"c-{winner:02d}{run_id[-4:]}",
         validation_iou=winner_iou,
         test_iou=winner_iou - 0.02,
-        model_id=model_id,
         halving_seconds=238.5,
         finished_at=_iso(clock + timedelta(seconds=20)),
     )
@@ -294,6 +293,22 @@ def seed_typical(data_dir: str | Path) -> Path:
                 activated=True,
                 reason=reason,
             )
+        rushed = _finished_run(store, data_dir, started=day + timedelta(hours=2), n_trials=2, quality=0.31)
+        store.record_activation(
+            project=PROJECT,
+            model_id=rushed,
+            previous_model_id=new_model,
+            new_score=store.model(rushed)["test_iou"],
+            previous_score=None,
+            activated=False,
+            reason=(
+                "not better than Otsu thresholding: test mean IoU with background on 1 image(s) of "
+                f"usiigaci_phase_cells_demo 0.152 <= Otsu's 0.414. Registered, not active; train it with a larger "
+                f"budget, or activate it by hand on the Models page or with `appliance activate {PROJECT} {rushed}`"
+            ),
+            baseline_score=0.414,
+            model_mean_iou=0.152,
+        )
         live = _live_run(store, data_dir)
         failed = store.create_run(set_name="he_tissue", set_dir=str(data_dir / "sets" / "he_tissue"), budget_seconds=60)
         store.update_run(

@@ -66,7 +66,7 @@ EXPECTED = {
     "views/training.py": ["Successive halving", "Budget used", "Budget left", "Halving ends (ETA)",
                           "Meta-model: predicted vs realised", "Spearman"],
     "views/models.py": ["Active model", "Activation history", "first model of the project", "Test-split QC per class",
-                        "cell", "Learning curve"],
+                        "cell", "Learning curve", "was not activated: not better than Otsu thresholding"],
     "views/results.py": ["Recent images", "Segmented", "Trends per day", "Measurements", "cell"],
     "views/problems.py": ["plate7_labels", "masks/img03.png", "scan_0042.tif", "not a readable TIFF",
                           "OutOfMemoryError"],
@@ -153,7 +153,7 @@ def test_roll_back_with_confirmation(page_env, tmp_path):
     page_env(tmp_path, password="pw")
     store = Store(tmp_path / "appliance.sqlite")
     active = store.active_model(PROJECT)["id"]
-    previous = store.activations(PROJECT)[-1]["previous_model_id"]
+    previous = next(a for a in store.activations(PROJECT) if a["model_id"] == active)["previous_model_id"]
     app = AppTest.from_file(str(APP), default_timeout=60).run()
     app.text_input(key="login_password").input("pw")
     app.button[0].click().run()
@@ -270,3 +270,23 @@ def test_images_of_a_project_without_a_model_are_a_problem_with_the_fix(page_env
         and "`project: hela-scren`" in text
         for text in errors
     ), errors
+
+
+def test_images_waiting_because_the_quality_gate_kept_their_model_out_say_so(page_env, tmp_path):
+    store = Store(tmp_path / "appliance.sqlite")
+    job, _ = store.enqueue("train", "set-1", payload={}, project="hela")
+    claimed = store.claim("train", "worker", lease_seconds=60)
+    store.complete(claimed["id"], "worker")
+    run = store.create_run(set_name="hela_set", set_dir=str(tmp_path / "hela_set"), split="{}")
+    model = store.register_model(run_id=run, set_name="hela_set", path=str(tmp_path / "m"))
+    reason = "not better than Otsu thresholding: test mean IoU with background 0.150 <= Otsu's 0.410"
+    store.record_activation(
+        project="hela", model_id=model, previous_model_id=None, new_score=0.3, previous_score=None,
+        activated=False, reason=reason, baseline_score=0.41, model_mean_iou=0.15,
+    )  # fmt: skip
+    store.enqueue("segment", "img-1", payload={}, project="hela")
+    page_env(tmp_path)
+    app = open_page("views/problems.py")
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert any(f"its model {model} was not activated: {reason}" in text for text in errors), errors

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from appliance.pipeline.config import PAPER_DEFAULT
 from streamlit_app import shaping
 
 
@@ -57,24 +58,27 @@ def test_disk_state_flags_the_reserve():
 
 
 def test_halving_chart_rows_mark_survivors():
+    config = json.dumps(PAPER_DEFAULT.to_dict())
     trials = [
-        {"rank": 1, "status": "winner"},
-        {"rank": 2, "status": "dropped"},
-        {"rank": 3, "status": "active"},
+        {"rank": 1, "status": "winner", "config": config},
+        {"rank": 4, "status": "dropped"},
+        {"rank": 9, "status": "active"},
     ]
     results = [
-        {"rank": 2, "step": 0, "config_id": "c-b", "validation_iou": 0.4},
+        {"rank": 4, "step": 0, "config_id": "c-b", "validation_iou": 0.4},
         {"rank": 1, "step": 1, "config_id": "c-a", "validation_iou": 0.7},
         {"rank": 1, "step": 0, "config_id": "c-a", "validation_iou": 0.5},
-        {"rank": 3, "step": 0, "config_id": "c-c", "validation_iou": 0.45},
+        {"rank": 9, "step": 0, "config_id": "c-c", "validation_iou": 0.45},
     ]
     rows = shaping.halving_chart_rows(results, trials)
-    assert [(r["trial"], r["step"], r["survivor"]) for r in rows] == [
-        ("#1 c-a", 1, True),
-        ("#1 c-a", 2, True),
-        ("#2 c-b", 1, False),
-        ("#3 c-c", 1, True),
+    assert [(r["trial"], r["configuration"], r["step"], r["survivor"]) for r in rows] == [
+        ("configuration 1 of 3", "c-a", 1, True),
+        ("configuration 1 of 3", "c-a", 2, True),
+        ("configuration 2 of 3", "c-b", 1, False),
+        ("configuration 3 of 3", "c-c", 1, True),
     ]
+    assert rows[0]["settings"].startswith(f"patch {PAPER_DEFAULT.patch_size}, batch {PAPER_DEFAULT.batch_size}")
+    assert rows[2]["settings"] == ""  # a trial row without its configuration
 
 
 @pytest.mark.parametrize(("n", "steps"), [(50, 6), (16, 5), (8, 4), (4, 3), (3, 2), (1, 1)])

@@ -19,7 +19,7 @@ from appliance.data.splits import split_stems
 from appliance.pipeline.export import write_model_folder
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.trainer import Trainer
-from appliance.service.activation import decide_activation
+from appliance.service.activation import ActivationError, activate_by_hand, decide_activation
 from appliance.service.images import ImageDetector
 from appliance.service.inference import InferenceWorker
 from appliance.service.training import TrainingSupervisor
@@ -33,6 +33,25 @@ def register(store, model_dir, set_dir):
     model_id = store.register_model(run_id=run_id, set_name=labelled_set.name, path=str(model_dir))
     store.update_run(run_id, status="finished", model_id=model_id)
     return model_id
+
+
+def activate_trained(store, model_dir, set_dir, project="phase-demo"):
+    """Register ``model_dir`` and activate it by hand, as an admin does with a model trained too briefly to pass the
+    quality gate (the few-second model these tests segment with calls nearly every pixel "cell")."""
+    model_id = register(store, model_dir, set_dir)
+    activate_by_hand(store, project=project, model_id=model_id, note="activated by hand")
+    return model_id
+
+
+def labelled_by(model_dir, set_dir, out):
+    """A copy of the labelled set whose masks are the model's own predictions: on it the model is perfect."""
+    shutil.copytree(set_dir, out)
+    predictor = OnnxPredictor(model_dir)
+    for image in sorted((out / "images").iterdir()):
+        mask = predictor.predict(read_image(image))
+        (out / "masks" / image.name).unlink()
+        tifffile.imwrite(out / "masks" / f"{image.stem}.tif", mask.astype(np.uint8))
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +91,7 @@ def test_waiting_images_are_segmented_once_when_a_model_activates(
     worker = InferenceWorker(settings, store, log=lambda m: None)
     assert len(registered) == 3 and not worker.run_once()  # no model yet: they wait
 
-    model_id = register(store, trained_model, demo_set_dir)
-    decision = decide_activation(store, model_id=model_id, project="phase-demo")
-    assert decision.activated and decision.reason == "first model of the project" and decision.new_score >= 0
+    model_id = activate_trained(store, trained_model, demo_set_dir)
     while worker.run_once():
         pass
     assert worker.processed == 3 and not worker.run_once()
@@ -97,7 +114,7 @@ def test_an_interrupted_image_is_done_again_without_a_duplicate_row(
     settings, store, demo_images_dir, demo_set_dir, trained_model
 ):
     _drop_images(settings, store, demo_images_dir, names=("set20", "set21"))
-    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    activate_trained(store, trained_model, demo_set_dir)
     worker = InferenceWorker(settings, store, log=lambda m: None)
     worker.run_once()
     store.claim("segment", "a worker that died", lease_seconds=3600)  # killed mid-image
@@ -110,7 +127,7 @@ def test_an_interrupted_image_is_done_again_without_a_duplicate_row(
 
 
 def test_a_changed_image_replaces_its_rows(settings, store, demo_images_dir, demo_set_dir, trained_model):
-    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    activate_trained(store, trained_model, demo_set_dir)
     worker = InferenceWorker(settings, store, log=lambda m: None)
     _drop_images(settings, store, demo_images_dir, names=("set20",))
     worker.run_once()
@@ -129,7 +146,7 @@ def test_a_changed_image_replaces_its_rows(settings, store, demo_images_dir, dem
 def test_an_unreadable_image_fails_with_its_reason_unless_it_may_still_be_written(
     settings, store, demo_images_dir, demo_set_dir, trained_model
 ):
-    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    activate_trained(store, trained_model, demo_set_dir)
     folder = settings.images_inbox / "phase-demo"
     folder.mkdir(parents=True)
     payload = (demo_images_dir / "set20.tif").read_bytes()
@@ -155,20 +172,50 @@ def test_a_better_or_equal_model_activates_a_worse_one_does_not(
     store, demo_set_dir, trained_model, background_model, tmp_path
 ):
     first = register(store, trained_model, demo_set_dir)
-    assert decide_activation(store, model_id=first, project="p").activated
+    assert decide_activation(store, model_id=first, project="p", quality_gate=False).activated
     same = register(store, shutil.copytree(trained_model, tmp_path / "same"), demo_set_dir)
-    equal = decide_activation(store, model_id=same, project="p")
+    equal = decide_activation(store, model_id=same, project="p", quality_gate=False)
     assert (
         equal.activated and equal.new_score == pytest.approx(equal.previous_score) and equal.previous_model_id == first
     )
     worse = register(store, background_model, demo_set_dir)
-    decision = decide_activation(store, model_id=worse, project="p")
+    decision = decide_activation(store, model_id=worse, project="p", quality_gate=False)
     assert not decision.activated and decision.new_score < decision.previous_score
-    assert "new 0.000 < active" in decision.reason
+    assert "new 0.000 < active" in decision.reason and f"appliance activate p {worse}" in decision.reason
     assert store.active_model("p")["id"] == same
     assert [(a["model_id"], a["activated"]) for a in store.activations("p")] == [(first, 1), (same, 1), (worse, 0)]
     assert [m["id"] for m in store.models() if m["active"]] == [same]
     assert decide_activation(store, model_id=worse, project="p") == decision  # decided once
+
+
+def test_a_model_that_does_not_beat_otsu_is_registered_not_activated_until_an_admin_says_so(
+    store, demo_set_dir, trained_model
+):
+    model_id = register(store, trained_model, demo_set_dir)
+    decision = decide_activation(store, model_id=model_id, project="p")
+    assert not decision.activated and store.active_model("p") is None
+    assert decision.model_mean_iou <= decision.baseline_score  # nearly every pixel "cell": no background left
+    assert decision.reason.startswith("not better than Otsu thresholding: test mean IoU with background")
+    assert f"`appliance activate p {model_id}`" in decision.reason and "larger budget" in decision.reason
+    (row,) = store.activations("p")
+    assert row["activated"] == 0 and row["baseline_score"] == pytest.approx(decision.baseline_score)
+    assert any("not activated" in e["message"] and e["level"] == "warning" for e in store.events())
+
+    activate_by_hand(store, project="p", model_id=model_id, note="activated by hand")
+    assert store.active_model("p")["id"] == model_id
+    assert store.activations("p")[-1]["reason"].startswith("activated by hand")
+    with pytest.raises(ActivationError, match="already the active model of project p"):
+        activate_by_hand(store, project="p", model_id=model_id, note="again")
+    with pytest.raises(ActivationError, match="not in the registry"):
+        activate_by_hand(store, project="p", model_id="model-nope", note="typo")
+
+
+def test_a_model_that_beats_otsu_is_activated_with_both_numbers(store, demo_set_dir, trained_model, tmp_path):
+    own_set = labelled_by(trained_model, demo_set_dir, tmp_path / "labelled-by-the-model")
+    decision = decide_activation(store, model_id=register(store, trained_model, own_set), project="p")
+    assert decision.activated and store.active_model("p")["id"] == decision.model_id
+    assert decision.model_mean_iou == pytest.approx(1.0) and decision.baseline_score < 1.0
+    assert decision.reason.startswith("first model of the project (beats Otsu thresholding: mean IoU with background")
 
 
 def test_training_waits_while_the_disk_is_below_the_reserve(settings, store):
@@ -187,7 +234,7 @@ def test_an_unforeseen_error_spends_an_attempt_and_a_poison_image_ends_failed(
     import appliance.service.inference as inference
 
     _drop_images(settings, store, demo_images_dir, names=("set20",))
-    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    activate_trained(store, trained_model, demo_set_dir)
     monkeypatch.setattr(inference, "measure", lambda *a, **k: 1 / 0)
     clock = [1000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])  # the queue's retry delay, on a fake clock
@@ -216,7 +263,7 @@ def test_two_images_with_one_stem_keep_separate_results(settings, store, demo_im
     detector.rescan()
     detector.tick(clock=0.0)
     assert len(detector.tick(clock=2.0)) == 2
-    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    activate_trained(store, trained_model, demo_set_dir)
     worker = InferenceWorker(settings, store, log=lambda m: None)
     while worker.run_once():
         pass
@@ -241,7 +288,7 @@ def test_two_images_with_one_stem_keep_separate_results(settings, store, demo_im
 def test_an_image_overwritten_a_b_a_ends_with_the_results_of_a(
     settings, store, demo_images_dir, demo_set_dir, trained_model
 ):
-    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    activate_trained(store, trained_model, demo_set_dir)
     detector = ImageDetector(settings, store, log=lambda m: None)
     worker = InferenceWorker(settings, store, log=lambda m: None)
     target = settings.images_inbox / "phase-demo" / "a.tif"
@@ -273,7 +320,7 @@ def test_a_file_written_on_while_it_is_segmented_gets_the_results_of_its_final_c
     target.parent.mkdir(parents=True)
     target.write_bytes(final[: len(final) * 4 // 10] + bytes(len(final) - len(final) * 4 // 10))
     stat = target.stat()
-    decide_activation(store, model_id=register(store, trained_model, demo_set_dir), project="phase-demo")
+    activate_trained(store, trained_model, demo_set_dir)
     detector = ImageDetector(settings, store, log=lambda m: None)
     detector.notice(target)
     detector.tick(clock=0.0)

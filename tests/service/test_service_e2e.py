@@ -1,4 +1,4 @@
-"""End to end: a real ``appliance run`` subprocess on a temp data dir, CPU, a 30 s training budget."""
+"""End to end: a real ``appliance run`` subprocess on a temp data dir, CPU, a 30-60 s training budget."""
 
 import csv
 import os
@@ -45,7 +45,9 @@ def _write_in_chunks(path, image, *, chunks=4, pause=1.5):
 @pytest.mark.slow
 def test_set_dropped_then_images_are_segmented_exactly_once(tmp_path, demo_set_dir, demo_images_dir):
     data = tmp_path / "data"
-    service = ServiceProcess(data).start()
+    # the quality gate is on: 60 s of the paper default beats Otsu on the demo's test image with a margin (measured
+    # on the 2-core CPU, mean IoU with background: 30 s 0.430, 60 s 0.716, 120 s 0.720; Otsu 0.414)
+    service = ServiceProcess(data, APPLIANCE_DEFAULT_BUDGET="60s").start()
     try:
         code, report = service.health()
         assert code == 0 and "training" in report and "inference" in report and "watcher" in report, report
@@ -59,7 +61,7 @@ def test_set_dropped_then_images_are_segmented_exactly_once(tmp_path, demo_set_d
         ((model_id, model_path),) = service.rows("select id, path from models")
         assert (data / "models" / model_id / "model.onnx").is_file()
         ((activated, reason),) = service.rows("select activated, reason from activations")
-        assert activated == 1 and reason == "first model of the project"
+        assert activated == 1 and reason.startswith("first model of the project (beats Otsu thresholding"), reason
 
         images = data / "inbox" / "images" / "phase-demo"
         names = []
@@ -96,7 +98,8 @@ def test_set_dropped_then_images_are_segmented_exactly_once(tmp_path, demo_set_d
 @pytest.mark.slow
 def test_killed_during_training_and_during_inference_everything_completes_once(tmp_path, demo_set_dir, demo_images_dir):
     data = tmp_path / "data"
-    service = ServiceProcess(data).start()
+    # what is tested is the kills; a 30-s model is only just better than Otsu (0.430 against 0.414), so no gate
+    service = ServiceProcess(data, APPLIANCE_QUALITY_GATE="false").start()
     images = data / "inbox" / "images" / "phase-demo"
     names = [f"{source.stem}-{copy}.tif" for copy in range(3) for source in sorted(demo_images_dir.glob("*.tif"))]
     for name in names:

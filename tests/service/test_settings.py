@@ -43,6 +43,8 @@ def test_an_unknown_key_in_the_file_lists_the_valid_ones(tmp_path):
         ("APPLIANCE_POLLING", "maybe", "not a yes/no value"),
         ("APPLIANCE_QUIET_PERIOD", "soon", "write a number with s, m or h"),
         ("APPLIANCE_PAGE_PORT", "70000", "page_port must be a TCP port 1-65535, got 70000"),
+        ("APPLIANCE_QUALITY_GATE", "perhaps", "not a yes/no value"),
+        ("APPLIANCE_KEEP_CHECKPOINTS", "some", "keep_checkpoints must be one of winner, all, none, got 'some'"),
     ],
 )
 def test_a_bad_variable_is_named_with_its_value_and_the_rule(variable, value, message):
@@ -82,3 +84,9 @@ def test_the_demo_drops_the_bundled_set_and_images_into_a_fresh_data_dir(tmp_pat
     assert len(list((settings.images_inbox / "phase-demo").glob("*.tif"))) == 3
     with pytest.raises(ServiceError, match="is not empty; the demo needs a fresh data dir"):
         prepare_demo(settings)
+
+
+def test_the_quality_gate_and_checkpoint_retention_read_from_the_environment():
+    settings = Settings.from_env({"APPLIANCE_QUALITY_GATE": "off", "APPLIANCE_KEEP_CHECKPOINTS": "none"})
+    assert settings.quality_gate is False and settings.keep_checkpoints == "none"
+    assert Settings().quality_gate is True and Settings().keep_checkpoints == "winner"
