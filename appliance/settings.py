@@ -230,6 +230,17 @@ class Settings:
                 lines.append(f"{name} = {json.dumps(str(value))}")
         return "\n".join(lines)
 
+    def to_environment(self) -> dict[str, str | None]:
+        """Every setting as its ``APPLIANCE_<FIELD>`` variable (None: not set), the password included: how the
+        service hands its settings to its children (:mod:`appliance.service.children`); :meth:`from_env` reads
+        them back."""
+        names = {item.name for item in fields(self)}
+        return {
+            f"APPLIANCE_{name.upper()}": None if value is None else str(value)
+            for name, value in self.to_dict(hide_password=False).items()
+            if name in names
+        }
+
     @classmethod
     def from_dict(cls, values: Mapping) -> Settings:
         """The inverse of ``to_dict(hide_password=False)`` (derived folders are ignored)."""
@@ -307,7 +318,7 @@ def _convert(name: str, raw, *, source: str):
         if name in _PATHS:
             return Path(raw)
         if name in _DURATIONS:
-            if name == "quiet_period" and str(raw).strip() in ("0", "0s"):
+            if name == "quiet_period" and str(raw).strip() in ("0", "0s", "0.0"):  # 0.0: to_environment's
                 return 0.0
             return parse_duration(raw)
         if name in _BOOLS:

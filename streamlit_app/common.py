@@ -12,7 +12,7 @@ import streamlit as st
 from appliance.errors import ApplianceError
 from appliance.settings import Settings
 from appliance.store import Store
-from streamlit_app import queries, shaping
+from streamlit_app import shaping
 
 REFRESH_SECONDS = 5.0
 _local = threading.local()
@@ -171,7 +171,7 @@ def nothing_yet(what: str) -> None:
 
 def events_table(store: Store, *, levels: tuple[str, ...] | None, limit: int, empty: str) -> None:
     """The newest events (of ``levels`` only, when given) as a table, or a note when there are none."""
-    rows = queries.recent_events(store, levels=levels, limit=limit)
+    rows = store.recent_events(levels=levels, limit=limit)
     if not rows:
         nothing_yet(empty)
         return

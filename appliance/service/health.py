@@ -55,9 +55,7 @@ def check_health(settings: Settings, *, clock: float | None = None) -> Health:
                 age = clock - row["heartbeat"]
                 ok = running and row["state"] not in DOWN_STATES and age <= max(STALE_SECONDS, 3 * row["interval"])
                 components.append(ComponentHealth(row["name"], ok, row["state"], row["detail"] or "", age))
-            for kind, status, count in store.db.execute(
-                "select kind, status, count(*) from jobs group by kind, status"
-            ).fetchall():
+            for kind, status, count in store.queue_counts():
                 queue[f"{kind} {status}"] = count
         finally:
             store.close()

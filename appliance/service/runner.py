@@ -30,13 +30,14 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from appliance.service.children import child_environment, die_with_parent
 from appliance.service.disk import inference_space
 from appliance.service.files import rotate_log
 from appliance.service.images import ImageDetector
 from appliance.service.inference import InferenceWorker
 from appliance.service.intake import Intake
 from appliance.service.lock import ServiceLock
-from appliance.service.training import TrainingSupervisor, _die_with_parent
+from appliance.service.training import TrainingSupervisor
 from appliance.settings import Settings
 from appliance.store import Store
 
@@ -110,7 +111,7 @@ class Service:
         for folder in (settings.labelled_inbox, settings.images_inbox, settings.results, settings.logs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.store_path)
-        self.store.db["components"].delete_where()
+        self.store.forget_components()  # the last service's parts; this one's register themselves
         for job in self.store.recover_jobs():
             message = f"job {job['id']} ({job['kind']} {job['key'][:16]}) was interrupted; now {job['status']}"
             self.store.event(None, message, level="warning")
@@ -296,21 +297,17 @@ class Service:
         self.observer = observer
 
     def _start_page(self) -> None:
-        environment = dict(os.environ)
-        for name, value in self.settings.to_dict(hide_password=False).items():
-            if name in ("inbox", "labelled_inbox", "images_inbox", "results"):
-                continue
-            if value is None:
-                environment.pop(f"APPLIANCE_{name.upper()}", None)
-            else:
-                environment[f"APPLIANCE_{name.upper()}"] = str(value)
         command = [sys.executable, "-m", "streamlit", "run", str(PAGE_SCRIPT), "--server.headless", "true"]
         command += ["--server.address", self.settings.page_address, "--server.port", str(self.settings.page_port)]
         command += ["--client.toolbarMode", "viewer", "--browser.gatherUsageStats", "false"]
         rotate_log(self.settings.logs_dir / "page.log")
         log = open(self.settings.logs_dir / "page.log", "ab")
         self.page_process = subprocess.Popen(
-            command, env=environment, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            command,
+            env=child_environment(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         log.close()
 

@@ -1,9 +1,10 @@
 """The training worker: one training job at a time, each in its own child process.
 
 The supervisor (a thread of ``appliance run``) claims a ``train`` job, starts
-``python -m appliance.service.training <job id>`` with the settings on stdin, renews the job's lease while the child
-lives and records the outcome. The child trains (``appliance.automl.job.train_set``, which resumes an unfinished run
-of the same set from its last checkpoints, or reuses a finished one), then applies the activation rule. A separate
+``python -m appliance.service.training <job id>`` with the settings in its environment, renews the job's lease while
+the child lives and records the outcome. The child trains (``appliance.automl.job.train_set``, which resumes an
+unfinished run of the same set from its last checkpoints, or reuses a finished one), then applies the activation
+rule. A separate
 process keeps the watchers and inference alive if training crashes or runs out of memory, releases all GPU memory
 after each job, and dies with the service (``PR_SET_PDEATHSIG``), so a killed service never leaves training orphaned.
 
@@ -13,7 +14,6 @@ back without counting an attempt.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance.faults import fault_point
+from appliance.service.children import child_environment, die_with_parent
 from appliance.service.disk import training_must_stop, training_space
 from appliance.service.files import rotate_log
 from appliance.settings import Settings
@@ -35,14 +36,6 @@ SHUTDOWN, DISK = "shutdown", "disk"
 DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "[Errno 28]")
 STOP_GRACE_SECONDS = 30.0
 RETRY_AFTER_SECONDS = 10.0
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class TrainingSupervisor:
@@ -88,17 +81,15 @@ class TrainingSupervisor:
         result_path = self.settings.logs_dir / f"train-job-{job['id']}.json"
         result_path.unlink(missing_ok=True)
         rotate_log(log_path)
-        settings_json = json.dumps(self.settings.to_dict(hide_password=False))
         with open(log_path, "ab") as log_file:
             child = subprocess.Popen(
                 [*self.child_command, str(job["id"]), str(result_path)],
-                stdin=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                env=child_environment(self.settings),
+                preexec_fn=die_with_parent,
             )
-            child.stdin.write(settings_json.encode())
-            child.stdin.close()
             stopped = self._watch(child, job, stop)
         tail = "" if stopped or child.returncode == 0 else _tail(log_path)
         if stopped == SHUTDOWN:
@@ -195,11 +186,12 @@ def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = pri
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child entry point: ``python -m appliance.service.training JOB_ID RESULT_JSON`` with the settings on stdin."""
+    """Child entry point: ``python -m appliance.service.training JOB_ID RESULT_JSON`` with the service's settings in
+    its environment (:func:`appliance.service.children.child_environment`)."""
     from appliance.data.io import atomic_write
 
     job_id, result_path = (argv or sys.argv[1:])[:2]
-    settings = Settings.from_dict(json.loads(sys.stdin.read()))
+    settings = Settings.from_env()
     try:
         result = run_job(int(job_id), settings, log=lambda message: print(message, flush=True))
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from streamlit_app import common, queries, shaping
+from streamlit_app import common, shaping
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -101,7 +101,7 @@ def hardware(store) -> None:
 
 def queue(store) -> None:
     st.subheader("Queue")
-    summary = shaping.queue_summary(queries.queue_counts(store))
+    summary = shaping.queue_summary(store.queue_counts())
     if not summary:
         common.nothing_yet("no jobs queued so far")
         return

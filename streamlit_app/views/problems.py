@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from streamlit_app import actions, common, queries, shaping
+from streamlit_app import actions, common, shaping
 
 
 def rejected_sets(store) -> None:
@@ -22,7 +22,7 @@ def rejected_sets(store) -> None:
 
 def images(store) -> None:
     st.subheader("Images not segmented")
-    rows = queries.problem_images(store)
+    rows = store.problem_images()
     if not rows:
         st.success("Every image found so far was segmented or is waiting for its turn.")
         return
@@ -45,7 +45,7 @@ def images(store) -> None:
 
 def waiting_for_a_model(store) -> None:
     st.subheader("Images waiting for a model")
-    rows = queries.images_waiting_for_a_model(store)
+    rows = store.images_waiting_for_a_model()
     if not rows:
         st.success("No image waits for a model.")
         return
@@ -58,7 +58,7 @@ def waiting_for_a_model(store) -> None:
 
 def jobs_and_runs(store) -> None:
     st.subheader("Failed jobs and runs")
-    jobs, runs = queries.failed_jobs(store), queries.failed_runs(store)
+    jobs, runs = store.failed_jobs(), store.failed_runs()
     if not jobs and not runs:
         st.success("No failed job or training run.")
         return

@@ -10,14 +10,14 @@ import pandas as pd
 import streamlit as st
 
 from appliance.store import Store
-from streamlit_app import common, queries, shaping
+from streamlit_app import common, shaping
 
 TABLE_ROWS = 1000
 ALL = "All projects"
 
 
 def filters(store) -> dict:
-    projects = queries.projects(store)
+    projects = store.projects()
     left, middle, right = st.columns([2, 1, 1])
     project = left.selectbox("Project", [ALL, *projects], key="results_project")
     start = middle.date_input("From", value=None, key="results_from")
@@ -30,17 +30,17 @@ def filters(store) -> dict:
 
 
 def counts(store, chosen: dict) -> None:
-    status = queries.image_status_counts(store, project=chosen["project"])
+    status = store.image_status_counts(project=chosen["project"])
     a, b, c, d = st.columns(4)
     a.metric("Segmented", status.get("done", 0))
     b.metric("Waiting", status.get("queued", 0))
     c.metric("Not segmented", sum(status.get(s, 0) for s in ("failed", "missing", "superseded")))
-    d.metric("Projects", len(queries.projects(store)) if chosen["project"] is None else 1)
+    d.metric("Projects", len(store.projects()) if chosen["project"] is None else 1)
 
 
 def recent(store, chosen: dict) -> None:
     st.subheader("Recent images")
-    images = queries.recent_images(store, **chosen)
+    images = store.recent_images(**chosen)
     if not images:
         common.nothing_yet("no segmented image within these filters")
         return
@@ -55,7 +55,7 @@ def recent(store, chosen: dict) -> None:
         else:
             st.caption(f"No overlay file at {overlay}")
     with right:
-        rows = shaping.measurement_table(queries.measurement_rows(store, image_id=image_id))
+        rows = shaping.measurement_table(store.measurement_rows(image_id=image_id))
         st.markdown(f"**Measurements** (model {image.get('model_id')})")
         st.dataframe(measurement_card(rows), hide_index=True, width="stretch")
 
@@ -80,7 +80,7 @@ def measurement_card(rows: list[dict]) -> pd.DataFrame:
 
 def trends(store, chosen: dict) -> None:
     st.subheader("Trends per day")
-    rows = queries.daily_trends(store, **chosen)
+    rows = store.daily_trends(**chosen)
     if not rows:
         common.nothing_yet("no measurements within these filters")
         return
@@ -111,7 +111,7 @@ def trends(store, chosen: dict) -> None:
 
 def table(store, chosen: dict) -> None:
     st.subheader("Measurements")
-    total = queries.measurement_count(store, **chosen)
+    total = store.measurement_count(**chosen)
     if not total:
         common.nothing_yet("no measurements within these filters")
         return
@@ -120,7 +120,7 @@ def table(store, chosen: dict) -> None:
     def csv_bytes() -> bytes:  # runs when the button is clicked, maybe on another thread: its own connection
         own = Store(path)
         try:
-            return shaping.csv_text(shaping.measurement_table(queries.measurement_rows(own, **chosen))).encode()
+            return shaping.csv_text(shaping.measurement_table(own.measurement_rows(**chosen))).encode()
         finally:
             own.close()
 
@@ -128,7 +128,7 @@ def table(store, chosen: dict) -> None:
     st.download_button(
         f"Download CSV ({total} rows)", data=csv_bytes, file_name=name, mime="text/csv", on_click="ignore"
     )
-    rows = shaping.measurement_table(queries.measurement_rows(store, **chosen, limit=TABLE_ROWS))
+    rows = shaping.measurement_table(store.measurement_rows(**chosen, limit=TABLE_ROWS))
     if total > TABLE_ROWS:
         st.caption(f"Showing the newest {TABLE_ROWS} of {total} rows; the CSV has them all.")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from appliance.faults import FAULT_LOG_VARIABLE, FAULTS_VARIABLE
-from tests.service.e2e import ServiceProcess, drop
+from tests.service.e2e import ServiceProcess, drop, seed_throughput
 
 TRAINING_STAGES = (
     "ranked",  # ranking stored, the race not entered yet
@@ -33,26 +33,6 @@ def _csv_rows(data_dir):
         return []
     with open(path) as handle:
         return list(csv.DictReader(handle))
-
-
-def seed_throughput(store_path, monkeypatch) -> None:
-    """The device's throughput table, filled with plausible numbers instead of the minutes of probing a first run
-    on a new device spends (what is tested here is what survives a kill, not the probe)."""
-    import torch
-
-    from appliance.automl import throughput
-    from appliance.store import Store
-
-    def probe(store, table, group, device, log):
-        speed = 2e6 / (group.patch_size**2 * group.batch_size) / (2 if group.encoder == "resnet50" else 1)
-        store.record_throughput(table.device, table.version, group, speed, source=throughput.PROBE)
-        table.record(group, speed, throughput.PROBE)
-
-    monkeypatch.setattr(throughput, "_probe", probe)
-    monkeypatch.setattr(throughput, "measure_prediction", lambda encoder, device: 1.0)
-    store = Store(store_path)
-    throughput.ensure_reference_measurements(store, torch.device("cpu"))
-    store.close()
 
 
 @pytest.mark.slow

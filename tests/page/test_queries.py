@@ -6,34 +6,34 @@ import pytest
 import sqlite_utils
 
 from appliance.store import Store
-from streamlit_app import actions, queries
+from streamlit_app import actions
 from tests.page.seed import OTHER_PROJECT, PROJECT, seed_typical
 
 
 def test_queries_on_the_typical_store(typical_store):
     store = Store(typical_store / "appliance.sqlite")
-    assert queries.projects(store) == [OTHER_PROJECT, PROJECT]  # not the rejected set's project
-    assert dict(((k, s), n) for k, s, n in queries.queue_counts(store))[("segment", "queued")] == 2
-    assert queries.image_status_counts(store, project=PROJECT) == {"done": 6, "failed": 1}
-    assert [r["relpath"] for r in queries.problem_images(store)] == ["2026-11-21/scan_0042.tif"]
-    assert [j["kind"] for j in queries.failed_jobs(store)] == ["segment"]
-    assert [r["set_name"] for r in queries.failed_runs(store)] == ["he_tissue"]
-    assert {e["level"] for e in queries.recent_events(store, levels=("error",))} == {"error"}
-    images = queries.recent_images(store, project=PROJECT)
+    assert store.projects() == [OTHER_PROJECT, PROJECT]  # not the rejected set's project
+    assert dict(((k, s), n) for k, s, n in store.queue_counts())[("segment", "queued")] == 2
+    assert store.image_status_counts(project=PROJECT) == {"done": 6, "failed": 1}
+    assert [r["relpath"] for r in store.problem_images()] == ["2026-11-21/scan_0042.tif"]
+    assert [j["kind"] for j in store.failed_jobs()] == ["segment"]
+    assert [r["set_name"] for r in store.failed_runs()] == ["he_tissue"]
+    assert {e["level"] for e in store.recent_events(levels=("error",))} == {"error"}
+    images = store.recent_images(project=PROJECT)
     assert len(images) == 6 and all(i["overlay_path"] for i in images)
-    rows = queries.measurement_rows(store, image_id=images[0]["id"])
+    rows = store.measurement_rows(image_id=images[0]["id"])
     assert [r["relpath"] for r in rows] == [images[0]["relpath"]]
 
 
 def test_results_queries_filter_and_aggregate_10000_images(big_store):
     store = Store(big_store / "appliance.sqlite")
-    assert queries.measurement_count(store) == 20_006
-    assert queries.measurement_count(store, project=OTHER_PROJECT) == 10_000
-    assert len(queries.measurement_rows(store, limit=1000)) == 1000
-    day = queries.recent_images(store, project=OTHER_PROJECT, limit=1)[0]["processed_at"][:10]
-    one_day = queries.measurement_rows(store, project=OTHER_PROJECT, since=day)
+    assert store.measurement_count() == 20_006
+    assert store.measurement_count(project=OTHER_PROJECT) == 10_000
+    assert len(store.measurement_rows(limit=1000)) == 1000
+    day = store.recent_images(project=OTHER_PROJECT, limit=1)[0]["processed_at"][:10]
+    one_day = store.measurement_rows(project=OTHER_PROJECT, since=day)
     assert one_day and all(r["processed_at"] >= day for r in one_day)
-    trends = queries.daily_trends(store, project=OTHER_PROJECT)
+    trends = store.daily_trends(project=OTHER_PROJECT)
     assert {t["class"] for t in trends} == {"cell", "debris"}
     assert sum(t["images"] for t in trends if t["class"] == "cell") == 5000
     assert all(0 <= t["mean_confluence"] <= 1 for t in trends)
@@ -44,16 +44,16 @@ def test_queries_tolerate_a_store_without_the_service_tables(tmp_path):
     sqlite_utils.Database(path)["runs"].insert({"id": "r"})  # written before the service existed
     store = Store.__new__(Store)
     store.path, store.db = path, sqlite_utils.Database(path)
-    assert queries.queue_counts(store) == []
-    assert queries.projects(store) == []
-    assert queries.recent_images(store) == []
-    assert queries.measurement_rows(store) == []
-    assert queries.measurement_count(store) == 0
-    assert queries.daily_trends(store) == []
-    assert queries.problem_images(store) == []
-    assert queries.failed_jobs(store) == []
-    assert queries.image_status_counts(store) == {}
-    assert queries.recent_events(store) == []
+    assert store.queue_counts() == []
+    assert store.projects() == []
+    assert store.recent_images() == []
+    assert store.measurement_rows() == []
+    assert store.measurement_count() == 0
+    assert store.daily_trends() == []
+    assert store.problem_images() == []
+    assert store.failed_jobs() == []
+    assert store.image_status_counts() == {}
+    assert store.recent_events() == []
 
 
 def test_activate_refuses_what_it_cannot_do(tmp_path):

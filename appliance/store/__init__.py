@@ -45,7 +45,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from appliance.errors import readable
+from appliance.errors import ApplianceError, readable
+from appliance.store.reads import PageReads
 
 SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
     "runs": (
@@ -240,7 +241,16 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
     ),
 }
 
+SCHEMA_VERSION = 2
+"""Bumped with every change to :data:`SCHEMA` (``tests/test_store_schema.py`` holds the fingerprint of each). 1: the
+store before versions were recorded (``PRAGMA user_version`` 0); 2: activation decisions keep the quality gate's
+numbers. Opening an older store adds what it lacks, in place; a newer one is refused."""
+
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+
+
+class NewerStoreError(ApplianceError):
+    """The store was written by a newer version of the appliance."""
 
 
 def now() -> str:
@@ -248,7 +258,7 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class Store:
+class Store(PageReads):
     """The SQLite store. Opening creates the file and the tables when missing."""
 
     def __init__(self, path: str | Path):
@@ -257,16 +267,35 @@ class Store:
         self.db = sqlite_utils.Database(self.path)
         self.db.execute("PRAGMA busy_timeout = 10000")
         self.db.enable_wal()
-        for name, (columns, pk) in SCHEMA.items():
-            self.db[name].create(columns, pk=pk, if_not_exists=True)
-            missing = {column: kind for column, kind in columns.items() if column not in self.db[name].columns_dict}
-            for column, kind in missing.items():  # a store written by an older version gains the new columns
-                self.db[name].add_column(column, kind)
-        self.db["events"].create_index(["run_id"], if_not_exists=True)
-        self.db["jobs"].create_index(["kind", "key"], unique=True, if_not_exists=True)
-        self.db["jobs"].create_index(["status", "kind"], if_not_exists=True)
-        self.db["images"].create_index(["project", "relpath"], if_not_exists=True)
-        self.db["labelled_sets"].create_index(["inbox_path"], if_not_exists=True)
+        if self.schema_version() != SCHEMA_VERSION:
+            self._upgrade()
+
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _upgrade(self) -> None:
+        """Create what a new or older store lacks (tables, columns, indexes) and record the schema version, in one
+        transaction (another process opening the same file at the same moment waits, then finds it done)."""
+        with self.transaction():
+            version = self.schema_version()
+            if version > SCHEMA_VERSION:
+                raise NewerStoreError(
+                    f"{self.path} was written by a newer appliance (store schema {version}; this version knows up to "
+                    f"{SCHEMA_VERSION}): run that version again, or this one on a copy of the data dir from before "
+                    "the upgrade"
+                )
+            for name, (columns, pk) in SCHEMA.items():
+                self.db[name].create(columns, pk=pk, if_not_exists=True)
+                have = self.db[name].columns_dict
+                for column, kind in columns.items():
+                    if column not in have:  # a store written by an older version gains the new columns
+                        self.db[name].add_column(column, kind)
+            self.db["events"].create_index(["run_id"], if_not_exists=True)
+            self.db["jobs"].create_index(["kind", "key"], unique=True, if_not_exists=True)
+            self.db["jobs"].create_index(["status", "kind"], if_not_exists=True)
+            self.db["images"].create_index(["project", "relpath"], if_not_exists=True)
+            self.db["labelled_sets"].create_index(["inbox_path"], if_not_exists=True)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -802,6 +831,9 @@ class Store:
         return rows[0] if rows else None
 
     # -- service components -------------------------------------------------------------------
+
+    def forget_components(self) -> None:
+        self.db["components"].delete_where()
 
     def component_beat(self, name: str, *, state: str, detail: str = "", interval: float, pid: int) -> None:
         self.db["components"].insert(
