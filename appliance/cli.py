@@ -7,11 +7,9 @@ here re-implements what the library does.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import click
@@ -198,23 +196,20 @@ def _demo_once(out_dir: Path, seconds: float) -> None:
     from appliance.pipeline.outputs import segment_files
     from appliance.pipeline.predictor import OnnxPredictor
     from appliance.pipeline.workflow import train_configuration
+    from appliance.service.demo import DEMO_PROJECT, copy_demo_data
 
-    demo_data = files("appliance") / "demo_data"
-    set_dir = out_dir / "inbox" / "labelled" / "usiigaci_phase_cells_demo"
-    images_dir = out_dir / "inbox" / "images" / "phase-demo"
-    shutil.copytree(str(demo_data / "labelled" / "usiigaci_phase_cells_demo"), set_dir, dirs_exist_ok=True)
-    shutil.copytree(str(demo_data / "images" / "phase-demo"), images_dir, dirs_exist_ok=True)
+    set_dir, images_dir = copy_demo_data(out_dir / "inbox" / "labelled", out_dir / "inbox" / "images")
     try:
         labelled_set = load_labelled_set(set_dir)
         click.echo(
             f"demo: training {PAPER_DEFAULT.id} (the paper's default configuration) on "
             f"{len(labelled_set)} bundled phase-contrast crops for {seconds:.0f} s"
         )
-        model_dir = out_dir / "models" / "phase-demo"
+        model_dir = out_dir / "models" / DEMO_PROJECT
         report = train_configuration(labelled_set, PAPER_DEFAULT, seconds=seconds, out_dir=model_dir)
         _echo_report(report)
         predictor = OnnxPredictor(model_dir)
-        results_dir = out_dir / "results" / "phase-demo"
+        results_dir = out_dir / "results" / DEMO_PROJECT
         done, failures = segment_files(predictor, sorted(images_dir.glob("*.tif")), out_dir=results_dir)
     except ApplianceError as error:
         _fail(error)

@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
+from appliance.automl.schedule import step_count
+
 STALE_SECONDS = 15.0
 DOWN_STATES = ("down", "stopped", "failed")
 SURVIVING = ("active", "winner")
@@ -213,15 +215,6 @@ def test_image_count(run: Mapping | None) -> int | None:
         return None
 
 
-def halving_steps(n_trials: int) -> int:
-    """⌊log₂ n⌋ + 1 steps for n trials (6 for 50).
-
-    >>> halving_steps(50), halving_steps(4), halving_steps(1)
-    (6, 3, 1)
-    """
-    return max(1, int(math.floor(math.log2(max(n_trials, 1)))) + 1)
-
-
 def budget_progress(run: Mapping, step_results: Sequence[Mapping], n_trials: int, *, now: datetime) -> dict:
     """Budget of the successive halving of a run: seconds used and left, fraction, ETA and the step reached.
 
@@ -232,7 +225,7 @@ def budget_progress(run: Mapping, step_results: Sequence[Mapping], n_trials: int
     """
     budget = float(run.get("budget_seconds") or 0.0)
     status = run.get("status") or ""
-    steps_total = halving_steps(n_trials) if n_trials else 0
+    steps_total = step_count(n_trials) if n_trials else 0
     recorded = sum(float(r.get("wall_seconds") or 0.0) for r in step_results)
     if status in ("finished", "exporting") and run.get("halving_seconds"):
         used = float(run["halving_seconds"])

@@ -18,6 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
+def step_count(configurations: int) -> int:
+    """Steps of successive halving over ``configurations`` (at least 1): ``⌊log₂ n⌋ + 1``, 6 for the paper's 50.
+
+    >>> step_count(50), step_count(4), step_count(1)
+    (6, 3, 1)
+    """
+    return int(math.floor(math.log2(max(configurations, 1)))) + 1
+
+
 @dataclass(frozen=True)
 class HalvingSchedule:
     """Active configurations and seconds per configuration for every step of one halving run."""
@@ -37,7 +46,7 @@ class HalvingSchedule:
     @property
     def steps(self) -> int:
         """``⌊log₂ n⌋ + 1``."""
-        return int(math.floor(math.log2(self.configurations))) + 1
+        return step_count(self.configurations)
 
     @property
     def step_seconds(self) -> list[float]:

@@ -142,8 +142,9 @@ def measure(
     return rows
 
 
-def write_measurements_csv(path: str | Path, rows: Iterable[dict]) -> Path:
-    """Write measurement rows as a CSV with header :data:`MEASUREMENT_COLUMNS`, atomically.
+def write_measurements_csv(path: str | Path, rows: Iterable[dict], *, extra_columns: Sequence[str] = ()) -> Path:
+    """Write measurement rows as a CSV with header :data:`MEASUREMENT_COLUMNS` (then ``extra_columns``, such as the
+    service's ``model_id``), atomically.
 
     The file is written to a temporary file in the same folder and moved into place with
     ``os.replace``, so a reader never sees a half-written file. ``None`` becomes an empty cell;
@@ -167,19 +168,20 @@ def write_measurements_csv(path: str | Path, rows: Iterable[dict]) -> Path:
         When a row has a key that is not one of :data:`MEASUREMENT_COLUMNS`.
     """
     rows = list(rows)
+    columns = (*MEASUREMENT_COLUMNS, *extra_columns)
     for number, row in enumerate(rows):
-        unknown = sorted(set(row) - set(MEASUREMENT_COLUMNS))
+        unknown = sorted(set(row) - set(columns))
         if unknown:
             raise ValueError(
-                f"measurement row {number} has unknown column(s) {unknown}; the columns are {list(MEASUREMENT_COLUMNS)}"
+                f"measurement row {number} has unknown column(s) {unknown}; the columns are {list(columns)}"
             )
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(MEASUREMENT_COLUMNS)
+            writer.writerow(columns)
             for row in rows:
-                writer.writerow([_format_cell(row.get(column)) for column in MEASUREMENT_COLUMNS])
+                writer.writerow([_format_cell(row.get(column)) for column in columns])
 
     return atomic_write(path, write)
 

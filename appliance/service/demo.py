@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from importlib.resources import files
+from pathlib import Path
 
 from appliance.errors import ServiceError
 from appliance.settings import Settings
@@ -17,17 +18,24 @@ DEMO_PROJECT = "phase-demo"
 DEMO_BUDGET_SECONDS = 120.0  # how many configurations race in it follows from the machine (appliance.automl.race)
 
 
+def copy_demo_data(labelled_dir: Path, images_dir: Path) -> tuple[Path, Path]:
+    """Copy the bundled labelled set into ``labelled_dir`` and the sample images into ``images_dir`` (project
+    folders below each); returns the set's folder and the project's image folder."""
+    demo = files("appliance") / "demo_data"
+    set_dir, project_dir = labelled_dir / DEMO_SET, images_dir / DEMO_PROJECT
+    shutil.copytree(str(demo / "labelled" / DEMO_SET), set_dir, dirs_exist_ok=True)
+    shutil.copytree(str(demo / "images" / DEMO_PROJECT), project_dir, dirs_exist_ok=True)
+    return set_dir, project_dir
+
+
 def prepare_demo(settings: Settings) -> Settings:
     """Drop the bundled set (with a ``READY`` file) and sample images into a fresh data dir; returns the settings
     to run the service with (the short demo budget unless configured otherwise)."""
     data_dir = settings.data_dir
     if data_dir.exists() and any(data_dir.iterdir()):
         raise ServiceError(f"{data_dir} is not empty; the demo needs a fresh data dir (remove it or give another)")
-    demo = files("appliance") / "demo_data"
-    labelled = settings.labelled_inbox / DEMO_SET
-    shutil.copytree(str(demo / "labelled" / DEMO_SET), labelled)
+    labelled, _ = copy_demo_data(settings.labelled_inbox, settings.images_inbox)
     (labelled / "READY").touch()
-    shutil.copytree(str(demo / "images" / DEMO_PROJECT), settings.images_inbox / DEMO_PROJECT)
     if settings.default_budget == Settings.default_budget:
         settings = settings.with_values(default_budget=DEMO_BUDGET_SECONDS)
     return settings

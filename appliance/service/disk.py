@@ -13,12 +13,18 @@ INFERENCE_FLOOR_BYTES = 200 * 1024**2
 STOP_FRACTION = 0.5  # running training stops below this share of the reserve (checkpoints still fit)
 
 
-def free_bytes(path: str | Path) -> int:
-    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+def disk_space(path: str | Path) -> tuple[int, int]:
+    """``(free, total)`` bytes of the file system holding ``path`` (or its nearest existing parent)."""
     path = Path(path).resolve()
     while not path.exists():
         path = path.parent
-    return shutil.disk_usage(path).free
+    usage = shutil.disk_usage(path)
+    return usage.free, usage.total
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    return disk_space(path)[0]
 
 
 def training_space(settings: Settings) -> tuple[bool, str]:

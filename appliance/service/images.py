@@ -19,10 +19,9 @@ from appliance.data.io import is_image_file
 from appliance.data.labelled_set import NAME_PATTERN, NAME_RULE
 from appliance.errors import readable, utf8_problem
 from appliance.service.files import file_hash, is_candidate, stat_key
+from appliance.service.jobs import SEGMENT
 from appliance.settings import Settings
 from appliance.store import Store, now
-
-SEGMENT = "segment"
 
 
 def image_id(project: str, relpath: str, content_hash: str) -> str:

@@ -10,46 +10,36 @@ per model.
 
 from __future__ import annotations
 
-import csv
 import os
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.data.io import atomic_write, read_image, write_label_image, write_png
+from appliance.data.io import read_image, write_label_image, write_png
 from appliance.errors import ApplianceError, ImageReadError, readable
 from appliance.faults import fault_point
-from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, measure
+from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, measure, write_measurements_csv
 from appliance.pipeline.outputs import MASK_SUFFIX, OVERLAY_SUFFIX, result_files, result_stem
 from appliance.pipeline.overlay import overlay
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.service.files import file_hash, stat_key
-from appliance.service.images import SEGMENT
+from appliance.service.jobs import SEGMENT
 from appliance.settings import Settings
 from appliance.store import Store
 
-CSV_COLUMNS = (*MEASUREMENT_COLUMNS, "model_id", "processed_at")
+SERVICE_COLUMNS = ("model_id", "processed_at")
+CSV_COLUMNS = (*MEASUREMENT_COLUMNS, *SERVICE_COLUMNS)
 MEASUREMENTS_FILE = "measurements.csv"
 
 
 def write_project_csv(store: Store, results: Path, project: str) -> Path:
     """``results/<project>/measurements.csv`` from the store: one row per class of the latest version of each image."""
-    rows = store.measurements(project)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
-            for row in rows:
-                values = {**row, "image": row["path"]}
-                writer.writerow(["" if values.get(c) is None else _cell(values.get(c)) for c in CSV_COLUMNS])
-
-    return atomic_write(results / project / MEASUREMENTS_FILE, write)
-
-
-def _cell(value) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    rows = [
+        {column: {**row, "image": row["path"]}.get(column) for column in CSV_COLUMNS}
+        for row in store.measurements(project)
+    ]
+    return write_measurements_csv(results / project / MEASUREMENTS_FILE, rows, extra_columns=SERVICE_COLUMNS)
 
 
 class InferenceWorker:

@@ -32,13 +32,13 @@ from appliance.data.labelled_set import DATASET_YAML, IMAGES_DIR, MASKS_DIR, NAM
 from appliance.errors import InvalidSetError, Problem, readable, utf8_problem
 from appliance.service.disk import training_space
 from appliance.service.files import CHUNK, is_candidate, tree_signature
+from appliance.service.jobs import TRAIN, TrainingRequest
 from appliance.settings import Settings
 from appliance.store import Store, now
 
 READY_FILE = "READY"
 REJECTED_FILE = "REJECTED.txt"
 REJECTED_HEADER = "This labelled set was not accepted by the microscope AutoML appliance."
-TRAIN = "train"
 _UNSAFE_CHARACTERS = set('\\/:*?"<>|')
 MAX_NAME_LENGTH = 200
 
@@ -300,18 +300,18 @@ class Intake:
             shutil.rmtree(staging, ignore_errors=True)
         budget_minutes = labelled_set.metadata.get("budget_minutes")
         budget = float(budget_minutes) * 60 if budget_minutes else self.settings.default_budget
-        payload = {
-            "set_dir": str(store_dir.resolve()),
-            "set_name": folder.name,
-            "project": project,
-            "budget": budget,
-            "content_hash": content_hash,
-            "inbox_path": str(folder),
-        }
+        request = TrainingRequest(
+            set_dir=str(store_dir.resolve()),
+            set_name=folder.name,
+            project=project,
+            budget=budget,
+            content_hash=content_hash,
+            inbox_path=str(folder),
+        )
         job_id, created = self.store.enqueue(
             TRAIN,
             f"{content_hash}:{project}",
-            payload=payload,
+            payload=request.to_payload(),
             project=project,
             max_attempts=self.settings.max_attempts,
         )

@@ -28,10 +28,10 @@ from appliance.faults import fault_point
 from appliance.service.children import child_environment, die_with_parent
 from appliance.service.disk import training_must_stop, training_space
 from appliance.service.files import rotate_log
+from appliance.service.jobs import TRAIN, TrainingRequest
 from appliance.settings import Settings
 from appliance.store import Store
 
-TRAIN = "train"
 SHUTDOWN, DISK = "shutdown", "disk"
 DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "[Errno 28]")
 STOP_GRACE_SECONDS = 30.0
@@ -73,8 +73,8 @@ class TrainingSupervisor:
         return True
 
     def _run(self, job: dict, stop: threading.Event) -> None:
-        payload = json.loads(job["payload"])
-        self.state, self.detail = "training", f"job {job['id']}: {payload['set_name']} for {payload['project']}"
+        request = TrainingRequest.from_payload(job["payload"])
+        self.state, self.detail = "training", f"job {job['id']}: {request.set_name} for {request.project}"
         self.log(f"training job {job['id']} (attempt {job['attempts']}): {self.detail}")
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.settings.logs_dir / f"train-job-{job['id']}.log"
@@ -166,21 +166,21 @@ def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = pri
     from appliance.service.activation import decide_activation
 
     store = Store(settings.store_path)
-    payload = json.loads(store.job(job_id)["payload"])
-    set_dir = str(Path(payload["set_dir"]).resolve())
-    run = finished_run(store, set_dir, payload["budget"], settings.top_n, settings.seed)
+    request = TrainingRequest.from_payload(store.job(job_id)["payload"])
+    set_dir = str(Path(request.set_dir).resolve())
+    run = finished_run(store, set_dir, request.budget, settings.top_n, settings.seed)
     if run is None:
-        result = train_set(set_dir, settings, budget=payload["budget"], log=log, store=store)
+        result = train_set(set_dir, settings, budget=request.budget, log=log, store=store)
         run = result.run
     else:
         log(f"run {run['id']} of this set already finished; applying the activation rule only")
     fault_point("trained")
     decision = decide_activation(
-        store, model_id=run["model_id"], project=payload["project"], quality_gate=settings.quality_gate
+        store, model_id=run["model_id"], project=request.project, quality_gate=settings.quality_gate
     )
     fault_point("activated")
     verb = "activated" if decision.activated else "not activated"
-    summary = f"run {run['id']}: model {run['model_id']} {verb} for {payload['project']} ({decision.reason})"
+    summary = f"run {run['id']}: model {run['model_id']} {verb} for {request.project} ({decision.reason})"
     log(summary)
     return {"run_id": run["id"], "model_id": run["model_id"], "activated": decision.activated, "summary": summary}
 

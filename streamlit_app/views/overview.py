@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import streamlit as st
 
+from appliance.service.disk import disk_space
 from streamlit_app import common, shaping
 
 
@@ -43,14 +43,6 @@ def onnx_providers() -> tuple[list[str], str]:
     from appliance.pipeline.predictor import default_providers
 
     return onnxruntime.get_available_providers(), default_providers()[0]
-
-
-def free_space(path: Path) -> tuple[int, int]:
-    path = path.resolve()
-    while not path.exists():
-        path = path.parent
-    usage = shutil.disk_usage(path)
-    return usage.free, usage.total
 
 
 def components(store) -> None:
@@ -91,7 +83,7 @@ def hardware(store) -> None:
         source = "reported by the inference worker" if reported else "chosen for new inference sessions"
         st.caption(f"{source}; available: {', '.join(available)}")
     with disk_column:
-        free, total = free_space(settings.data_dir)
+        free, total = disk_space(settings.data_dir)
         disk = shaping.disk_state(free, total, settings.disk_reserve_gb)
         st.metric("Free disk", disk["free"], help=str(settings.data_dir.resolve()))
         st.progress(disk["used_fraction"], text=f"{disk['used_fraction']:.0%} of {disk['total']} used")

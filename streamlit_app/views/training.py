@@ -8,6 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from appliance.automl.schedule import step_count
 from streamlit_app import common, shaping
 
 IOU_SCALE = alt.Scale(domain=[0, 1])  # the whole range: a 0.300-0.314 zoom makes noise look like progress
@@ -103,7 +104,7 @@ def race(run: dict, results: list[dict], trials: list[dict]) -> None:
     if not rows:
         common.nothing_yet("no trial has finished its first slice")
         return
-    st.altair_chart(halving_chart(rows, shaping.halving_steps(len(trials))), width="stretch")
+    st.altair_chart(halving_chart(rows, step_count(len(trials))), width="stretch")
 
 
 def predictions(results: list[dict], trials: list[dict]) -> None:

@@ -81,11 +81,6 @@ def test_halving_chart_rows_mark_survivors():
     assert rows[2]["settings"] == ""  # a trial row without its configuration
 
 
-@pytest.mark.parametrize(("n", "steps"), [(50, 6), (16, 5), (8, 4), (4, 3), (3, 2), (1, 1)])
-def test_halving_steps_follow_the_paper(n, steps):
-    assert shaping.halving_steps(n) == steps
-
-
 def test_race_plan_reads_the_recorded_plan_and_tolerates_runs_without_one():
     from appliance.automl.memory import MemoryGroup
     from appliance.automl.race import Candidate, plan_race
