@@ -6,18 +6,24 @@ Light on imports (no torch): ``appliance predict`` starts in about a second.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+import numpy as np
 
 from appliance.data.io import read_image, write_label_image, write_png
 from appliance.errors import ApplianceError
 from appliance.pipeline.measurements import measure, write_measurements_csv
+from appliance.pipeline.objects import instance_labels, object_rows, write_instance_tiff, write_objects_csv
 from appliance.pipeline.overlay import overlay
 from appliance.pipeline.predictor import OnnxPredictor
 
 MASK_SUFFIX = "_mask.tif"
 OVERLAY_SUFFIX = "_overlay.png"
+OBJECTS_SUFFIX = "_objects.tif"
+OBJECTS_CSV_SUFFIX = "_objects.csv"
 
 
 def result_stem(relpath: str, taken: Callable[[str], bool]) -> str:
@@ -35,9 +41,50 @@ def result_stem(relpath: str, taken: Callable[[str], bool]) -> str:
     return next(stem for stem in candidates if not taken(stem))
 
 
-def result_files(out_dir: Path, stem: str) -> tuple[Path, Path]:
-    """The mask and overlay paths of a result stem."""
-    return out_dir / f"{stem}{MASK_SUFFIX}", out_dir / f"{stem}{OVERLAY_SUFFIX}"
+class ResultFiles(NamedTuple):
+    """An image's result files: the class map, the overlay, the instance labels and the per-object table."""
+
+    mask: Path
+    overlay: Path
+    objects: Path
+    objects_csv: Path
+
+    @classmethod
+    def of_mask(cls, mask: str | Path) -> ResultFiles:
+        """The files that go with a mask path (a later version of an image keeps its files)."""
+        return result_files(Path(mask).parent, Path(mask).name.removesuffix(MASK_SUFFIX))
+
+
+def result_files(out_dir: Path, stem: str) -> ResultFiles:
+    """The result files of a result stem."""
+    suffixes = (MASK_SUFFIX, OVERLAY_SUFFIX, OBJECTS_SUFFIX, OBJECTS_CSV_SUFFIX)
+    return ResultFiles(*(out_dir / f"{stem}{suffix}" for suffix in suffixes))
+
+
+def write_results(
+    files: ResultFiles,
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    image_name: str,
+    pixel_size_um: float | None,
+    min_object_px: int,
+) -> list[dict]:
+    """Write an image's result files (each atomically) and return its per-class measurement rows: the class map,
+    the overlay, the instance labels (ImageJ TIFF with the pixel size) and one row per object."""
+    rows = measure(
+        labels, class_names=class_names, image=image_name, pixel_size_um=pixel_size_um, min_object_px=min_object_px
+    )
+    instances, object_class = instance_labels(labels, min_object_px=min_object_px)
+    objects = object_rows(
+        instances, object_class, image, class_names=class_names, image_name=image_name, pixel_size_um=pixel_size_um
+    )
+    write_label_image(files.mask, labels)
+    write_png(files.overlay, overlay(image, labels))
+    write_instance_tiff(files.objects, instances, pixel_size_um=pixel_size_um)
+    write_objects_csv(files.objects_csv, objects, channels=image.shape[2] if image.ndim == 3 else 1)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -45,8 +92,7 @@ class SegmentedImage:
     """Files written for one input image."""
 
     image: Path
-    mask: Path
-    overlay: Path
+    files: ResultFiles
     measurements: list[dict]
 
 
@@ -58,8 +104,9 @@ def segment_files(
     min_object_px: int = 0,
     on_image: Callable[[Path], None] = lambda path: None,
 ) -> tuple[list[SegmentedImage], list[ApplianceError]]:
-    """Segment each image file with ``predictor``: write ``<stem>_mask.tif`` (label image),
-    ``<stem>_overlay.png`` and one ``measurements.csv`` for all of them into ``out_dir``
+    """Segment each image file with ``predictor``: write ``<stem>_mask.tif`` (class map), ``<stem>_overlay.png``,
+    ``<stem>_objects.tif`` (one id per object) and ``<stem>_objects.csv`` (one row per object), and one
+    ``measurements.csv`` (one row per image and class) for all of them into ``out_dir``
     (objects below ``min_object_px`` pixels are not counted, see :func:`measure`).
 
     Images are named by their path below the folder all of them share, so ``a/cell.png`` and ``b/cell.png``
@@ -83,22 +130,17 @@ def segment_files(
             failures.append(exc)
             on_image(path)
             continue
-        rows = measure(
+        files = result_files(out_dir, stems[relpath])
+        rows = write_results(
+            files,
+            image,
             labels,
             class_names=predictor.class_names,
-            image=relpath,
+            image_name=relpath,
             pixel_size_um=predictor.pixel_size_um,
             min_object_px=min_object_px,
         )
-        mask_path, overlay_path = result_files(out_dir, stems[relpath])
-        done.append(
-            SegmentedImage(
-                image=path,
-                mask=write_label_image(mask_path, labels),
-                overlay=write_png(overlay_path, overlay(image, labels)),
-                measurements=rows,
-            )
-        )
+        done.append(SegmentedImage(image=path, files=files, measurements=rows))
         on_image(path)
     if done:
         write_measurements_csv(out_dir / "measurements.csv", [row for item in done for row in item.measurements])

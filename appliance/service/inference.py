@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from appliance.data.io import read_image, write_label_image, write_png
+from appliance.data.io import read_image
 from appliance.errors import ApplianceError, ImageReadError, readable
 from appliance.faults import fault_point
-from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, measure, write_measurements_csv
-from appliance.pipeline.outputs import MASK_SUFFIX, OVERLAY_SUFFIX, result_files, result_stem
-from appliance.pipeline.overlay import overlay
+from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, write_measurements_csv
+from appliance.pipeline.outputs import ResultFiles, result_files, result_stem, write_results
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.service.files import file_hash, stat_key
 from appliance.service.jobs import SEGMENT
@@ -110,13 +109,13 @@ class InferenceWorker:
             self.store.update_image(image["id"], size=-1, mtime_ns=-1)
             self._finish_without_result(job, image, "superseded", f"{path} changed while it was segmented")
             return
-        mask_path, overlay_path = self.result_paths(image)
-        write_label_image(mask_path, labels)
-        write_png(overlay_path, overlay(pixels, labels))
-        rows = measure(
+        files = self.result_paths(image)
+        rows = write_results(
+            files,
+            pixels,
             labels,
             class_names=predictor.class_names,
-            image=image["relpath"],
+            image_name=image["relpath"],
             pixel_size_um=predictor.pixel_size_um,
             min_object_px=self.settings.min_object_px,
         )
@@ -127,8 +126,8 @@ class InferenceWorker:
             self.owner,
             rows=rows,
             model_id=model_id,
-            mask_path=str(mask_path),
-            overlay_path=str(overlay_path),
+            mask_path=str(files.mask),
+            overlay_path=str(files.overlay),
             processed_time=time.time(),
             error=None,
         )
@@ -141,17 +140,17 @@ class InferenceWorker:
                 f"in {time.perf_counter() - started:.2f} s on {predictor.provider}"
             )
 
-    def result_paths(self, image: dict) -> tuple[Path, Path]:
-        """Where an image's mask and overlay go: ``results/<project>/<stem>_mask.tif`` and ``_overlay.png``, the
-        stem being the image's relative path without its extension, kept by later versions of the same path and
-        never shared with another path (see :func:`result_stem`)."""
+    def result_paths(self, image: dict) -> ResultFiles:
+        """Where an image's results go: ``results/<project>/<stem>_mask.tif``, ``_overlay.png``, ``_objects.tif``
+        and ``_objects.csv``, the stem being the image's relative path without its extension, kept by later
+        versions of the same path and never shared with another path (see :func:`result_stem`)."""
         out_dir = self.settings.results / image["project"]
         previous = self.store.result_path_of(image["project"], image["relpath"])
         if previous is not None:
-            return Path(previous), Path(previous.removesuffix(MASK_SUFFIX) + OVERLAY_SUFFIX)
+            return ResultFiles.of_mask(previous)
 
         def taken(stem: str) -> bool:
-            mask_path = str(result_files(out_dir, stem)[0])
+            mask_path = str(result_files(out_dir, stem).mask)
             return self.store.result_path_owner(image["project"], mask_path) not in (None, image["relpath"])
 
         return result_files(out_dir, result_stem(image["relpath"], taken))
