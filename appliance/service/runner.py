@@ -172,7 +172,10 @@ class Service:
             state, detail = component.state()
             if component.last_error:
                 detail = f"{detail} (last error: {component.last_error})".strip()
-            self.store.component_beat(component.name, state=state, detail=detail, interval=1, pid=pid)
+            providers = self.inference.providers_in_use() if component.name == "inference" and self.inference else ()
+            self.store.component_beat(
+                component.name, state=state, detail=detail, interval=1, pid=pid, onnx_providers=providers
+            )
         if self.page_enabled:
             rotate_log(self.settings.logs_dir / "page.log")
             if self.page_process.poll() is not None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,15 +236,25 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
     ),
     "projects": ({"name": str, "active_model_id": str, "updated_at": str}, "name"),
     "components": (
-        {"name": str, "pid": int, "state": str, "detail": str, "interval": float, "heartbeat": float, "at": str},
+        {
+            "name": str,
+            "pid": int,
+            "state": str,
+            "detail": str,
+            "interval": float,
+            "heartbeat": float,
+            "at": str,
+            "onnx_providers": str,  # the inference worker's: the providers its loaded sessions run on, comma-separated
+        },
         "name",
     ),
 }
 
-SCHEMA_VERSION = 2
-"""Bumped with every change to :data:`SCHEMA` (``tests/test_store_schema.py`` holds the fingerprint of each). 1: the
+SCHEMA_VERSION = 3
+"""Bumped with every change to :data:`SCHEMA` (``tests/store/test_schema.py`` holds the fingerprint of each). 1: the
 store before versions were recorded (``PRAGMA user_version`` 0); 2: activation decisions keep the quality gate's
-numbers. Opening an older store adds what it lacks, in place; a newer one is refused."""
+numbers; 3: components report their ONNX Runtime providers. Opening an older store adds what it lacks, in place; a
+newer one is refused."""
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
@@ -835,7 +845,16 @@ class Store(PageReads):
     def forget_components(self) -> None:
         self.db["components"].delete_where()
 
-    def component_beat(self, name: str, *, state: str, detail: str = "", interval: float, pid: int) -> None:
+    def component_beat(
+        self,
+        name: str,
+        *,
+        state: str,
+        detail: str = "",
+        interval: float,
+        pid: int,
+        onnx_providers: Sequence[str] = (),
+    ) -> None:
         self.db["components"].insert(
             {
                 "name": name,
@@ -845,6 +864,7 @@ class Store(PageReads):
                 "interval": interval,
                 "heartbeat": time.time(),
                 "at": now(),
+                "onnx_providers": ",".join(onnx_providers),
             },
             replace=True,
         )

@@ -78,7 +78,7 @@ def hardware(store) -> None:
     with onnx_column:
         available, first = onnx_providers()
         inference = next((c for c in store.components() if c["name"] == "inference"), None) if store else None
-        reported = inference and next((p for p in available if p in (inference.get("detail") or "")), None)
+        reported = next(iter(filter(None, ((inference or {}).get("onnx_providers") or "").split(","))), None)
         st.metric("ONNX Runtime provider", (reported or first).replace("ExecutionProvider", ""))
         source = "reported by the inference worker" if reported else "chosen for new inference sessions"
         st.caption(f"{source}; available: {', '.join(available)}")

@@ -381,7 +381,8 @@ def seed_typical(data_dir: str | Path) -> Path:
             ("inference", "running", "6 image(s) segmented"),
             ("page", "running", "http://127.0.0.1:8501"),
         ):
-            store.component_beat(name, state=state, detail=detail, interval=1, pid=4242)
+            providers = ("CPUExecutionProvider",) if name == "inference" else ()
+            store.component_beat(name, state=state, detail=detail, interval=1, pid=4242, onnx_providers=providers)
         store.db["components"].update("scanner", {"heartbeat": clock - 120})  # one stale heartbeat
         store.event(None, "service started (pid 4242)")
     finally:

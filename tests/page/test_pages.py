@@ -61,7 +61,8 @@ def test_page_with_an_empty_store(page, page_env, empty_store):
 
 
 EXPECTED = {
-    "views/overview.py": ["Service", "inference", "scanner", "GPU", "ONNX Runtime provider", "Free disk",
+    "views/overview.py": ["Service", "inference", "scanner", "GPU", "ONNX Runtime provider",
+                          "reported by the inference worker", "Free disk",
                           "Segmentation jobs", "service started"],
     "views/training.py": ["Successive halving", "Budget used", "Budget left", "Halving ends (ETA)",
                           "Meta-model: predicted vs realised", "Spearman"],
