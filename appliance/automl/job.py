@@ -25,6 +25,7 @@ from pathlib import Path
 
 from appliance.automl.backend import TorchBackend
 from appliance.automl.halving import SuccessiveHalving, enter_race
+from appliance.automl.living import LIVING_METABASE, record_run, save_features
 from appliance.automl.metafeatures import set_features
 from appliance.automl.race import plan_race, slice_overhead, slice_overheads, time_aware_order
 from appliance.automl.ranking import Ranking, fallback_ranking, rank_for_set
@@ -174,6 +175,7 @@ def train_set(
         started = time.perf_counter()
         test, model_dir = _finish(store, run_id, labelled_set, split, winner, backend, settings, run_dir)
         timings["export_seconds"] = time.perf_counter() - started
+        _remember(store, run_id, settings, log)
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt | SystemExit):
             store.update_run(run_id, status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
@@ -192,6 +194,18 @@ def _recorded_schedule(run: dict, trials: int) -> HalvingSchedule:
     return HalvingSchedule(max(1, trials), run["budget_seconds"])
 
 
+def _remember(store: Store, run_id: str, settings: Settings, log) -> None:
+    """Append what the run measured to the data dir's living meta-base; a failure there never fails the run."""
+    try:
+        added = record_run(settings.data_dir, store, run_id)
+    except (OSError, ValueError, KeyError) as error:
+        store.event(run_id, f"not added to the living meta-base: {error}", level="warning")
+        return
+    if added:
+        log(f"{added} learning-curve point(s) added to {settings.data_dir / LIVING_METABASE}")
+        store.event(run_id, f"{added} learning-curve point(s) added to the living meta-base")
+
+
 def _rank(
     store: Store, run_id: str, labelled_set: LabelledSet, settings: Settings, log, ranking: Ranking | None
 ) -> Ranking:
@@ -206,6 +220,7 @@ def _rank(
         if features is None:
             ranking, fallback_reason = fallback_ranking(), missing
         else:
+            save_features(store.run(run_id)["run_dir"], features)
             ranking, fallback_reason = rank_for_set(features, models_dir=settings.models_dir)
         if fallback_reason:
             store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")

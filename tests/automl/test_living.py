@@ -1,0 +1,37 @@
+"""The living meta-base: a finished run's learning curves appended in the shipped meta-base's columns."""
+
+import json
+
+import pytest
+
+from appliance.automl.living import LIVING_METABASE, record_run, save_features
+from appliance.automl.metabase import read_metabase_rows
+from appliance.automl.metamodel import load_metabase
+from tests.automl.test_halving import FakeBackend, FakeClock, _run
+
+FEATURES = {"hc_images": 12.0, "hc_mean_shape": 512.0, "hc_classes": 1.0, "user_object_cells": 1.0, "opt_x": 0.5}
+
+
+def test_a_finished_run_adds_one_row_per_validated_slice_once(tmp_path):
+    clock = FakeClock()
+    store, run_id, halving = _run(tmp_path, FakeBackend(clock), clock, top_n=4, budget=400.0)
+    store.update_run(run_id, run_dir=str(tmp_path / run_id), split=json.dumps({"validation": ["a", "b"]}), device="cpu")
+    halving.run()
+    assert record_run(tmp_path / "data", store, run_id) == 0  # ranked without meta-features: nothing to learn from
+    save_features(tmp_path / run_id, FEATURES)
+    validated = [r for r in store.step_results(run_id) if r["validation_iou"] is not None]
+    assert record_run(tmp_path / "data", store, run_id) == len(validated) > 4
+    assert record_run(tmp_path / "data", store, run_id) == 0  # recorded twice (a resumed export): no duplicates
+    rows = read_metabase_rows(tmp_path / "data" / LIVING_METABASE)
+    for result in validated:
+        (row,) = [
+            r for r in rows if (r["config_id"], float(r["fidelity_mp"])) == (result["config_id"], result["work_mp"])
+        ]
+        assert float(row["val_iou"]) == pytest.approx(result["validation_iou"])
+        assert row["device"] == "cpu" and row["source"] == f"run {run_id}" and row["validation_images"] == "2"
+        assert float(row["hc_images"]) == 12.0 and float(row["eng_patches_per_image"]) > 0
+    finals = {r["config_id"]: float(r["run_fidelity_mp"]) for r in rows}
+    assert all(float(r["fidelity_mp"]) <= finals[r["config_id"]] for r in rows)
+    base = load_metabase(tmp_path / "data" / LIVING_METABASE)  # reads as a meta-base the meta-model tools accept
+    assert set(base.columns["set"].tolist()) == {"fake"}
+    assert len({(r["config_id"], r["fidelity_mp"]) for r in rows}) == len(rows)
