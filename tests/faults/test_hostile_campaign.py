@@ -6,7 +6,8 @@ Classes (issue "Nothing lost, nothing stuck"): a name that is not UTF-8 (a set f
 ``READY`` arrives first and whose files follow in reverse order, a YAML alias bomb (in another shape), a budget that
 is not a number, a non-regular file (a socket) in a set, a set name that is an option, two images that share a
 stem, an image overwritten A → B → A, a preallocated half-written image, an unreadable image, an active model with
-a bad ``model.json`` (then rolled back and its failed image retried), and a SIGKILL of the service mid-training.
+a bad ``model.json`` (then rolled back and its failed image retried), and SIGKILLs of the service mid-training
+and mid-inference.
 """
 
 import csv
@@ -66,7 +67,12 @@ def _bad_sets(source: Path, staging: Path) -> dict[bytes, str]:
         return root
 
     copy(b"plaque_\xe9t\xe9")  # Latin-1 bytes: not UTF-8
-    made[b"plaque_\xe9t\xe9"] = "not valid UTF-8"
+    made[b"plaque_\xe9t\xe9"] = "is not safe: use 1-64 letters"  # the name rule rejects it before its bytes matter
+    root = copy(b"latin1_files")
+    for folder in (b"images", b"masks"):
+        folder_path = os.path.join(os.fsencode(root), folder)
+        os.rename(os.path.join(folder_path, b"set3.png"), os.path.join(folder_path, b"c\xf4te.png"))
+    made[b"latin1_files"] = "is not valid UTF-8 text"
     root = copy(b"nested_aliases")
     lines = ["x: &x [{k: v}, {k: v}, {k: v}, {k: v}, {k: v}, {k: v}, {k: v}, {k: v}]"]
     lines += [f"{b}: &{b} [{', '.join([f'*{a}'] * 8)}]" for a, b in zip("xyzw", "yzwv", strict=True)]
@@ -132,9 +138,20 @@ def test_a_hostile_campaign_crashes_nothing_leaves_nothing_stuck_and_loses_no_re
             os.rename(os.path.join(os.fsencode(staging), name), os.path.join(os.fsencode(labelled), name))
         _drop_ready_first_in_reverse_order(demo_set_dir, labelled / "phase_cells_reversed")
 
-        # killed mid-training, restarted: the run resumes
+        burst = [f"burst/{i}.tif" for i in range(6)]  # waiting with the others, so that inference can be interrupted
+        for index, name in enumerate(burst):
+            drop((a, b, c)[index % 3], images / name)
+
+        # killed mid-training (its training child dies with it), restarted: the run resumes
         service.wait_for(lambda: service.rows("select 1 from step_results"), TIMEOUT, "training under way")
         service.kill()
+        time.sleep(1)
+        assert str(data) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        service.start()
+        # killed again once inference has begun, restarted: every image is segmented once
+        service.wait_for(lambda: service.rows("select 1 from images where status = 'done'"), TIMEOUT, "inference")
+        service.kill()
+        done_before = service.rows("select count(*) from images where status = 'done'")[0][0]
         service.start()
         service.wait_for(
             lambda: service.rows(f"select active_model_id from projects where name = '{PROJECT}'"),
@@ -156,6 +173,7 @@ def test_a_hostile_campaign_crashes_nothing_leaves_nothing_stuck_and_loses_no_re
             os.replace(images / ".timelapse.tif.part", images / "timelapse.tif")
             service.wait_for(lambda content=content: segmented("timelapse.tif", content), TIMEOUT, "timelapse.tif")
         _write_preallocated(images / "prealloc.tif", b.read_bytes(), pause=3.0)
+        service.wait_for(lambda: segmented("prealloc.tif", b), TIMEOUT, "prealloc.tif with its final content")
 
         # an admin activates a copy of the model with a broken model.json; its image fails, ends failed; roll back
         # and retry it
@@ -182,7 +200,7 @@ def test_a_hostile_campaign_crashes_nothing_leaves_nothing_stuck_and_loses_no_re
         retried = _cli(service, "retry", str(failed_job))
         assert retried.returncode == 0, retried.stderr
 
-        good = ["well.tif", "well.png", "plate/well.tif", "timelapse.tif", "prealloc.tif", "after-swap.tif"]
+        good = ["well.tif", "well.png", "plate/well.tif", *burst, "timelapse.tif", "prealloc.tif", "after-swap.tif"]
         service.wait_for(
             lambda: {r["image"] for r in _csv_rows(data)} >= set(good), TIMEOUT, "every good image in the CSV"
         )
@@ -207,7 +225,10 @@ def test_a_hostile_campaign_crashes_nothing_leaves_nothing_stuck_and_loses_no_re
             assert reason in note.read_text(errors="replace") and note.stat().st_size < 20_000, name
         else:  # a folder whose name cannot be written back as text is reported as an event instead
             assert any(reason in e["message"] for e in store.events()), name
-    assert [j["status"] for j in store.jobs(kind="train")] == ["done"], store.jobs(kind="train")
+    ((train_job,),) = [store.jobs(kind="train")]
+    assert train_job["status"] == "done" and train_job["attempts"] in (2, 3)  # the first kill spent one
+    assert "resuming run" in (data / "logs" / f"train-job-{train_job['id']}.log").read_text()
+    assert done_before < len(good)  # the second kill did interrupt inference
     assert any("frame_" in e["message"] and "rename the file" in e["message"] for e in store.events())
     # results: one row set per good image path, none for the bad ones, outputs unique per input
     rows = _csv_rows(data)

@@ -22,6 +22,7 @@ from appliance.pipeline.trainer import Trainer
 from appliance.service.activation import ActivationError, activate_by_hand, decide_activation
 from appliance.service.images import ImageDetector
 from appliance.service.inference import InferenceWorker
+from appliance.service.jobs import TrainingRequest
 from appliance.service.training import TrainingSupervisor
 
 
@@ -220,7 +221,8 @@ def test_a_model_that_beats_otsu_is_activated_with_both_numbers(store, demo_set_
 
 def test_training_waits_while_the_disk_is_below_the_reserve(settings, store):
     settings = settings.with_values(disk_reserve_gb=10**9)
-    store.enqueue("train", "k", payload={"set_name": "s", "project": "p"})
+    request = TrainingRequest(set_dir=str(settings.data_dir / "sets" / "s"), set_name="s", project="p", budget=60.0)
+    store.enqueue("train", "k", payload=request.to_payload())
     supervisor = TrainingSupervisor(settings, store, log=lambda m: None)
     assert not supervisor.run_once(threading.Event()) and not supervisor.run_once(threading.Event())
     assert supervisor.state == "waiting for disk" and "below the reserve of 1e+09 GB" in supervisor.detail
@@ -235,7 +237,7 @@ def test_an_unforeseen_error_spends_an_attempt_and_a_poison_image_ends_failed(
 
     _drop_images(settings, store, demo_images_dir, names=("set20",))
     activate_trained(store, trained_model, demo_set_dir)
-    monkeypatch.setattr(inference, "measure", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(inference, "write_results", lambda *a, **k: 1 / 0)
     clock = [1000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])  # the queue's retry delay, on a fake clock
     worker = InferenceWorker(settings, store, log=lambda m: None)
@@ -351,7 +353,8 @@ def test_a_file_written_on_while_it_is_segmented_gets_the_results_of_its_final_c
 
 def _supervisor_with_child(settings, store, script: str) -> TrainingSupervisor:
     """A supervisor whose training child is ``script`` (a stand-in process with the child's exit behaviour)."""
-    store.enqueue("train", "k", payload={"set_name": "s", "project": "p"})
+    request = TrainingRequest(set_dir=str(settings.data_dir / "sets" / "s"), set_name="s", project="p", budget=60.0)
+    store.enqueue("train", "k", payload=request.to_payload())
     supervisor = TrainingSupervisor(settings, store, log=lambda m: None)
     supervisor.child_command = [sys.executable, "-c", script]
     return supervisor
