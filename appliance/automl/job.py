@@ -27,8 +27,8 @@ from appliance.automl.backend import TorchBackend
 from appliance.automl.halving import SuccessiveHalving, enter_race
 from appliance.automl.living import LIVING_METABASE, record_run, save_features
 from appliance.automl.metafeatures import set_features
-from appliance.automl.race import plan_race, slice_overhead, slice_overheads, time_aware_order
-from appliance.automl.ranking import Ranking, fallback_ranking, rank_for_set
+from appliance.automl.race import RacePlan, plan_race, slice_overhead, slice_overheads, time_aware_order
+from appliance.automl.ranking import FALLBACK_SOURCE, Ranking, fallback_ranking, rank_for_set
 from appliance.automl.schedule import HalvingSchedule
 from appliance.automl.throughput import ensure_reference_measurements, record_training_throughput
 from appliance.data.io import atomic_write, write_png
@@ -133,21 +133,31 @@ def train_set(
             job_started += timings["device_measurement_seconds"]
         if not store.trials(run_id):
             store.update_run(run_id, status="ranking")
-            ranking = _rank(store, run_id, labelled_set, settings, log, ranking)
-            candidates = time_aware_order(ranking, table)
-            plan = plan_race(
-                candidates,
-                budget_seconds=max(1.0, budget - (time.perf_counter() - job_started)),
-                overhead=lambda candidate: slice_overhead(
-                    candidate, validation_pixels=backend.validation_tile_pixels, table=table
-                ),
-                max_trials=top_n,
-                floor_steps=settings.race_floor_steps,
-                min_winner_share=settings.race_min_winner_share,
-                trials=trials,
-                growth=growth,
-                include_default=include_default,
-            )
+
+            def plan_with(ranking: Ranking) -> tuple[list, RacePlan]:
+                candidates = time_aware_order(ranking, table)
+                return candidates, plan_race(
+                    candidates,
+                    budget_seconds=max(1.0, budget - (time.perf_counter() - job_started)),
+                    overhead=lambda candidate: slice_overhead(
+                        candidate, validation_pixels=backend.validation_tile_pixels, table=table
+                    ),
+                    max_trials=top_n,
+                    floor_steps=settings.race_floor_steps,
+                    min_winner_share=settings.race_min_winner_share,
+                    trials=trials,
+                    growth=growth,
+                    include_default=include_default,
+                )
+
+            # Whether any race fits does not depend on the order (race.py), so a budget that allows none is known
+            # before the meta-features: then the default trains for all of it instead of waiting for them.
+            candidates, plan = plan_with(fallback_ranking()) if ranking is None else (None, None)
+            if plan is None or plan.search:
+                ranking = _rank(store, run_id, labelled_set, settings, log, ranking)
+                candidates, plan = plan_with(ranking)
+            else:
+                store.update_run(run_id, ranking_source=f"{FALLBACK_SOURCE} (no race fits: not ranked)")
             fault_point("ranked")
             enter_race(store, run_id, candidates, plan)
             timings["planning_seconds"] = time.perf_counter() - job_started

@@ -160,3 +160,25 @@ def test_slice_overhead_counts_checkpoints_and_validation_at_prediction_speed():
     table.prediction["resnet18"] = 0.5
     seconds = slice_overhead(candidate, validation_pixels=3e6, table=table)
     assert seconds == pytest.approx(1.2 + 3.0 / 0.5)
+
+
+@pytest.mark.parametrize("include_default", [True, False])
+def test_whether_any_race_fits_does_not_depend_on_the_order(include_default):
+    """What lets a job skip the meta-features when its budget allows no race (job.py plans with the prior first)."""
+    table = cpu_like_table()
+    orders = [
+        time_aware_order(fallback_ranking(), table),
+        time_aware_order(scored_ranking(lambda c: -c.learning_rate - 0.01 * (c.encoder == "resnet50")), table),
+        time_aware_order(scored_ranking(lambda c: c.patch_size * c.batch_size), table),
+    ]
+    decisions = set()
+    for budget in (4.0, 8.0, 12.0, 20.0, 40.0, 60.0, 90.0, 120.0, 200.0, 300.0, 900.0):
+        searched = {
+            plan_race(
+                order, budget_seconds=budget, overhead=lambda c: 2.0, max_trials=16, include_default=include_default
+            ).search
+            for order in orders
+        }
+        assert len(searched) == 1, budget
+        decisions |= searched
+    assert decisions == {True, False}  # the budgets cover both answers

@@ -127,3 +127,23 @@ def test_without_pyradiomics_the_job_ranks_with_the_fallback_prior_and_says_why(
     assert ranking.source == FALLBACK_SOURCE and store.run(run_id)["ranking_source"] == FALLBACK_SOURCE
     assert "need radiomics, which is not installed" in messages[0]
     assert any("radiomics" in e["message"] and e["level"] == "warning" for e in store.events(run_id))
+
+
+@pytest.mark.slow
+def test_a_budget_too_small_for_any_race_trains_the_default_without_waiting_for_meta_features(
+    tmp_path, demo_set_dir, monkeypatch
+):
+    from appliance.automl import job
+    from tests.service.e2e import seed_throughput
+
+    def never(labelled_set):
+        raise AssertionError("meta-features computed although no race can fit the budget")
+
+    monkeypatch.setattr(job, "set_features", never)
+    settings = Settings(data_dir=tmp_path / "data", default_budget=6.0)
+    seed_throughput(settings.store_path, monkeypatch)
+    result = train_set(demo_set_dir, settings, device="cpu")
+    plan = json.loads(result.run["plan"])
+    assert not plan["search"] and [t["config_id"] for t in plan["trials"]] == [PAPER_DEFAULT.id]
+    assert "not ranked" in result.run["ranking_source"]
+    assert result.timings["planning_seconds"] < 1.0  # the whole budget went to training

@@ -3,6 +3,7 @@ a typical day, and 10,000 segmented images. Plus the password gate and the activ
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -273,21 +274,32 @@ def test_images_of_a_project_without_a_model_are_a_problem_with_the_fix(page_env
     ), errors
 
 
-def test_images_waiting_because_the_quality_gate_kept_their_model_out_say_so(page_env, tmp_path):
+def test_a_model_trained_for_seconds_is_kept_out_by_the_quality_gate_and_the_page_says_why(
+    page_env, tmp_path, trained_model, demo_set_dir
+):
+    """The real rule on a real (4-s, nearly all "cell") model; then Models and Problems say why and how."""
+    from appliance.data.labelled_set import load_labelled_set
+    from appliance.data.splits import split_stems
+    from appliance.service.activation import decide_activation
+
     store = Store(tmp_path / "appliance.sqlite")
+    labelled_set = load_labelled_set(demo_set_dir)
+    split = split_stems(labelled_set.stems, seed=0)
+    run = store.create_run(set_name=labelled_set.name, set_dir=str(demo_set_dir), split=json.dumps(split.to_dict()))
+    model = store.register_model(run_id=run, set_name=labelled_set.name, path="")
+    store.finish_export(run, model, str(trained_model))
     job, _ = store.enqueue("train", "set-1", payload={}, project="hela")
-    claimed = store.claim("train", "worker", lease_seconds=60)
-    store.complete(claimed["id"], "worker")
-    run = store.create_run(set_name="hela_set", set_dir=str(tmp_path / "hela_set"), split="{}")
-    model = store.register_model(run_id=run, set_name="hela_set", path=str(tmp_path / "m"))
-    reason = "not better than Otsu thresholding: test mean IoU with background 0.150 <= Otsu's 0.410"
-    store.record_activation(
-        project="hela", model_id=model, previous_model_id=None, new_score=0.3, previous_score=None,
-        activated=False, reason=reason, baseline_score=0.41, model_mean_iou=0.15,
-    )  # fmt: skip
-    store.enqueue("segment", "img-1", payload={}, project="hela")
+    store.claim("train", "worker", lease_seconds=60)
+    store.complete(job, "worker")
+    decision = decide_activation(store, model_id=model, project="hela")
+    assert not decision.activated and store.active_model("hela") is None
+    store.enqueue("segment", "img-1", payload={}, project="hela")  # an image of the project, waiting
     page_env(tmp_path)
-    app = open_page("views/problems.py")
-    assert not app.exception
-    errors = [e.value for e in app.error]
-    assert any(f"its model {model} was not activated: {reason}" in text for text in errors), errors
+
+    models = open_page("views/models.py")
+    warnings = [w.value for w in models.warning]
+    assert any(w.startswith(f"Model {model} was not activated: not better than Otsu thresholding") for w in warnings)
+    assert any(f"`appliance activate hela {model}`" in w for w in warnings), warnings
+    problems = open_page("views/problems.py")
+    errors = [e.value for e in problems.error]
+    assert any(f"its model {model} was not activated: {decision.reason}" in e for e in errors), errors
