@@ -21,7 +21,9 @@ configurations that learn most per pixel) are the slowest per second there. The 
    as every first slice still reaches the floor: a decision needs the floor, the rest of ``T`` is better spent on
    the configurations that go on. When not even two trials fit, there is no search: the paper default trains for
    all of ``T`` (the best-valued configuration when the default need not race): a pick nothing tested is no
-   better bet than the configuration a lab would train without us.
+   better bet than the configuration a lab would train without us. Whether any race fits depends on which
+   configurations reach the floor, not on their order, so the job plans with the prior first and computes the
+   meta-features only when a race fits (:func:`appliance.automl.job.train_set`).
 
 Why a floor of 30 optimiser steps: in the meta-base, a run's validation IoU is still below 0.05 (nothing learned
 yet, so a comparison says nothing) in 42 % of curve points reached with fewer than 8 steps, 34 % with 8–15,
