@@ -43,28 +43,19 @@ class Decision:
     model_mean_iou: float | None = None  # the model's, on the same images
 
 
-def evaluate_on_split(model_dir: str | Path, set_dir: str | Path, test_stems: list[str]) -> Evaluation:
-    """An exported model's scores on the given images of a labelled set."""
+def evaluate_model(model_dir: str | Path, images: list, masks: list, *, num_classes: int) -> Evaluation:
+    """An exported model's scores on images of a labelled set (ONNX Runtime, as it serves)."""
     from appliance.pipeline.predictor import OnnxPredictor  # ONNX Runtime: not for the page's manual activation
 
-    labelled_set = load_labelled_set(set_dir)
-    images, masks = read_split_images(labelled_set, tuple(test_stems))
-    predictor = OnnxPredictor(model_dir)
-    return evaluate(predictor.predict, images, masks, num_classes=labelled_set.num_classes)
+    return evaluate(OnnxPredictor(model_dir).predict, images, masks, num_classes=num_classes)
 
 
-def score_on_split(model_dir: str | Path, set_dir: str | Path, test_stems: list[str]) -> float:
-    """Mean foreground IoU of an exported model on the given images of a labelled set."""
-    return evaluate_on_split(model_dir, set_dir, test_stems).mean_foreground_iou
-
-
-def baseline_on_split(labelled_set: LabelledSet, train_stems: list[str], test_stems: list[str]) -> Evaluation:
-    """Otsu thresholding's scores on the test images, its band → class map learnt from (up to
+def baseline_on_split(labelled_set: LabelledSet, train_stems: list[str], images: list, masks: list) -> Evaluation:
+    """Otsu thresholding's scores on the given test images, its band → class map learnt from (up to
     :data:`BASELINE_FIT_IMAGES` of) the training images."""
     step = max(1, len(train_stems) // BASELINE_FIT_IMAGES)
     fit_images, fit_masks = read_split_images(labelled_set, tuple(train_stems[::step][:BASELINE_FIT_IMAGES]))
     otsu = fit_otsu_baseline(fit_images, fit_masks, num_classes=labelled_set.num_classes)
-    images, masks = read_split_images(labelled_set, tuple(test_stems))
     return evaluate(otsu, images, masks, num_classes=labelled_set.num_classes)
 
 
@@ -79,13 +70,16 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
     run = store.run(model["run_id"])
     split = json.loads(run["split"])
     test_stems = split["test"]
-    evaluation = evaluate_on_split(model["path"], run["set_dir"], test_stems)
+    labelled_set = load_labelled_set(run["set_dir"])  # validated, and its test images read, once for every score
+    images, masks = read_split_images(labelled_set, tuple(test_stems))
+    k = labelled_set.num_classes
+    evaluation = evaluate_model(model["path"], images, masks, num_classes=k)
     new_score = evaluation.mean_foreground_iou
     active = store.active_model(project)
     previous_score = baseline_score = None
     by_hand = f"activate it by hand on the Models page or with `appliance activate {project} {model_id}`"
     if quality_gate:
-        baseline_score = baseline_on_split(load_labelled_set(run["set_dir"]), split["train"], test_stems).mean_iou
+        baseline_score = baseline_on_split(labelled_set, split["train"], images, masks).mean_iou
     if quality_gate and evaluation.mean_iou <= baseline_score:
         activated = False
         reason = (
@@ -97,7 +91,7 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
         activated, reason = True, "first model of the project"
     else:
         try:
-            previous_score = score_on_split(active["path"], run["set_dir"], test_stems)
+            previous_score = evaluate_model(active["path"], images, masks, num_classes=k).mean_foreground_iou
         except ApplianceError as error:
             activated, reason = True, f"the active model {active['id']} cannot segment this set ({error})"
         else:
