@@ -62,7 +62,8 @@ def instance_labels(labels: np.ndarray, *, min_object_px: int = 0) -> tuple[np.n
         components[areas[components] < min_object_px] = 0
     instances, _, _ = skimage.segmentation.relabel_sequential(components)
     flat = instances.ravel()
-    first = np.unique(flat, return_index=True)[1][1:]  # first pixel of each object, in id order
+    ids, first = np.unique(flat, return_index=True)  # first pixel of each id, in id order
+    first = first[ids > 0]  # an image may have no background pixel at all
     object_class = labels.ravel()[first].astype(np.int64)
     return instances.astype(np.uint32), object_class
 

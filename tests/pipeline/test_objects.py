@@ -35,6 +35,8 @@ def test_instances_are_the_components_measure_counts_with_stable_ids():
     assert instances[4, 42] == 1 and instances[10, 10] == 2 and instances[28, 35] == 3  # raster order
     counts = [r["object_count"] for r in measure(labels, class_names=["cell", "debris"], min_object_px=4)]
     assert counts == [int((classes == 1).sum()), int((classes == 2).sum())]
+    full, full_classes = instance_labels(np.array([[1, 1, 2, 2]]))  # no background pixel anywhere
+    assert full.tolist() == [[1, 1, 2, 2]] and full_classes.tolist() == [1, 2]
     again, _ = instance_labels(labels.copy(), min_object_px=4)
     assert np.array_equal(again, instances)
 
