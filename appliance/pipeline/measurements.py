@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import skimage.measure
 
 from appliance.data.io import atomic_write
+from appliance.pipeline.objects import instance_labels
 
 MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "image",
@@ -47,6 +47,7 @@ def measure(
     image: str = "",
     pixel_size_um: float | None = None,
     min_object_px: int = 0,
+    objects: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict]:
     """Measure every class of a label image: pixel fraction, object count and object areas.
 
@@ -65,6 +66,9 @@ def measure(
         Components smaller than this many pixels are not objects: they are left out of
         ``object_count`` and the area statistics (specks of a few misclassified pixels would
         otherwise inflate the count), but still count in ``pixel_fraction``. 0 keeps every component.
+    objects : (instances, object_class), optional
+        :func:`appliance.pipeline.objects.instance_labels` of ``labels`` with the same ``min_object_px``, when the
+        caller has it already (the objects are counted by that one rule either way).
 
     Returns
     -------
@@ -105,19 +109,15 @@ def measure(
     n_pixels = labels.size
     class_pixels = np.bincount(labels.ravel(), minlength=n_classes + 1)
 
-    # One labelling pass over the whole label image: neighbouring pixels join only when their
-    # class is equal, so each component is one object of one class.
-    components, n_objects = skimage.measure.label(labels, background=0, connectivity=2, return_num=True)
-    flat = components.ravel()
-    areas = np.bincount(flat, minlength=n_objects + 1)
-    class_sums = np.bincount(flat, weights=labels.ravel(), minlength=n_objects + 1)
-    areas, class_sums = areas[1:], class_sums[1:]
-    object_class = np.rint(class_sums / np.maximum(areas, 1)).astype(np.int64)
+    if objects is None:
+        objects = instance_labels(labels, min_object_px=min_object_px)
+    instances, object_class = objects
+    areas = np.bincount(instances.ravel(), minlength=object_class.size + 1)[1:]
 
     um2_per_px = None if pixel_size_um is None else pixel_size_um**2
     rows = []
     for index, name in enumerate(class_names, start=1):
-        class_areas = areas[(object_class == index) & (areas >= min_object_px)]
+        class_areas = areas[object_class == index]
         row = {
             "image": str(image),
             "class_index": index,

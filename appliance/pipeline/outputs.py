@@ -73,10 +73,15 @@ def write_results(
 ) -> list[dict]:
     """Write an image's result files (each atomically) and return its per-class measurement rows: the class map,
     the overlay, the instance labels (ImageJ TIFF with the pixel size) and one row per object."""
-    rows = measure(
-        labels, class_names=class_names, image=image_name, pixel_size_um=pixel_size_um, min_object_px=min_object_px
-    )
     instances, object_class = instance_labels(labels, min_object_px=min_object_px)
+    rows = measure(
+        labels,
+        class_names=class_names,
+        image=image_name,
+        pixel_size_um=pixel_size_um,
+        min_object_px=min_object_px,
+        objects=(instances, object_class),
+    )
     objects = object_rows(
         instances, object_class, image, class_names=class_names, image_name=image_name, pixel_size_um=pixel_size_um
     )
