@@ -633,6 +633,46 @@ def activate(project, model_id, config_file, data_dir):
     click.echo(f"{model_id} is now the active model of {project}")
 
 
+@main.command("export-bioimageio")
+@click.argument("model_id")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--test-image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="An image of the kind the model segments (default: the first test image of its set).",
+)
+@click.option("--author", "authors", multiple=True, help="An author's name (repeat for several).")
+@click.option("--license", "license_", default="CC-BY-4.0", show_default=True, help="SPDX licence of the package.")
+@_CONFIG_OPTION
+@_DATA_DIR_OPTION
+def export_bioimageio(model_id, out_dir, test_image, authors, license_, config_file, data_dir):
+    """Write MODEL_ID as a BioImage Model Zoo package, OUT_DIR/<MODEL_ID>.bioimageio.zip (ilastik, deepImageJ and
+    QuPath open it), validated with the spec library."""
+    from appliance.pipeline.bioimageio import validate_package
+    from appliance.service.packaging import package_model
+    from appliance.store import Store
+
+    try:
+        settings = _service_settings(config_file, data_dir=data_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = package_model(
+            Store(settings.store_path),
+            model_id,
+            out=out_dir / f"{model_id}.bioimageio.zip",
+            test_image=test_image,
+            authors=tuple(authors),
+            license=license_,
+        )
+    except ApplianceError as error:
+        _fail(error)
+    status, details = validate_package(path)
+    if status == "failed":
+        click.secho(f"error: {path} does not validate:\n{details}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"{path} ({status})")
+
+
 @main.command("config")
 @_CONFIG_OPTION
 @_DATA_DIR_OPTION

@@ -6,7 +6,11 @@ worker picks the project's active model up with its next image.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from appliance.errors import ApplianceError
 from appliance.service.activation import ActivationError, activate_by_hand
+from appliance.service.packaging import package_model
 from appliance.store import Store
 
 
@@ -30,3 +34,14 @@ def retry_job(store: Store, *, job_id: int) -> None:
     if not store.retry(job_id):
         raise ActionError(f"job {job_id} is {job['status']}, not failed: only failed jobs can be retried")
     store.event(None, f"job {job_id} ({job['kind']}, project {job['project']}) queued again by hand")
+
+
+def build_package(store: Store, *, model_id: str) -> Path:
+    """Write the model's BioImage Model Zoo package beside its ONNX file (the command line's
+    ``appliance export-bioimageio`` writes the same package elsewhere)."""
+    try:
+        path = package_model(store, model_id)
+    except ApplianceError as error:
+        raise ActionError(str(error)) from error
+    store.event(None, f"BioImage.IO package of {model_id} written to {path} from the status page")
+    return path

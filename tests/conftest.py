@@ -45,3 +45,28 @@ def trained_model(tmp_path_factory, demo_set) -> Path:
     config = PipelineConfig(patch_size=64, batch_size=4, learning_rate=0.001, encoder="resnet18", flip=0.5)
     train_configuration(demo_set, config, seconds=4, out_dir=out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def instance_set_dir(tmp_path_factory) -> Path:
+    """A synthetic labelled set with ``instances/``: 6 noisy 96x96 images of bright discs, pairs of them touching."""
+    import imageio.v3 as iio
+    import numpy as np
+    import skimage.draw
+
+    root = tmp_path_factory.mktemp("sets") / "touching_cells"
+    for folder in ("images", "masks", "instances"):
+        (root / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        instances = np.zeros((96, 96), dtype=np.uint16)
+        for pair in range(3):
+            y, x, r = 16 + 30 * pair, int(rng.integers(14, 60)), int(rng.integers(7, 10))
+            instances[skimage.draw.disk((y, x), r, shape=instances.shape)] = 2 * pair + 1
+            instances[skimage.draw.disk((y, x + 2 * r - 1), r, shape=instances.shape)] = 2 * pair + 2
+        image = rng.normal(40, 8, instances.shape) + 140 * (instances > 0)
+        iio.imwrite(root / "images" / f"c{index}.png", np.clip(image, 0, 255).astype(np.uint8))
+        iio.imwrite(root / "masks" / f"c{index}.png", (instances > 0).astype(np.uint8))
+        iio.imwrite(root / "instances" / f"c{index}.png", instances)
+    (root / "dataset.yaml").write_text("classes: [cell]\npixel_size_um: 0.5\n")
+    return root

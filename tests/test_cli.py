@@ -161,3 +161,30 @@ def test_predict_starts_without_importing_torch():
     code = "import sys, appliance.cli, appliance.pipeline.outputs; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_export_bioimageio_packages_a_registered_model_from_its_run(tmp_path, trained_model, demo_set_dir):
+    import zipfile
+
+    from appliance.pipeline.config import PipelineConfig
+    from appliance.store import Store
+
+    store = Store(tmp_path / "appliance.sqlite")
+    config = PipelineConfig.from_dict(json.loads((trained_model / "model.json").read_text())["config"])
+    split = json.loads((trained_model / "split.json").read_text())
+    run = store.create_run(set_name=demo_set_dir.name, set_dir=str(demo_set_dir), split=json.dumps(split))
+    store.add_trial(run, 0, config.id, config.to_dict(), None)
+    store.update_trial(run, 0, checkpoint=str(trained_model / "checkpoint.pt"))
+    model = store.register_model(run_id=run, set_name=demo_set_dir.name, config_id=config.id, path="")
+    store.finish_export(run, model, str(trained_model))
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["export-bioimageio", model, str(tmp_path / "out"), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    package = tmp_path / "out" / f"{model}.bioimageio.zip"
+    assert f"{package} (" in result.output and "failed" not in result.output
+    assert "model.pt" in zipfile.ZipFile(package).namelist()  # the run's checkpoint gave TorchScript weights
+
+    store.update_run(run, set_dir=str(tmp_path / "moved"))
+    result = runner.invoke(main, ["export-bioimageio", model, str(tmp_path / "o2"), "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "--test-image" in result.output

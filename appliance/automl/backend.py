@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from appliance.automl.halving import DoesNotFit, TrainedSlice, TrialFailed, Validation
-from appliance.data.labelled_set import LabelledSet, read_split_images
+from appliance.data.labelled_set import LabelledSet
 from appliance.data.splits import Split
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.device import (
@@ -29,11 +29,16 @@ from appliance.pipeline.device import (
 from appliance.pipeline.evaluation import evaluate
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings, tile_pixels
 from appliance.pipeline.patches import PatchCache
+from appliance.pipeline.task import network_classes, read_training_split
 from appliance.pipeline.trainer import Trainer
 
 
 class TorchBackend:
-    """Trains configurations on the training images of ``split`` and scores them on its validation images."""
+    """Trains configurations on the training images of ``split`` and scores them on its validation images.
+
+    The network learns the set's classes, or interior and boundary for a set with instance masks
+    (:mod:`appliance.pipeline.task`); validation scores the network's own classes.
+    """
 
     def __init__(
         self,
@@ -53,16 +58,17 @@ class TorchBackend:
         self.on_throughput = on_throughput or (lambda config, steps, seconds: None)
         self.memory_fraction = cap_gpu_memory(self.device, gpu_memory_gb)
         self.gpu_memory_gb = gpu_memory_gb
-        self.train_images, self.train_masks = read_split_images(labelled_set, split.train)
-        self.validation_images, self.validation_masks = read_split_images(labelled_set, split.validation)
+        self.num_classes = network_classes(labelled_set)
+        self.train_images, self.train_masks = read_training_split(labelled_set, split.train)
+        self.validation_images, self.validation_masks = read_training_split(labelled_set, split.validation)
         self.validation_names = split.validation
-        self.patches = PatchCache(self.train_images, self.train_masks, num_classes=labelled_set.num_classes)
+        self.patches = PatchCache(self.train_images, self.train_masks, num_classes=self.num_classes)
 
     def start(self, config: PipelineConfig) -> Trainer:
         return Trainer(
             config,
             in_channels=self.labelled_set.channels,
-            num_classes=self.labelled_set.num_classes,
+            num_classes=self.num_classes,
             seed=self.seed,
             device=self.device,
         )
@@ -119,7 +125,7 @@ class TorchBackend:
             predict,
             self.validation_images,
             self.validation_masks,
-            num_classes=self.labelled_set.num_classes,
+            num_classes=self.num_classes,
             names=self.validation_names,
         )
         return Validation(evaluation.mean_foreground_iou, evaluation.overall.iou[1:])

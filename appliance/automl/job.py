@@ -32,14 +32,15 @@ from appliance.automl.ranking import FALLBACK_SOURCE, Ranking, fallback_ranking,
 from appliance.automl.schedule import HalvingSchedule
 from appliance.automl.throughput import ensure_reference_measurements, record_training_throughput
 from appliance.data.io import atomic_write, write_png
-from appliance.data.labelled_set import LabelledSet, load_labelled_set, read_split_images
+from appliance.data.labelled_set import LabelledSet, load_labelled_set
 from appliance.data.splits import Split, split_stems
 from appliance.faults import fault_point
-from appliance.pipeline.evaluation import Evaluation, evaluate
+from appliance.pipeline.evaluation import Evaluation
 from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES
 from appliance.pipeline.overlay import comparison_panel
 from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.task import evaluate_split
 from appliance.pipeline.trainer import Trainer
 from appliance.settings import Settings
 from appliance.store import Store, now
@@ -185,7 +186,8 @@ def train_set(
         started = time.perf_counter()
         test, model_dir = _finish(store, run_id, labelled_set, split, winner, backend, settings, run_dir)
         timings["export_seconds"] = time.perf_counter() - started
-        _remember(store, run_id, settings, log)
+        if labelled_set.task == "semantic":  # an instances run validates interior/boundary, not the meta-base's IoU
+            _remember(store, run_id, settings, log)
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt | SystemExit):
             store.update_run(run_id, status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
@@ -253,22 +255,19 @@ def _finish(
 ) -> tuple[Evaluation, Path]:
     """Test the winner, write overlays and the halving chart, export ONNX + JSON, register the model."""
     trainer = Trainer.load(winner["checkpoint"], device=backend.device)
-    test_images, test_masks = read_split_images(labelled_set, split.test)
-    predictions = {}
-
-    def predict(image):
-        labels = trainer.predict(image, tiles=DEFAULT_TILES)
-        predictions[len(predictions)] = labels
-        return labels
-
-    k = labelled_set.num_classes
-    test = evaluate(predict, test_images, test_masks, num_classes=k, names=split.test)
+    tested = evaluate_split(
+        labelled_set,
+        split.test,
+        lambda image: trainer.predict(image, tiles=DEFAULT_TILES),
+        min_object_px=settings.min_object_px,
+    )
+    test = tested.classes
     fault_point("tested")
     qc = run_dir / "qc"
-    for index, stem in enumerate(split.test):
-        panel = comparison_panel(test_images[index], test_masks[index], predictions[index])
-        write_png(qc / f"{stem}.png", panel)
-    atomic_write(qc / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(test.to_dict(), indent=2)))
+    for stem, image, mask, result in zip(split.test, tested.images, tested.masks, tested.results, strict=True):
+        write_png(qc / f"{stem}.png", comparison_panel(image, mask, result.labels))
+    report = {**test.to_dict(), "task": labelled_set.task, "objects": tested.objects}
+    atomic_write(qc / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     write_halving_chart(store, run_id, qc / "halving.png")
 
     validation_iou = backend.validate(trainer).mean_iou  # the winner as exported (its last slice is not validated)
@@ -292,15 +291,17 @@ def _finish(
         in_channels=labelled_set.channels,
         class_names=list(labelled_set.class_names),
         pixel_size_um=labelled_set.pixel_size_um,
+        task=labelled_set.task,
         extra={
             "set": labelled_set.name,
             "run_id": run_id,
             "model_id": model_id,
             "validation_mean_foreground_iou": validation_iou,
             "test_mean_foreground_iou": test.mean_foreground_iou,
+            **({"test_objects": tested.objects} if tested.objects else {}),
         },
     )
-    parity = onnx_parity(trainer.model, OnnxPredictor(model_dir), test_images[:1])
+    parity = onnx_parity(trainer.model, OnnxPredictor(model_dir), tested.images[:1])
     fault_point("exported")
     store.finish_export(
         run_id,
@@ -311,9 +312,17 @@ def _finish(
         test_iou=test.mean_foreground_iou,
         finished_at=now(),
     )
+    objects = tested.objects
     store.event(
         run_id,
-        f"winner {winner['config_id']}: test IoU {test.mean_foreground_iou:.3f}; exported to {model_dir} "
+        f"winner {winner['config_id']}: test IoU {test.mean_foreground_iou:.3f}"
+        + (
+            f", objects AP@0.5 {objects['ap']:.3f}, F1 {objects['f1']:.3f}, count error {objects['count_error']:.1%} "
+            f"({objects['predicted_objects']} found, {objects['true_objects']} true)"
+            if objects
+            else ""
+        )
+        + f"; exported to {model_dir} "
         f"(ONNX vs PyTorch max |logit diff| {parity['max_abs_logit_diff']:.1e})",
     )
     if settings.keep_checkpoints == "none":  # the run is finished: nothing resumes from its checkpoints any more

@@ -4,6 +4,8 @@ A labelled set is a folder laid out as::
 
     ROOT/images/<stem>.<ext>     one image per stem (TIFF, PNG or JPEG)
     ROOT/masks/<stem>.<ext>      its label mask, same stem (PNG or TIFF; 0 = background, 1..K = classes)
+    ROOT/instances/<stem>.<ext>  optional: one id per object (PNG or TIFF; 0 = background, 1..N = objects), for a
+                                 set with one class; then the set trains an instances model (touching objects apart)
     ROOT/dataset.yaml            optional metadata (see DATASET_YAML_KEYS)
 
 Other files in ROOT (``READY``, ``REJECTED.txt``, notes) and hidden files (starting with ``.``) are
@@ -38,7 +40,9 @@ DATASET_YAML_KEYS = (
     "magnification",
     "pixel_size_um",
     "budget_minutes",
+    "task",
 )
+TASKS = ("semantic", "instances")
 MAX_CLASSES = 20
 MAX_YAML_BYTES = 64 * 1024  # a dataset.yaml is a few lines
 MAX_BUDGET_MINUTES = 7 * 24 * 60
@@ -46,6 +50,7 @@ MASK_SUFFIXES = (".png", *TIFF_SUFFIXES)
 DATASET_YAML = "dataset.yaml"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
+INSTANCES_DIR = "instances"
 
 # a project or set name becomes a folder name and a command-line argument: no leading '-' or '.'
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
@@ -79,6 +84,8 @@ class LabelledSet:
         The validated ``dataset.yaml`` content (``{}`` when absent).
     binary_255 : bool
         True when the masks hold 0/255 and are read as 0/1.
+    instance_paths : tuple of Path
+        One instance mask per stem (from ``instances/``), or empty.
     """
 
     root: Path
@@ -91,6 +98,13 @@ class LabelledSet:
     shapes: tuple[tuple[int, int], ...]
     metadata: dict = field(default_factory=dict)
     binary_255: bool = False
+    instance_paths: tuple[Path, ...] = ()
+
+    @property
+    def task(self) -> str:
+        """What a model of this set learns: ``task`` from ``dataset.yaml``, else ``"instances"`` when the set brings
+        one id per object (``instances/``), else ``"semantic"`` (see :mod:`appliance.pipeline.task`)."""
+        return self.metadata.get("task") or ("instances" if self.instance_paths else "semantic")
 
     @property
     def num_classes(self) -> int:
@@ -123,6 +137,12 @@ class LabelledSet:
         if self.binary_255:
             mask[mask == _BINARY_VALUE] = 1
         return image, mask
+
+    def read_instances(self, index: int) -> np.ndarray:
+        """The ``(H, W)`` instance mask of one image (0 = background, one id per object); needs ``instance_paths``."""
+        if not self.instance_paths:
+            raise ValueError(f"the set {self.name} has no {INSTANCES_DIR}/ folder")
+        return read_mask(self.instance_paths[index]).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -179,6 +199,15 @@ def load_labelled_set(root: str | Path, *, min_images: int = 3) -> LabelledSet:
     channels = _check_channels(root, image_files, images, problems)
     labels = {stem: values for stem, (_, values) in masks.items()}
     class_names, binary_255 = _check_labels(root, mask_files, labels, metadata.get("classes"), problems)
+    instance_files = _check_instances(root, image_files, mask_files, len(class_names), problems)
+    if metadata.get("task") == "instances" and not (root / INSTANCES_DIR).exists():
+        problems.append(
+            Problem(
+                DATASET_YAML,
+                f"task: instances needs an {INSTANCES_DIR}/ folder with one instance mask per image (0 = background, "
+                f"one id per object); add it, or write task: semantic",
+            )
+        )
 
     if problems:
         raise InvalidSetError(root, problems)
@@ -194,6 +223,7 @@ def load_labelled_set(root: str | Path, *, min_images: int = 3) -> LabelledSet:
         shapes=tuple(images[stem][:2] for stem in stems),
         metadata=metadata,
         binary_255=binary_255,
+        instance_paths=tuple(instance_files[stem][0] for stem in stems) if instance_files else (),
     )
 
 
@@ -294,6 +324,73 @@ def _check_count(count: int, min_images: int, problems: list[Problem]) -> None:
                 "a train/validation/test split; add more labelled images",
             )
         )
+
+
+def _check_instances(
+    root: Path,
+    image_files: dict[str, list[Path]],
+    mask_files: dict[str, list[Path]],
+    num_classes: int,
+    problems: list[Problem],
+) -> dict[str, list[Path]]:
+    """The files of ``instances/`` by stem ({} when there is no such folder); report every problem with them:
+    a missing or extra file, one that does not decode, differs in size from its mask or marks other pixels as
+    objects than the mask does, and instances beside more than one class."""
+    folder = root / INSTANCES_DIR
+    if not folder.exists():
+        return {}
+    remove = f"or remove {INSTANCES_DIR}/ to train a class map without separate objects"
+    if not folder.is_dir():
+        problems.append(Problem(f"{INSTANCES_DIR}", f"is not a folder; make it a folder of instance masks {remove}"))
+        return {}
+    files = _list_files(root, folder, MASK_SUFFIXES, problems)
+    if num_classes > 1:
+        problems.append(
+            Problem(
+                f"{INSTANCES_DIR}/",
+                f"instance masks are supported for sets with one class, this set has {num_classes}; "
+                f"label all objects as class 1 in {MASKS_DIR}/ {remove}",
+            )
+        )
+    for stem in sorted(set(image_files) - set(files)):
+        problems.append(
+            Problem(
+                f"{IMAGES_DIR}/{image_files[stem][0].name}", f"no {INSTANCES_DIR}/{stem}.png (or .tif); add it {remove}"
+            )
+        )
+    for stem in sorted(set(files) - set(image_files)):
+        problems.append(
+            Problem(_relative(root, files[stem][0]), f"no image with the stem {stem!r}; remove this instance mask")
+        )
+    for stem in sorted(set(files) & set(mask_files)):
+        if len(files[stem]) != 1 or len(mask_files[stem]) != 1:
+            continue
+        path = files[stem][0]
+        try:
+            instances, mask = read_mask(path), read_mask(mask_files[stem][0])
+        except ImageReadError as exc:
+            if exc.path == path:
+                problems.append(Problem(_relative(root, path), exc.problem))
+            continue  # an unreadable mask is reported by the mask checks
+        if instances.shape != mask.shape:
+            problems.append(
+                Problem(
+                    _relative(root, path),
+                    f"size {_hw(instances.shape)} differs from {MASKS_DIR}/{mask_files[stem][0].name} "
+                    f"({_hw(mask.shape)}); save the instance mask at the mask's size",
+                )
+            )
+            continue
+        differ = int(np.count_nonzero((instances != 0) != (mask != 0)))
+        if differ:
+            problems.append(
+                Problem(
+                    _relative(root, path),
+                    f"{differ} pixel(s) are objects here but background in {MASKS_DIR}/{mask_files[stem][0].name} "
+                    "or the other way round; every object pixel must be foreground in the mask and nothing else",
+                )
+            )
+    return files
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -466,7 +563,8 @@ def _report_too_many(
             hint = (
                 f"without `classes` in dataset.yaml at most {MAX_CLASSES} classes (labels 0..{MAX_CLASSES}) are "
                 "accepted; this looks like an instance mask (one value per object): convert it to semantic "
-                "labels (e.g. every object -> 1), or declare the classes in dataset.yaml"
+                f"labels (e.g. every object -> 1) and put the instance mask in {INSTANCES_DIR}/ to train separate "
+                "objects, or declare the classes in dataset.yaml"
             )
         problems.append(Problem(names[stem], f"label values {_format_values(values)} found; {hint}"))
 
@@ -582,6 +680,7 @@ _VALUE_CHECKS = {
     "magnification": _positive_number,
     "pixel_size_um": _positive_number,
     "budget_minutes": _check_budget,
+    "task": _choice_check(TASKS),
 }
 
 
@@ -590,3 +689,11 @@ def read_split_images(labelled_set: LabelledSet, stems: tuple[str, ...]) -> tupl
     index = {stem: i for i, stem in enumerate(labelled_set.stems)}
     pairs = [labelled_set.read(index[stem]) for stem in stems]
     return [image for image, _ in pairs], [mask for _, mask in pairs]
+
+
+def read_split_instances(labelled_set: LabelledSet, stems: tuple[str, ...]) -> list[np.ndarray] | None:
+    """Instance masks of ``stems`` (in that order), or None for a set without ``instances/``."""
+    if not labelled_set.instance_paths:
+        return None
+    index = {stem: i for i, stem in enumerate(labelled_set.stems)}
+    return [labelled_set.read_instances(index[stem]) for stem in stems]

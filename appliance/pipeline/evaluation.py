@@ -8,7 +8,7 @@ Pixels whose truth label is negative (padding) are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -90,11 +90,24 @@ def evaluate(
 ) -> Evaluation:
     """Segment every raw ``(H, W, C)`` image with ``predict`` (image -> ``(H, W)`` labels) and score it
     against its ``(H, W)`` mask."""
-    names = list(names) if names is not None else [str(i) for i in range(len(images))]
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    return score_predictions((predict(image) for image in images), masks, num_classes=num_classes, names=names)
+
+
+def score_predictions(
+    predictions: Iterable[np.ndarray],
+    masks: Sequence[np.ndarray],
+    *,
+    num_classes: int,
+    names: Sequence[str] | None = None,
+) -> Evaluation:
+    """Score ``(H, W)`` label images against their ``(H, W)`` masks (``predictions`` may be a generator)."""
+    names = list(names) if names is not None else [str(i) for i in range(len(masks))]
     total = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
     per_image = {}
-    for name, image, mask in zip(names, images, masks, strict=True):
-        confusion = confusion_matrix(mask, predict(image), num_classes=num_classes)
+    for name, prediction, mask in zip(names, predictions, masks, strict=True):
+        confusion = confusion_matrix(mask, prediction, num_classes=num_classes)
         total += confusion
         per_image[name] = scores_from_confusion(confusion)
     return Evaluation(overall=scores_from_confusion(total), per_image=per_image)

@@ -22,6 +22,7 @@ from appliance.data.io import NORMALISATION, atomic_write, normalise
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings, sliding_window_logits, torch_runner
 from appliance.pipeline.predictor import METADATA_FILE, METADATA_FORMAT
+from appliance.pipeline.task import SEMANTIC, check_task, network_class_names
 
 MODEL_FILE = "model.onnx"
 OPSET = 17
@@ -63,15 +64,19 @@ def model_metadata(
     class_names: list[str],
     tiles: TileSettings,
     pixel_size_um: float | None = None,
+    task: str = SEMANTIC,
     extra: dict | None = None,
 ) -> dict:
-    """The content of ``model.json``: everything besides the weights that inference needs."""
+    """The content of ``model.json``: everything besides the weights that inference needs. ``class_names`` are the
+    set's classes; the network's outputs are those of ``task`` (:func:`~appliance.pipeline.task.network_class_names`).
+    """
     return {
         "format": METADATA_FORMAT,
         "code_version": __version__,
         "model_file": MODEL_FILE,
         "input": {"name": "image", "channels": in_channels, "layout": "NCHW", "size_multiple": 32},
-        "output": {"name": "logits", "classes": ["background", *class_names]},
+        "output": {"name": "logits", "classes": ["background", *network_class_names(task, class_names)]},
+        "task": check_task(task),
         "class_names": list(class_names),
         "normalisation": dict(NORMALISATION),
         "tiles": asdict(tiles),
@@ -92,6 +97,7 @@ def write_model_folder(
     class_names: list[str],
     tiles: TileSettings = DEFAULT_TILES,
     pixel_size_um: float | None = None,
+    task: str = SEMANTIC,
     extra: dict | None = None,
 ) -> tuple[Path, Path]:
     """Write ``model.onnx`` and ``model.json`` into ``out_dir``; returns both paths."""
@@ -103,6 +109,7 @@ def write_model_folder(
         class_names=class_names,
         tiles=tiles,
         pixel_size_um=pixel_size_um,
+        task=task,
         extra=extra,
     )
     json_path = atomic_write(out_dir / METADATA_FILE, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2)))

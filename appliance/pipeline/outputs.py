@@ -1,4 +1,4 @@
-"""Segmenting image files and where their results go: one naming rule for the service and ``appliance predict``.
+"""Segmenting image files and writing their results (named by :mod:`appliance.pipeline.result_names`).
 
 Light on imports (no torch): ``appliance predict`` starts in about a second.
 """
@@ -8,63 +8,28 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from appliance.data.io import read_image, write_label_image, write_png
 from appliance.errors import ApplianceError
 from appliance.pipeline.measurements import measure, write_measurements_csv
-from appliance.pipeline.objects import instance_labels, object_rows, write_instance_tiff, write_objects_csv
+from appliance.pipeline.objects import object_rows, write_instance_tiff, write_objects_csv
 from appliance.pipeline.overlay import overlay
-from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.result_names import ResultFiles, result_files, result_stem
+from appliance.pipeline.shapes import object_outlines, write_geojson, write_imagej_rois
 
-MASK_SUFFIX = "_mask.tif"
-OVERLAY_SUFFIX = "_overlay.png"
-OBJECTS_SUFFIX = "_objects.tif"
-OBJECTS_CSV_SUFFIX = "_objects.csv"
-
-
-def result_stem(relpath: str, taken: Callable[[str], bool]) -> str:
-    """The stem of an image's result files (``<stem>_mask.tif``, ``<stem>_overlay.png``): its relative path
-    without the extension, unless another image already has that stem (``x.png`` beside ``x.tif``); then the
-    extension is kept (``x_png``), with a counter when even that is taken.
-
-    >>> result_stem("day1/x.png", taken=lambda stem: stem == "day1/x")
-    'day1/x_png'
-    """
-    path = PurePosixPath(relpath)
-    plain = path.with_suffix("").as_posix()
-    candidates = [plain, f"{plain}_{path.suffix.lstrip('.').lower()}"] if path.suffix else [plain]
-    candidates += (f"{candidates[-1]}-{n}" for n in range(2, 10_000))
-    return next(stem for stem in candidates if not taken(stem))
-
-
-class ResultFiles(NamedTuple):
-    """An image's result files: the class map, the overlay, the instance labels and the per-object table."""
-
-    mask: Path
-    overlay: Path
-    objects: Path
-    objects_csv: Path
-
-    @classmethod
-    def of_mask(cls, mask: str | Path) -> ResultFiles:
-        """The files that go with a mask path (a later version of an image keeps its files)."""
-        return result_files(Path(mask).parent, Path(mask).name.removesuffix(MASK_SUFFIX))
-
-
-def result_files(out_dir: Path, stem: str) -> ResultFiles:
-    """The result files of a result stem."""
-    suffixes = (MASK_SUFFIX, OVERLAY_SUFFIX, OBJECTS_SUFFIX, OBJECTS_CSV_SUFFIX)
-    return ResultFiles(*(out_dir / f"{stem}{suffix}" for suffix in suffixes))
+if TYPE_CHECKING:
+    from appliance.pipeline.predictor import OnnxPredictor
+    from appliance.pipeline.task import Segmentation
 
 
 def write_results(
     files: ResultFiles,
     image: np.ndarray,
-    labels: np.ndarray,
+    result: Segmentation,
     *,
     class_names: Sequence[str],
     image_name: str,
@@ -72,8 +37,10 @@ def write_results(
     min_object_px: int,
 ) -> list[dict]:
     """Write an image's result files (each atomically) and return its per-class measurement rows: the class map,
-    the overlay, the instance labels (ImageJ TIFF with the pixel size) and one row per object."""
-    instances, object_class = instance_labels(labels, min_object_px=min_object_px)
+    the overlay, the instance labels (ImageJ TIFF with the pixel size), one row per object and the objects'
+    outlines (ImageJ ROI set, QuPath GeoJSON). ``result`` comes
+    from :meth:`OnnxPredictor.segment` with the same ``min_object_px``."""
+    labels, instances, object_class = result
     rows = measure(
         labels,
         class_names=class_names,
@@ -86,9 +53,12 @@ def write_results(
         instances, object_class, image, class_names=class_names, image_name=image_name, pixel_size_um=pixel_size_um
     )
     write_label_image(files.mask, labels)
-    write_png(files.overlay, overlay(image, labels))
+    write_png(files.overlay, overlay(image, labels, instances=instances, pixel_size_um=pixel_size_um))
     write_instance_tiff(files.objects, instances, pixel_size_um=pixel_size_um)
     write_objects_csv(files.objects_csv, objects, channels=image.shape[2] if image.ndim == 3 else 1)
+    outlines = object_outlines(instances)
+    write_imagej_rois(files.rois, outlines, object_class, class_names=class_names)
+    write_geojson(files.geojson, outlines, object_class, class_names=class_names)
     return rows
 
 
@@ -130,7 +100,7 @@ def segment_files(
         stems[relpath] = result_stem(relpath, taken=lambda stem: stem in stems.values())
         try:
             image = read_image(path)
-            labels = predictor.predict(image)
+            result = predictor.segment(image, min_object_px=min_object_px)
         except ApplianceError as exc:
             failures.append(exc)
             on_image(path)
@@ -139,7 +109,7 @@ def segment_files(
         rows = write_results(
             files,
             image,
-            labels,
+            result,
             class_names=predictor.class_names,
             image_name=relpath,
             pixel_size_um=predictor.pixel_size_um,

@@ -2,15 +2,19 @@
 
 :func:`display_image` turns an ``(H, W, C)`` image of any dtype into ``uint8`` RGB for viewing, with
 a per-channel percentile stretch (so 12-bit data in ``uint16`` is shown by its own range, never
-divided by 65535). :func:`overlay` colours the classes of a label image on top, and
-:func:`comparison_panel` puts image, ground truth and prediction side by side for QC reports.
+divided by 65535). :func:`overlay` colours the classes of a label image on top, outlines each object and adds a
+scale bar when the pixel size is known, and :func:`comparison_panel` puts image, ground truth and prediction side by
+side for QC reports.
 These pictures are for people only; measurements and training never use them.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import skimage.segmentation
+from PIL import Image, ImageDraw, ImageFont
 
 DISPLAY_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
@@ -72,7 +76,15 @@ def display_image(image: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.4, outline: bool = True) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    alpha: float = 0.4,
+    outline: bool = True,
+    instances: np.ndarray | None = None,
+    pixel_size_um: float | None = None,
+) -> np.ndarray:
     """Colour the classes of a label image on top of :func:`display_image` of the image.
 
     Parameters
@@ -86,6 +98,11 @@ def overlay(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.4, outlin
     outline : bool, optional
         When true, the 1-pixel inner boundary of every object
         (``skimage.segmentation.find_boundaries(labels, mode='inner')``) is drawn in the full class colour.
+    instances : (H, W) ndarray of int, optional
+        One id per object (as the results' ``_objects.tif``): outlines are drawn around each object, so touching
+        objects of one class are told apart.
+    pixel_size_um : float, optional
+        When given, a scale bar (:func:`draw_scale_bar`) is drawn in the bottom-right corner.
 
     Returns
     -------
@@ -100,7 +117,51 @@ def overlay(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.4, outlin
     """
     image = np.asarray(image)
     labels = _check_labels(labels, image.shape, name="labels")
-    return _paint(display_image(image), labels, alpha=alpha, outline=outline)
+    if instances is not None:
+        instances = _check_labels(instances, image.shape, name="instances")
+    painted = _paint(display_image(image), labels, alpha=alpha, outline=outline, objects=instances)
+    return painted if pixel_size_um is None else draw_scale_bar(painted, pixel_size_um)
+
+
+def scale_bar_length_um(width_px: int, pixel_size_um: float) -> float:
+    """The scale bar's length: the largest 1, 2 or 5 × 10^k µm not longer than a fifth of the image width.
+
+    >>> scale_bar_length_um(1000, 0.65), scale_bar_length_um(256, 0.1)
+    (100.0, 5.0)
+    """
+    if not pixel_size_um > 0 or not math.isfinite(pixel_size_um):
+        raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um!r}")
+    target = width_px * pixel_size_um / 5
+    exponent = math.floor(math.log10(target))
+    return max(m * 10.0**exponent for m in (1, 2, 5) if m * 10.0**exponent <= target)
+
+
+def draw_scale_bar(rgb: np.ndarray, pixel_size_um: float) -> np.ndarray:
+    """A white bar with its length in µm above it, outlined in black, in the bottom-right corner of an RGB picture
+    (:func:`scale_bar_length_um`); a copy."""
+    height, width = rgb.shape[:2]
+    length_um = scale_bar_length_um(width, pixel_size_um)
+    length_px = max(1, round(length_um / pixel_size_um))
+    thickness = max(2, height // 100)
+    margin = max(4, width // 50)
+    x1, y1 = width - margin, height - margin
+    x0, y0 = x1 - length_px, y1 - thickness
+    picture = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((x0 - 1, y0 - 1, x1, y1), fill=(0, 0, 0))
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(255, 255, 255))
+    font = ImageFont.load_default(size=max(10, height // 40))
+    text = f"{length_um:g} µm"
+    draw.text(
+        ((x0 + x1) / 2, y0 - 2),
+        text,
+        fill=(255, 255, 255),
+        anchor="md",
+        font=font,
+        stroke_width=1,
+        stroke_fill=(0, 0, 0),
+    )
+    return np.asarray(picture)
 
 
 def comparison_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, *, gap: int = 4) -> np.ndarray:
@@ -181,7 +242,9 @@ def _colour_table(max_label: int) -> np.ndarray:
     return table
 
 
-def _paint(base: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool) -> np.ndarray:
+def _paint(
+    base: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool, objects: np.ndarray | None = None
+) -> np.ndarray:
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be an opacity in 0..1, got {alpha}")
@@ -194,6 +257,7 @@ def _paint(base: np.ndarray, labels: np.ndarray, *, alpha: float, outline: bool)
     blended = (1.0 - alpha) * base[labelled] + alpha * table[class_labels]
     out[labelled] = np.rint(blended).astype(np.uint8)
     if outline:
-        edges = skimage.segmentation.find_boundaries(labels, mode="inner")
+        edges = skimage.segmentation.find_boundaries(labels if objects is None else objects, mode="inner")
+        edges &= labelled
         out[edges] = table[labels[edges]].astype(np.uint8)
     return out

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from appliance.data.io import NORMALISATION, normalise, read_format_json
 from appliance.errors import ModelFileError
 from appliance.pipeline.inference import TileSettings, sliding_window_logits
+from appliance.pipeline.task import SEMANTIC, TASKS, Segmentation, class_map, network_class_names, segmentation
 
 METADATA_FILE = "model.json"
 METADATA_FORMAT = 1
@@ -72,11 +73,14 @@ class OnnxPredictor:
         self.in_channels = int(self.metadata["input"]["channels"])
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.pixel_size_um: float | None = self.metadata.get("pixel_size_um")
+        self.task: str = self.metadata.get("task", SEMANTIC)
+        network = network_class_names(self.task, self.class_names)
         outputs = self.session.get_outputs()[0].shape
-        if len(outputs) == 4 and isinstance(outputs[1], int) and outputs[1] != len(self.class_names) + 1:
+        if len(outputs) == 4 and isinstance(outputs[1], int) and outputs[1] != len(network) + 1:
             raise ModelFileError(
-                f"{self.model_dir / METADATA_FILE}: class_names lists {len(self.class_names)} class(es) but the "
-                f"network gives {outputs[1] - 1} (plus background); fix class_names or export the model again"
+                f"{self.model_dir / METADATA_FILE}: a {self.task} model with class_names {self.class_names} has "
+                f"{len(network)} network class(es) ({', '.join(network)}) but the network gives {outputs[1] - 1} "
+                "(plus background); fix class_names and task or export the model again"
             )
 
     @property
@@ -94,7 +98,11 @@ class OnnxPredictor:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """``(H, W)`` uint8 label image (0 = background, 1..K = classes) of a raw ``(H, W, C)`` image."""
-        return self.logits(image).argmax(axis=0).astype(np.uint8)
+        return class_map(self.task, self.logits(image).argmax(axis=0))
+
+    def segment(self, image: np.ndarray, *, min_object_px: int = 0) -> Segmentation:
+        """Class map and one id per object of a raw ``(H, W, C)`` image (see :mod:`appliance.pipeline.task`)."""
+        return segmentation(self.task, self.logits(image).argmax(axis=0), min_object_px=min_object_px)
 
     def _check_channels(self, image: np.ndarray) -> None:
         if image.ndim != 3 or image.shape[2] != self.in_channels:
@@ -153,6 +161,8 @@ def _metadata_type_problems(metadata: dict) -> list[str]:
         TileSettings(**tiles)
     except (TypeError, ValueError) as error:
         problems.append(f"tiles must be a mapping of valid tile settings, got {tiles!r} ({error})")
+    if metadata.get("task", SEMANTIC) not in TASKS:
+        problems.append(f"task must be one of {', '.join(TASKS)}, got {metadata['task']!r}")
     pixel_size = metadata.get("pixel_size_um")
     if pixel_size is not None and not positive(pixel_size):
         problems.append(f"pixel_size_um must be a positive number or null, got {pixel_size!r}")

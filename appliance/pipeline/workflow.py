@@ -17,11 +17,12 @@ from appliance.data.labelled_set import LabelledSet, read_split_images
 from appliance.data.splits import Split, split_stems
 from appliance.pipeline.baselines import fit_otsu_baseline
 from appliance.pipeline.config import PipelineConfig
-from appliance.pipeline.evaluation import Evaluation, evaluate
+from appliance.pipeline.evaluation import Evaluation, score_predictions
 from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
 from appliance.pipeline.patches import make_training_patches
 from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.task import evaluate_split, network_classes, read_training_split
 from appliance.pipeline.trainer import Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -37,6 +38,7 @@ class TrainingReport:
     split: Split
     validation: Evaluation
     test: Evaluation
+    test_objects: dict | None
     otsu_validation: Evaluation
     parity: dict
     provider: str
@@ -55,28 +57,37 @@ def train_configuration(
     tiles: TileSettings = DEFAULT_TILES,
     device: str | None = None,
     progress: bool = True,
+    min_object_px: int = 0,
 ) -> TrainingReport:
     """Split the set (seeded 80/10/10), train ``config`` for ``seconds``, evaluate on the validation
-    and test images, compare with Otsu, export ONNX + JSON and check ONNX against PyTorch."""
+    and test images (objects below ``min_object_px`` pixels are not counted as objects), compare with Otsu, export
+    ONNX + JSON and check ONNX against PyTorch. A set with instance masks trains an instances model unless its
+    ``dataset.yaml`` says ``task: semantic`` (:mod:`appliance.pipeline.task`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = split_stems(labelled_set.stems, seed=seed)
-    train_images, train_masks = read_split_images(labelled_set, split.train)
-    val_images, val_masks = read_split_images(labelled_set, split.validation)
-    test_images, test_masks = read_split_images(labelled_set, split.test)
+    train_images, train_targets = read_training_split(labelled_set, split.train)
     k = labelled_set.num_classes
 
-    patches = make_training_patches(train_images, train_masks, patch_size=config.patch_size, num_classes=k)
-    trainer = Trainer(config, in_channels=labelled_set.channels, num_classes=k, seed=seed, device=device)
+    patches = make_training_patches(
+        train_images, train_targets, patch_size=config.patch_size, num_classes=network_classes(labelled_set)
+    )
+    trainer = Trainer(
+        config, in_channels=labelled_set.channels, num_classes=network_classes(labelled_set), seed=seed, device=device
+    )
     trainer.train(patches, seconds=seconds, progress=progress)
     trainer.save(out_dir / CHECKPOINT_FILE)
 
     started = time.perf_counter()
     predict = lambda image: trainer.predict(image, tiles=tiles)  # noqa: E731
-    validation = evaluate(predict, val_images, val_masks, num_classes=k, names=split.validation)
-    test = evaluate(predict, test_images, test_masks, num_classes=k, names=split.test)
+    validated = evaluate_split(labelled_set, split.validation, predict, min_object_px=min_object_px)
+    tested = evaluate_split(labelled_set, split.test, predict, min_object_px=min_object_px)
+    validation, test = validated.classes, tested.classes
+    _, train_masks = read_split_images(labelled_set, split.train)
     otsu = fit_otsu_baseline(train_images, train_masks, num_classes=k)
-    otsu_validation = evaluate(otsu, val_images, val_masks, num_classes=k, names=split.validation)
+    otsu_validation = score_predictions(
+        (otsu(image) for image in validated.images), validated.masks, num_classes=k, names=split.validation
+    )
     evaluation_seconds = time.perf_counter() - started
 
     metrics = {
@@ -96,6 +107,9 @@ def train_configuration(
         "validation": validation.to_dict(),
         "test": test.to_dict(),
         "otsu_validation": otsu_validation.to_dict(),
+        "task": labelled_set.task,
+        "validation_objects": validated.objects,
+        "test_objects": tested.objects,
     }
     write_model_folder(
         out_dir,
@@ -105,6 +119,7 @@ def train_configuration(
         class_names=list(labelled_set.class_names),
         tiles=tiles,
         pixel_size_um=labelled_set.pixel_size_um,
+        task=labelled_set.task,
         extra={
             "set": labelled_set.name,
             "validation_mean_foreground_iou": validation.mean_foreground_iou,
@@ -112,7 +127,7 @@ def train_configuration(
         },
     )
     predictor = OnnxPredictor(out_dir)
-    parity = onnx_parity(trainer.model, predictor, val_images, tiles=tiles)
+    parity = onnx_parity(trainer.model, predictor, validated.images, tiles=tiles)
     metrics["onnx_parity"] = parity
     metrics["onnx_provider"] = predictor.provider
     atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config.to_yaml()))
@@ -124,6 +139,7 @@ def train_configuration(
         split=split,
         validation=validation,
         test=test,
+        test_objects=tested.objects,
         otsu_validation=otsu_validation,
         parity=parity,
         provider=predictor.provider,

@@ -20,8 +20,9 @@ from appliance.data.io import read_image
 from appliance.errors import ApplianceError, ImageReadError, readable
 from appliance.faults import fault_point
 from appliance.pipeline.measurements import MEASUREMENT_COLUMNS, write_measurements_csv
-from appliance.pipeline.outputs import ResultFiles, result_files, result_stem, write_results
+from appliance.pipeline.outputs import write_results
 from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.result_names import ResultFiles, result_files, result_stem
 from appliance.service.files import file_hash, stat_key
 from appliance.service.jobs import SEGMENT
 from appliance.settings import Settings
@@ -99,7 +100,7 @@ class InferenceWorker:
         started = time.perf_counter()
         try:
             predictor = self.predictor(model)
-            labels = predictor.predict(pixels)
+            result = predictor.segment(pixels, min_object_px=self.settings.min_object_px)
         except ApplianceError as error:
             self._give_up(job, image, str(error))
             return
@@ -113,7 +114,7 @@ class InferenceWorker:
         rows = write_results(
             files,
             pixels,
-            labels,
+            result,
             class_names=predictor.class_names,
             image_name=image["relpath"],
             pixel_size_um=predictor.pixel_size_um,

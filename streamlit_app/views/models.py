@@ -9,6 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from appliance.service.packaging import package_path
 from streamlit_app import actions, common, shaping
 
 OVERLAYS_SHOWN = 4
@@ -83,12 +84,13 @@ def quality(store, model: dict) -> None:
             st.caption(f"{len(panels) - OVERLAYS_SHOWN} more in {run_dir / 'qc'}")
 
 
-def downloads(model: dict) -> None:
+def downloads(store, model: dict) -> None:
     folder = Path(model["path"]) if model.get("path") else None
     files = [folder / name for name in ("model.onnx", "model.json")] if folder else []
     if not files or not all(f.is_file() for f in files):
         common.nothing_yet("no exported files for this model")
         return
+    bioimageio_download(store, model)
     columns = st.columns(len(files))
     for column, file in zip(columns, files, strict=True):
         column.download_button(
@@ -99,6 +101,29 @@ def downloads(model: dict) -> None:
             key=f"download-{model['id']}-{file.name}",
             on_click="ignore",
         )
+
+
+def bioimageio_download(store, model: dict) -> None:
+    """The BioImage Model Zoo package (ilastik, deepImageJ, QuPath): built on request, then offered for download."""
+    package = package_path(model)
+    if not package.is_file():
+        if st.button("Build a BioImage.IO package (ilastik, deepImageJ, QuPath)", key=f"bioimageio-{model['id']}"):
+            with st.spinner("Packaging the model (ONNX and TorchScript weights, test tensors, cover)…"):
+                try:
+                    actions.build_package(store, model_id=model["id"])
+                except actions.ActionError as error:
+                    st.error(str(error))
+                    return
+            st.rerun()
+        return
+    st.download_button(
+        f"Download the BioImage.IO package ({shaping.format_bytes(package.stat().st_size)})",
+        data=package.read_bytes,
+        file_name=f"{model['id']}.bioimageio.zip",
+        mime="application/zip",
+        key=f"download-{model['id']}-bioimageio",
+        on_click="ignore",
+    )
 
 
 def admin(store, project: str, models: list[dict]) -> None:
@@ -181,7 +206,7 @@ def details(store, project: str) -> None:
     model_id = st.selectbox("Model", ids, index=default, key=f"models_detail_{project}")
     model = next(m for m in in_project if m["id"] == model_id)
     common.guarded("Quality", lambda: quality(store, model))
-    common.guarded("Downloads", lambda: downloads(model))
+    common.guarded("Downloads", lambda: downloads(store, model))
 
 
 def body() -> None:

@@ -9,6 +9,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from appliance.pipeline.result_names import ResultFiles
 from appliance.store import Store
 from streamlit_app import common, shaping
 
@@ -58,6 +59,31 @@ def recent(store, chosen: dict) -> None:
         rows = shaping.measurement_table(store.measurement_rows(image_id=image_id))
         st.markdown(f"**Measurements** (model {image.get('model_id')})")
         st.dataframe(measurement_card(rows), hide_index=True, width="stretch")
+        if image.get("mask_path"):
+            object_downloads(ResultFiles.of_mask(image["mask_path"]), image["id"])
+
+
+OBJECT_FILES = (
+    ("objects_csv", "objects table (CSV)", "text/csv"),
+    ("objects", "object labels (TIFF: Fiji, napari)", "image/tiff"),
+    ("rois", "outlines (ImageJ ROI set)", "application/zip"),
+    ("geojson", "outlines (GeoJSON: QuPath)", "application/geo+json"),
+)
+
+
+def object_downloads(files: ResultFiles, image_id: int) -> None:
+    """The image's per-object files, one download button each (files an older version did not write are left out)."""
+    present = [(getattr(files, field), label, mime) for field, label, mime in OBJECT_FILES]
+    present = [(path, label, mime) for path, label, mime in present if path.is_file()]
+    for path, label, mime in present:
+        st.download_button(
+            f"{label}, {shaping.format_bytes(path.stat().st_size)}",
+            data=path.read_bytes,
+            file_name=path.name,
+            mime=mime,
+            key=f"objects-{image_id}-{path.name}",
+            on_click="ignore",
+        )
 
 
 def measurement_card(rows: list[dict]) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import pytest
 
 from appliance.automl.job import train_set
 from appliance.automl.metabase import read_metabase_rows
+from appliance.data.io import read_image
 from appliance.pipeline.config import PAPER_DEFAULT
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.settings import Settings
@@ -147,3 +148,29 @@ def test_a_budget_too_small_for_any_race_trains_the_default_without_waiting_for_
     assert not plan["search"] and [t["config_id"] for t in plan["trials"]] == [PAPER_DEFAULT.id]
     assert "not ranked" in result.run["ranking_source"]
     assert result.timings["planning_seconds"] < 1.0  # the whole budget went to training
+
+
+@pytest.mark.slow
+def test_a_set_with_instance_masks_gives_an_instances_model_scored_on_objects(tmp_path, instance_set_dir, monkeypatch):
+    from tests.service.e2e import seed_throughput
+
+    settings = Settings(data_dir=tmp_path / "data", default_budget=6.0, quality_gate=False)
+    seed_throughput(settings.store_path, monkeypatch)
+    result = train_set(instance_set_dir, settings, device="cpu")
+
+    metadata = json.loads((result.model_dir / "model.json").read_text())
+    assert metadata["task"] == "instances" and metadata["class_names"] == ["cell"]
+    assert metadata["output"]["classes"] == ["background", "interior", "boundary"]
+    assert set(metadata["test_objects"]) >= {"ap", "f1", "count_error", "true_objects", "predicted_objects"}
+    assert metadata["test_objects"]["true_objects"] == 6  # the one test image: three touching pairs
+    report = json.loads((Path(result.run["run_dir"]) / "qc" / "test.json").read_text())
+    assert report["task"] == "instances" and report["objects"] == metadata["test_objects"]
+    events = [e["message"] for e in Store(settings.store_path).events(result.run_id)]
+    assert any("objects AP@0.5" in message for message in events)
+
+    predictor = OnnxPredictor(result.model_dir)
+    image = read_image(instance_set_dir / "images" / "c0.png")
+    assert set(np.unique(predictor.predict(image))) <= {0, 1}  # the set's class map, not interior/boundary
+    labels, instances, object_class = predictor.segment(image)
+    assert instances.dtype == np.uint32 and len(object_class) == instances.max()
+    assert np.array_equal(labels, predictor.predict(image))

@@ -213,6 +213,9 @@ def test_real_ctc_hela_set():
     image, mask = labelled.read(0)
     assert image.dtype == np.uint16
     assert mask.shape == image.shape[:2]
+    assert labelled.task == "instances"
+    instances = labelled.read_instances(0)
+    assert np.array_equal(instances > 0, mask > 0) and len(np.unique(instances)) == 60  # 59 nuclei + background
 
 
 # --- problems: layout -----------------------------------------------------------------------------
@@ -477,3 +480,68 @@ def test_valid_project_names(tmp_path):
     for i, name in enumerate(("a", "HeLa_2024-v1.2", "x" * 64)):
         root = _make_set(tmp_path / f"set{i}", yaml_text=f"project: {name}\n")
         assert load_labelled_set(root).metadata["project"] == name
+
+
+# --- instance masks ---------------------------------------------------------------------------------
+
+
+def _instances_of(mask: np.ndarray) -> np.ndarray:
+    """One id per connected stripe of ``mask`` (ids 7, 8, ... so that they are not consecutive from 1)."""
+    import skimage.measure
+
+    labels = skimage.measure.label(mask > 0, connectivity=1).astype(np.uint16)
+    return np.where(labels > 0, labels + 6, 0).astype(np.uint16)
+
+
+def _make_instance_set(root: Path, n: int = 4) -> Path:
+    _make_set(root, n)
+    for i in range(n):
+        _write_mask(root / "instances" / f"s{i}.png", _instances_of(_mask(i)))
+    return root
+
+
+def test_a_set_with_instance_masks_trains_instances(tmp_path):
+    root = _make_instance_set(tmp_path / "set")
+    labelled = load_labelled_set(root)
+    assert labelled.task == "instances"
+    assert [p.name for p in labelled.instance_paths] == [f"s{i}.png" for i in range(4)]
+    assert np.array_equal(labelled.read_instances(2), _instances_of(_mask(2)))
+    assert load_labelled_set(_make_set(tmp_path / "plain")).task == "semantic"
+
+
+def test_dataset_yaml_task_chooses_semantic_even_with_instance_masks(tmp_path):
+    root = _make_instance_set(tmp_path / "set")
+    (root / "dataset.yaml").write_text("task: semantic\n")
+    labelled = load_labelled_set(root)
+    assert labelled.task == "semantic" and len(labelled.instance_paths) == 4  # kept for object scores
+
+
+def test_task_instances_without_the_folder_says_what_to_add(tmp_path):
+    root = _make_set(tmp_path / "set", yaml_text="task: instances\n")
+    problem = _only(_problems(root), "dataset.yaml")
+    assert "instances/" in problem.message and "task: semantic" in problem.message
+
+
+def test_every_instance_problem_is_named(tmp_path):
+    root = _make_instance_set(tmp_path / "set", n=5)
+    (root / "instances" / "s0.png").unlink()  # missing
+    _write_mask(root / "instances" / "extra.png", _instances_of(_mask(0)))  # no image
+    _write_mask(root / "instances" / "s1.png", np.zeros((H + 2, W), dtype=np.uint16))  # wrong size
+    shifted = np.roll(_instances_of(_mask(2)), 1, axis=0)
+    _write_mask(root / "instances" / "s2.png", shifted)  # objects where the mask has background
+    (root / "instances" / "s3.png").write_bytes(b"not a png")  # unreadable
+    problems = _problems(root)
+    assert "no instances/s0.png" in _only(problems, "images/s0.png").message
+    assert "no image with the stem 'extra'" in _only(problems, "instances/extra.png").message
+    assert f"{H + 2}×{W}" in _only(problems, "instances/s1.png").message
+    assert "pixel(s) are objects here but background in masks/s2.png" in _only(problems, "instances/s2.png").message
+    _only(problems, "instances/s3.png")
+    assert not [p for p in problems if p.file.startswith("masks/")]  # the masks themselves are fine
+
+
+def test_instance_masks_beside_several_classes_are_refused(tmp_path):
+    root = _make_set(tmp_path / "set", classes=2)
+    for i in range(4):
+        _write_mask(root / "instances" / f"s{i}.png", _instances_of(_mask(i, classes=2)))
+    problem = _only(_problems(root), "instances/")
+    assert "one class" in problem.message and "has 2" in problem.message

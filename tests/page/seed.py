@@ -22,8 +22,10 @@ import numpy as np
 
 from appliance.automl.schedule import HalvingSchedule
 from appliance.data.io import read_image, read_mask, write_png
-from appliance.pipeline.measurements import measure
+from appliance.pipeline.outputs import write_results
 from appliance.pipeline.overlay import comparison_panel, overlay
+from appliance.pipeline.result_names import result_files
+from appliance.pipeline.task import SEMANTIC, segmentation
 from appliance.store import Store
 
 DEMO_SET = Path(str(files("appliance") / "demo_data" / "labelled" / "usiigaci_phase_cells_demo"))
@@ -263,11 +265,20 @@ def _segment(store: Store, data_dir: Path, project: str, stem: str, model_id: st
     job_id, _ = store.enqueue("segment", image_id, payload={"image_id": image_id}, project=project)
     store.update_image(image_id, job_id=job_id)
     job = store.claim("segment", owner, lease_seconds=60, projects=[project])
-    overlay_path = data_dir / "results" / project / "2026-11-21" / f"{stem}_overlay.png"
-    write_png(overlay_path, overlay(image, mask))
-    rows = measure(mask, class_names=["cell"], image=relpath, pixel_size_um=0.65)
+    files = result_files(data_dir / "results" / project, f"2026-11-21/{stem}")
+    result = segmentation(SEMANTIC, mask.astype(np.uint8), min_object_px=10)
+    rows = write_results(
+        files, image, result, class_names=["cell"], image_name=relpath, pixel_size_um=0.65, min_object_px=10
+    )
     store.finish_image(
-        job["key"], job["id"], owner, rows=rows, model_id=model_id, overlay_path=str(overlay_path), error=None
+        job["key"],
+        job["id"],
+        owner,
+        rows=rows,
+        model_id=model_id,
+        mask_path=str(files.mask),
+        overlay_path=str(files.overlay),
+        error=None,
     )
 
 

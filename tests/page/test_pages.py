@@ -303,3 +303,28 @@ def test_a_model_trained_for_seconds_is_kept_out_by_the_quality_gate_and_the_pag
     problems = open_page("views/problems.py")
     errors = [e.value for e in problems.error]
     assert any(f"its model {model} was not activated: {decision.reason}" in e for e in errors), errors
+
+
+def test_results_offers_the_selected_images_object_files(page_env, typical_store):
+    page_env(typical_store)
+    app = open_page("views/results.py")
+    labels = [button.proto.label for button in app.get("download_button")]
+    for kind in ("objects table (CSV)", "object labels (TIFF", "outlines (ImageJ ROI set)", "outlines (GeoJSON"):
+        assert any(label.startswith(kind) for label in labels), (kind, labels)
+
+
+def test_models_builds_a_bioimageio_package_on_request_and_says_why_it_cannot(page_env, tmp_path):
+    seed_typical(tmp_path)
+    page_env(tmp_path)
+    store = Store(tmp_path / "appliance.sqlite")
+    active = store.active_model(PROJECT)
+    app = open_page("views/models.py")
+    build = next(b for b in app.button if b.label.startswith("Build a BioImage.IO package"))
+    build.click().run()  # the seeded run's set folder is not there: no test image to package with
+    assert not app.exception
+    assert any("are gone from" in e.value and "--test-image" in e.value for e in app.error), app.error
+
+    (Path(active["path"]) / "bioimageio.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # built earlier
+    app = open_page("views/models.py")
+    labels = [button.proto.label for button in app.get("download_button")]
+    assert any(label.startswith("Download the BioImage.IO package") for label in labels), labels

@@ -82,7 +82,9 @@ def test_a_folder_without_json_is_explained(tmp_path):
         ({"input": {"channels": "abc"}}, "input.channels must be a positive whole number, got 'abc'"),
         ({"class_names": []}, "class_names must be a non-empty list of names, got []"),
         ({"pixel_size_um": "abc"}, "pixel_size_um must be a positive number or null, got 'abc'"),
-        ({"class_names": ["cell", "debris"]}, "class_names lists 2 class(es) but the network gives 1"),
+        ({"class_names": ["cell", "debris"]}, "has 2 network class(es) (cell, debris) but the network gives 1"),
+        ({"task": "instances"}, "has 2 network class(es) (interior, boundary) but the network gives 1"),
+        ({"task": "panoptic"}, "task must be one of semantic, instances, got 'panoptic'"),
     ],
 )
 def test_a_hand_edited_model_json_names_the_bad_key(trained, tmp_path, edit, message):

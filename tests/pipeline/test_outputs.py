@@ -6,8 +6,9 @@ import shutil
 import imageio.v3 as iio
 import tifffile
 
-from appliance.pipeline.outputs import result_stem, segment_files
+from appliance.pipeline.outputs import segment_files
 from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.result_names import result_stem
 
 
 def test_a_stem_taken_by_another_file_keeps_the_extension_then_counts():
@@ -35,3 +36,24 @@ def test_same_names_in_two_folders_and_two_extensions_give_separate_results(tmp_
     with open(tmp_path / "out" / "measurements.csv") as handle:
         images = [row["image"] for row in csv.DictReader(handle)]
     assert images == ["a/cell.tif", "b/cell.tif", "a/cell.png"]
+
+
+def test_every_object_file_of_an_image_holds_the_same_objects(tmp_path, demo_images_dir, trained_model):
+    import json
+
+    import numpy as np
+    import roifile
+
+    done, failures = segment_files(
+        OnnxPredictor(trained_model), [demo_images_dir / "set20.tif"], out_dir=tmp_path, min_object_px=10
+    )
+    assert failures == []
+    files = done[0].files
+    ids = np.unique(tifffile.imread(files.objects))
+    ids = ids[ids > 0].tolist()
+    with open(files.objects_csv) as handle:
+        assert [int(row["object_id"]) for row in csv.DictReader(handle)] == ids
+    assert [int(roi.name.split("-")[0]) for roi in roifile.roiread(files.rois)] == ids
+    features = json.loads(files.geojson.read_text())["features"]
+    assert [f["properties"]["object_id"] for f in features] == ids
+    assert sum(row["object_count"] for row in done[0].measurements) == len(ids)

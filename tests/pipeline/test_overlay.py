@@ -165,3 +165,33 @@ def test_comparison_panel_refuses_mismatched_prediction_and_negative_gap():
         comparison_panel(image, labels, labels[:4])
     with pytest.raises(ValueError, match="gap"):
         comparison_panel(image, labels, labels, gap=-1)
+
+
+def test_overlay_outlines_each_object_so_touching_objects_of_one_class_are_told_apart():
+    image = np.zeros((10, 12, 1), dtype=np.uint8)
+    labels = np.zeros((10, 12), dtype=np.uint8)
+    labels[2:8, 2:10] = 1
+    instances = np.zeros((10, 12), dtype=np.uint32)
+    instances[2:8, 2:6], instances[2:8, 6:10] = 1, 2
+    red = list(CLASS_COLOURS[0])
+    by_class = overlay(image, labels)
+    by_object = overlay(image, labels, instances=instances)
+    assert by_class[4, 5].tolist() != red and by_class[4, 6].tolist() != red  # one blob: its middle is blended
+    assert by_object[4, 5].tolist() == red and by_object[4, 6].tolist() == red  # the contact line is outlined
+    assert np.array_equal(by_object[labels == 0], by_class[labels == 0])
+
+
+def test_a_scale_bar_of_a_round_length_appears_only_with_a_pixel_size():
+    from appliance.pipeline.overlay import scale_bar_length_um
+
+    image = np.zeros((200, 400, 1), dtype=np.uint8)
+    labels = np.zeros((200, 400), dtype=np.uint8)
+    plain = overlay(image, labels)
+    assert plain.max() == 0
+    assert scale_bar_length_um(400, 0.5) == 20.0  # a fifth of 200 µm is 40 µm: the largest 1-2-5 below is 20
+    barred = overlay(image, labels, pixel_size_um=0.5)
+    white_rows = [(barred[y, :, :] == 255).all(axis=1).sum() for y in range(200)]
+    assert max(white_rows) == 40  # 20 µm at 0.5 µm per pixel
+    assert np.flatnonzero((barred[:, :200] > 0).any(axis=(1, 2))).size == 0  # the left half is untouched
+    with pytest.raises(ValueError, match="positive"):
+        scale_bar_length_um(400, 0.0)

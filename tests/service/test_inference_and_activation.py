@@ -329,16 +329,16 @@ def test_a_file_written_on_while_it_is_segmented_gets_the_results_of_its_final_c
     assert len(detector.tick(clock=2.0)) == 1
     worker = InferenceWorker(settings, store, log=lambda m: None)
     predictor = worker.predictor(store.active_model("phase-demo"))
-    real_predict = predictor.predict
+    real_segment = predictor.segment
 
-    def predict_while_the_writer_finishes(pixels):
+    def segment_while_the_writer_finishes(pixels, **options):
         target.write_bytes(final)
         os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        return real_predict(pixels)
+        return real_segment(pixels, **options)
 
-    monkeypatch.setattr(predictor, "predict", predict_while_the_writer_finishes)
+    monkeypatch.setattr(predictor, "segment", segment_while_the_writer_finishes)
     assert worker.run_once()
-    monkeypatch.setattr(predictor, "predict", real_predict)
+    monkeypatch.setattr(predictor, "segment", real_segment)
     assert store.images()[0]["status"] == "superseded"
     assert not (settings.results / "phase-demo" / "a_mask.tif").exists()
     detector.rescan()

@@ -10,6 +10,7 @@ import tifffile
 
 from appliance.data.io import read_image
 from appliance.pipeline.predictor import OnnxPredictor
+from appliance.pipeline.result_names import ResultFiles
 from appliance.service.intake import READY_FILE, REJECTED_FILE
 
 from .bad_inputs import BAD_SETS, make_bad_set
@@ -87,8 +88,9 @@ def test_set_dropped_then_images_are_segmented_exactly_once(tmp_path, demo_set_d
         slow_mask = tifffile.imread(data / "results" / "phase-demo" / "slow_mask.tif")
         assert np.array_equal(slow_mask, OnnxPredictor(model_path).predict(big[:, :, None]))
         files = [p for p in (data / "results").rglob("*") if p.is_file()]
-        # a class map, an overlay, an instance TIFF and an object table per image, and one CSV; no temporary files
-        assert len(files) == 4 * len(names) + 1
+        # every result file of each image (ResultFiles: class map, overlay, instances, objects, outlines) and one
+        # CSV; no temporary files
+        assert len(files) == len(ResultFiles._fields) * len(names) + 1
     finally:
         assert service.terminate() == 0, service.log()
     assert "service stopped" in service.log()
