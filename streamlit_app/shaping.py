@@ -359,6 +359,25 @@ def per_class_scores(test: Mapping | None, class_names: Sequence[str]) -> list[d
     return rows
 
 
+def object_scores(objects: Mapping) -> dict:
+    """One row of a test report's object scores (``instance_scores``), formatted for people.
+
+    >>> row = object_scores({"ap": 0.5, "f1": 0.6667, "precision": 0.75, "recall": 0.6, "count_error": 0.125,
+    ...                      "true_objects": 10, "predicted_objects": 8})
+    >>> row["AP@0.5"], row["F1"], row["count error"], row["found"]
+    ('0.500', '0.667', '12.5%', 8)
+    """
+    return {
+        **{
+            label: f"{objects[key]:.3f}"
+            for key, label in (("ap", "AP@0.5"), ("f1", "F1"), ("precision", "precision"), ("recall", "recall"))
+        },
+        "count error": f"{objects['count_error']:.1%}",
+        "true objects": objects["true_objects"],
+        "found": objects["predicted_objects"],
+    }
+
+
 def activation_history(activations: Iterable[Mapping]) -> list[dict]:
     """The decisions of a project, newest first, with both numbers behind each."""
     rows = []

@@ -47,6 +47,10 @@ def quality(store, model: dict) -> None:
             )
         else:
             common.nothing_yet("no test report (qc/test.json) for this model's run")
+        objects = (report or {}).get("objects")
+        if objects:
+            st.markdown("**Objects on the test images** (matched at IoU > 0.5, as Cellpose and StarDist count)")
+            st.dataframe(pd.DataFrame([shaping.object_scores(objects)]), hide_index=True, width="stretch")
     with right:
         st.markdown("**Learning curve of the winner** (validation IoU after each halving step)")
         curve = [
