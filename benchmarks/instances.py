@@ -30,12 +30,12 @@ from pathlib import Path
 from appliance.data.labelled_set import load_labelled_set
 from appliance.pipeline.config import PAPER_DEFAULT
 from appliance.pipeline.device import device_name, resolve_device
+from appliance.pipeline.task import TASKS
 from appliance.pipeline.workflow import train_configuration
 from appliance.settings import Settings
 from appliance.version import code_version
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-TASKS = ("semantic", "instances")
 
 
 def run_cell(set_dir: Path, task: str, *, seconds: float, seed: int, device: str | None, min_object_px: int) -> dict:

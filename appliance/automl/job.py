@@ -40,7 +40,7 @@ from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES
 from appliance.pipeline.overlay import comparison_panel
 from appliance.pipeline.predictor import OnnxPredictor
-from appliance.pipeline.task import evaluate_split
+from appliance.pipeline.task import SEMANTIC, evaluate_split
 from appliance.pipeline.trainer import Trainer
 from appliance.settings import Settings
 from appliance.store import Store, now
@@ -186,7 +186,7 @@ def train_set(
         started = time.perf_counter()
         test, model_dir = _finish(store, run_id, labelled_set, split, winner, backend, settings, run_dir)
         timings["export_seconds"] = time.perf_counter() - started
-        if labelled_set.task == "semantic":  # an instances run validates interior/boundary, not the meta-base's IoU
+        if labelled_set.task == SEMANTIC:  # an instances run validates interior/boundary, not the meta-base's IoU
             _remember(store, run_id, settings, log)
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt | SystemExit):

@@ -42,7 +42,8 @@ DATASET_YAML_KEYS = (
     "budget_minutes",
     "task",
 )
-TASKS = ("semantic", "instances")
+SEMANTIC, INSTANCES = TASKS = ("semantic", "instances")
+"""What a model of a set learns (:mod:`appliance.pipeline.task` says what each means)."""
 MAX_CLASSES = 20
 MAX_YAML_BYTES = 64 * 1024  # a dataset.yaml is a few lines
 MAX_BUDGET_MINUTES = 7 * 24 * 60
@@ -104,7 +105,7 @@ class LabelledSet:
     def task(self) -> str:
         """What a model of this set learns: ``task`` from ``dataset.yaml``, else ``"instances"`` when the set brings
         one id per object (``instances/``), else ``"semantic"`` (see :mod:`appliance.pipeline.task`)."""
-        return self.metadata.get("task") or ("instances" if self.instance_paths else "semantic")
+        return self.metadata.get("task") or (INSTANCES if self.instance_paths else SEMANTIC)
 
     @property
     def num_classes(self) -> int:
@@ -200,7 +201,7 @@ def load_labelled_set(root: str | Path, *, min_images: int = 3) -> LabelledSet:
     labels = {stem: values for stem, (_, values) in masks.items()}
     class_names, binary_255 = _check_labels(root, mask_files, labels, metadata.get("classes"), problems)
     instance_files = _check_instances(root, image_files, mask_files, len(class_names), problems)
-    if metadata.get("task") == "instances" and not (root / INSTANCES_DIR).exists():
+    if metadata.get("task") == INSTANCES and not (root / INSTANCES_DIR).exists():
         problems.append(
             Problem(
                 DATASET_YAML,

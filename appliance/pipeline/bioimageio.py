@@ -25,7 +25,7 @@ from appliance.data.io import NORMALISATION_EPS, atomic_write, normalise, write_
 from appliance.errors import ApplianceError
 from appliance.pipeline.overlay import display_image, overlay
 from appliance.pipeline.predictor import CPU_PROVIDER, METADATA_FILE, OnnxPredictor
-from appliance.pipeline.task import INSTANCES, network_class_names
+from appliance.pipeline.task import INSTANCES, SEMANTIC, network_class_names
 
 FORMAT_VERSION = "0.5.4"
 TEST_SIDE = 256  # the test tensors' largest side: small, a multiple of 32
@@ -132,7 +132,7 @@ def _space_axes(sizes: dict) -> list[dict]:
 
 
 def _description(metadata: dict, weights: dict, *, authors: tuple[str, ...], license: str) -> dict:
-    task = metadata.get("task", "semantic")
+    task = metadata.get("task", SEMANTIC)
     outputs = ["background", *network_class_names(task, metadata["class_names"])]
     channels = metadata["input"]["channels"]
     input_sizes = {axis: {"min": 64, "step": 32} for axis in ("y", "x")}
@@ -184,7 +184,7 @@ def _plain(value):
 
 
 def _readme(metadata: dict, weights: dict) -> str:
-    task = metadata.get("task", "semantic")
+    task = metadata.get("task", SEMANTIC)
     outputs = ["background", *network_class_names(task, metadata["class_names"])]
     lines = [
         f"# U-Net for {metadata.get('set', 'a labelled set')}",

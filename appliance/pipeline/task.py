@@ -20,17 +20,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from appliance.data.labelled_set import LabelledSet, read_split_images, read_split_instances
+from appliance.data.labelled_set import INSTANCES, SEMANTIC, TASKS, LabelledSet, read_split_images, read_split_instances
 from appliance.pipeline.evaluation import Evaluation, score_predictions
 from appliance.pipeline.instances import BOUNDARY, INTERIOR, instance_scores, instance_targets, instances_from_classes
 from appliance.pipeline.objects import instance_labels
 
-SEMANTIC = "semantic"
-INSTANCES = "instances"
-TASKS = (SEMANTIC, INSTANCES)
-INSTANCE_NETWORK_CLASSES = ("interior", "boundary")
-"""The network's foreground classes of an instances model, in label order (1, 2)."""
-assert (INTERIOR, BOUNDARY) == (1, 2)
+INSTANCE_NETWORK_CLASSES = tuple(name for _, name in sorted({INTERIOR: "interior", BOUNDARY: "boundary"}.items()))
+"""The network's foreground classes of an instances model, in label order."""
 
 
 class Segmentation(NamedTuple):
