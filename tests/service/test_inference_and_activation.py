@@ -372,11 +372,12 @@ def test_training_that_fills_the_disk_is_paused_without_spending_an_attempt(sett
 def test_running_training_stops_resumably_when_the_disk_runs_low(settings, store, monkeypatch):
     import appliance.service.training as training
 
-    supervisor = _supervisor_with_child(settings, store, "import time; time.sleep(60)")
+    supervisor = _supervisor_with_child(settings, store, "import time; time.sleep(900)")
     monkeypatch.setattr(training, "training_must_stop", lambda settings: (True, "only 0.1 GB free, below half"))
     started = time.monotonic()
     assert supervisor.run_once(threading.Event())
-    assert time.monotonic() - started < 30  # the child was interrupted, not waited for
+    # the child was interrupted, not waited for (a loaded machine once took 31 s to start and stop it)
+    assert time.monotonic() - started < 300
     (job,) = store.jobs("train")
     assert job["status"] == "queued" and job["attempts"] == 0 and "only 0.1 GB free" in job["error"]
 
