@@ -22,7 +22,7 @@ from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
 from appliance.pipeline.patches import make_training_patches
 from appliance.pipeline.predictor import OnnxPredictor
-from appliance.pipeline.task import evaluate_split, network_classes, read_training_split
+from appliance.pipeline.task import SEMANTIC, evaluate_split, network_classes, read_training_split
 from appliance.pipeline.trainer import Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -83,7 +83,8 @@ def train_configuration(
     validated = evaluate_split(labelled_set, split.validation, predict, min_object_px=min_object_px)
     tested = evaluate_split(labelled_set, split.test, predict, min_object_px=min_object_px)
     validation, test = validated.classes, tested.classes
-    _, train_masks = read_split_images(labelled_set, split.train)
+    # the targets are the masks themselves for a semantic set; an instances set's masks are read for Otsu only
+    train_masks = train_targets if labelled_set.task == SEMANTIC else read_split_images(labelled_set, split.train)[1]
     otsu = fit_otsu_baseline(train_images, train_masks, num_classes=k)
     otsu_validation = score_predictions(
         (otsu(image) for image in validated.images), validated.masks, num_classes=k, names=split.validation
