@@ -6,7 +6,12 @@ is trained twice for the same time T on the same machine, one after the other:
 * ``semantic``: the network learns the set's class map; objects are its connected components (what every semantic
   tool gives, and what the appliance gave before instance mode).
 * ``instances``: the network learns background / interior / boundary from the instance masks; objects come from a
-  seeded watershed of the interiors (:mod:`appliance.pipeline.task`).
+  seeded watershed of its probabilities, the seed depth chosen on the validation images
+  (:mod:`appliance.pipeline.task`).
+* ``semantic + watershed`` (a row of its own, from the semantic model above): the same watershed on the semantic
+  model's foreground probability (interior probability := foreground probability, no boundary), its seed depth chosen
+  on the validation images the same way. It says how much of the instances model's gain is the watershed and how
+  much the boundary class.
 
 Both are scored on the test images against the set's own instance masks: AP at IoU 0.5 (TP / (TP + FP + FN), as
 Cellpose and StarDist report it), F1, count error, and the class map's foreground IoU. Objects below the appliance's
@@ -27,9 +32,19 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from appliance.data.labelled_set import load_labelled_set
+import numpy as np
+
+from appliance.data.labelled_set import (
+    SEMANTIC,
+    LabelledSet,
+    load_labelled_set,
+    read_split_images,
+    read_split_instances,
+)
 from appliance.pipeline.config import PAPER_DEFAULT
 from appliance.pipeline.device import device_name, resolve_device
+from appliance.pipeline.instances import choose_seed_depth, instance_scores, instances_from_probabilities, softmax
+from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.task import TASKS
 from appliance.pipeline.workflow import train_configuration
 from appliance.settings import Settings
@@ -54,6 +69,11 @@ def run_cell(set_dir: Path, task: str, *, seconds: float, seed: int, device: str
             progress=False,
             min_object_px=min_object_px,
         )
+        watershed = (
+            semantic_watershed(labelled_set, report, min_object_px=min_object_px)
+            if task == SEMANTIC and labelled_set.num_classes == 1
+            else None
+        )
     objects = report.test_objects
     return {
         "set": set_dir.name,
@@ -67,8 +87,30 @@ def run_cell(set_dir: Path, task: str, *, seconds: float, seed: int, device: str
         "device": device_name(resolve_device(device)),
         "code_version": code_version(),
         "min_object_px": min_object_px,
+        "seed_depth_px": report.metrics.get("seed_depth_px"),
+        **({"watershed": watershed} if watershed else {}),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def semantic_watershed(labelled_set: LabelledSet, report, *, min_object_px: int) -> dict:
+    """The instances watershed on a one-class semantic model's probabilities: (background, foreground, 0)."""
+    predictor = OnnxPredictor(report.out_dir)
+
+    def probabilities(stems: tuple[str, ...]) -> list[np.ndarray]:
+        images, _ = read_split_images(labelled_set, stems)
+        return [np.concatenate([p, np.zeros_like(p[:1])]) for p in (softmax(predictor.logits(i)) for i in images)]
+
+    validation, test = report.split.validation, report.split.test
+    depth, _ = choose_seed_depth(
+        probabilities(validation), read_split_instances(labelled_set, validation), min_object_px=min_object_px
+    )
+    predictions = [
+        instances_from_probabilities(p, seed_depth_px=depth, min_object_px=min_object_px) for p in probabilities(test)
+    ]
+    scores = instance_scores(read_split_instances(labelled_set, test), predictions)
+    keys = ("ap", "f1", "count_error", "true_objects", "predicted_objects")
+    return {**{key: scores[key] for key in keys}, "seed_depth_px": depth}
 
 
 def table(rows: list[dict]) -> str:
@@ -81,6 +123,13 @@ def table(rows: list[dict]) -> str:
             f"| {r['set']} | {r['seconds'] / 60:g} min | {r['model']} | {r['test_images']} | {r['true_objects']} | "
             f"{r['predicted_objects']} | {r['ap']:.3f} | {r['f1']:.3f} | {r['count_error']:.1%} | {r['test_iou']:.3f} |"
         )
+        if "watershed" in r:
+            w = r["watershed"]
+            lines.append(
+                f"| {r['set']} | {r['seconds'] / 60:g} min | semantic + watershed (depth {w['seed_depth_px']:g} px) | "
+                f"{r['test_images']} | {w['true_objects']} | {w['predicted_objects']} | {w['ap']:.3f} | "
+                f"{w['f1']:.3f} | {w['count_error']:.1%} | {r['test_iou']:.3f} |"
+            )
     by_set: dict[tuple, dict] = {}
     for r in rows:
         by_set.setdefault((r["set"], r["seconds"], r["seed"]), {})[r["model"]] = r

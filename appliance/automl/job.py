@@ -40,7 +40,7 @@ from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES
 from appliance.pipeline.overlay import comparison_panel
 from appliance.pipeline.predictor import OnnxPredictor
-from appliance.pipeline.task import SEMANTIC, evaluate_split
+from appliance.pipeline.task import CHOOSE, INSTANCES, SEMANTIC, evaluate_split
 from appliance.pipeline.trainer import Trainer
 from appliance.settings import Settings
 from appliance.store import Store, now
@@ -255,18 +255,24 @@ def _finish(
 ) -> tuple[Evaluation, Path]:
     """Test the winner, write overlays and the halving chart, export ONNX + JSON, register the model."""
     trainer = Trainer.load(winner["checkpoint"], device=backend.device)
+    predict = lambda image: trainer.logits(image, tiles=DEFAULT_TILES)  # noqa: E731
+    seed_depth = None
+    if labelled_set.task == INSTANCES:  # the watershed's seed depth, chosen on the validation objects
+        validated = evaluate_split(
+            labelled_set, split.validation, predict, min_object_px=settings.min_object_px, seed_depth_px=CHOOSE
+        )
+        seed_depth = validated.seed_depth_px
+        tried = ", ".join(f"{depth:g} px {ap:.3f}" for depth, ap in (validated.seed_depth_scores or {}).items())
+        store.event(run_id, f"objects: seed depth {seed_depth:g} px chosen on the validation images (AP@0.5: {tried})")
     tested = evaluate_split(
-        labelled_set,
-        split.test,
-        lambda image: trainer.predict(image, tiles=DEFAULT_TILES),
-        min_object_px=settings.min_object_px,
+        labelled_set, split.test, predict, min_object_px=settings.min_object_px, seed_depth_px=seed_depth
     )
     test = tested.classes
     fault_point("tested")
     qc = run_dir / "qc"
     for stem, image, mask, result in zip(split.test, tested.images, tested.masks, tested.results, strict=True):
         write_png(qc / f"{stem}.png", comparison_panel(image, mask, result.labels))
-    report = {**test.to_dict(), "task": labelled_set.task, "objects": tested.objects}
+    report = {**test.to_dict(), "task": labelled_set.task, "objects": tested.objects, "seed_depth_px": seed_depth}
     atomic_write(qc / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     write_halving_chart(store, run_id, qc / "halving.png")
 
@@ -292,6 +298,7 @@ def _finish(
         class_names=list(labelled_set.class_names),
         pixel_size_um=labelled_set.pixel_size_um,
         task=labelled_set.task,
+        seed_depth_px=seed_depth,
         extra={
             "set": labelled_set.name,
             "run_id": run_id,

@@ -65,10 +65,12 @@ def model_metadata(
     tiles: TileSettings,
     pixel_size_um: float | None = None,
     task: str = SEMANTIC,
+    seed_depth_px: float | None = None,
     extra: dict | None = None,
 ) -> dict:
     """The content of ``model.json``: everything besides the weights that inference needs. ``class_names`` are the
-    set's classes; the network's outputs are those of ``task`` (:func:`~appliance.pipeline.task.network_class_names`).
+    set's classes; the network's outputs are those of ``task`` (:func:`~appliance.pipeline.task.network_class_names`);
+    ``seed_depth_px`` is the watershed's seed depth an instances model was tuned with (omitted: the default).
     """
     return {
         "format": METADATA_FORMAT,
@@ -77,6 +79,7 @@ def model_metadata(
         "input": {"name": "image", "channels": in_channels, "layout": "NCHW", "size_multiple": 32},
         "output": {"name": "logits", "classes": ["background", *network_class_names(task, class_names)]},
         "task": check_task(task),
+        **({"seed_depth_px": float(seed_depth_px)} if seed_depth_px is not None else {}),
         "class_names": list(class_names),
         "normalisation": dict(NORMALISATION),
         "tiles": asdict(tiles),
@@ -98,6 +101,7 @@ def write_model_folder(
     tiles: TileSettings = DEFAULT_TILES,
     pixel_size_um: float | None = None,
     task: str = SEMANTIC,
+    seed_depth_px: float | None = None,
     extra: dict | None = None,
 ) -> tuple[Path, Path]:
     """Write ``model.onnx`` and ``model.json`` into ``out_dir``; returns both paths."""
@@ -110,6 +114,7 @@ def write_model_folder(
         tiles=tiles,
         pixel_size_um=pixel_size_um,
         task=task,
+        seed_depth_px=seed_depth_px,
         extra=extra,
     )
     json_path = atomic_write(out_dir / METADATA_FILE, lambda tmp: Path(tmp).write_text(json.dumps(metadata, indent=2)))

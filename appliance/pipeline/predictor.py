@@ -12,6 +12,7 @@ import onnxruntime as ort
 from appliance.data.io import NORMALISATION, normalise, read_format_json
 from appliance.errors import ModelFileError
 from appliance.pipeline.inference import TileSettings, sliding_window_logits
+from appliance.pipeline.instances import DEFAULT_SEED_DEPTH_PX
 from appliance.pipeline.task import SEMANTIC, TASKS, Segmentation, class_map, network_class_names, segmentation
 
 METADATA_FILE = "model.json"
@@ -74,6 +75,7 @@ class OnnxPredictor:
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.pixel_size_um: float | None = self.metadata.get("pixel_size_um")
         self.task: str = self.metadata.get("task", SEMANTIC)
+        self.seed_depth_px: float = float(self.metadata.get("seed_depth_px", DEFAULT_SEED_DEPTH_PX))
         network = network_class_names(self.task, self.class_names)
         outputs = self.session.get_outputs()[0].shape
         if len(outputs) == 4 and isinstance(outputs[1], int) and outputs[1] != len(network) + 1:
@@ -98,11 +100,13 @@ class OnnxPredictor:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """``(H, W)`` uint8 label image (0 = background, 1..K = classes) of a raw ``(H, W, C)`` image."""
-        return class_map(self.task, self.logits(image).argmax(axis=0))
+        return class_map(self.task, self.logits(image))
 
     def segment(self, image: np.ndarray, *, min_object_px: int = 0) -> Segmentation:
         """Class map and one id per object of a raw ``(H, W, C)`` image (see :mod:`appliance.pipeline.task`)."""
-        return segmentation(self.task, self.logits(image).argmax(axis=0), min_object_px=min_object_px)
+        return segmentation(
+            self.task, self.logits(image), seed_depth_px=self.seed_depth_px, min_object_px=min_object_px
+        )
 
     def _check_channels(self, image: np.ndarray) -> None:
         if image.ndim != 3 or image.shape[2] != self.in_channels:
@@ -163,6 +167,8 @@ def _metadata_type_problems(metadata: dict) -> list[str]:
         problems.append(f"tiles must be a mapping of valid tile settings, got {tiles!r} ({error})")
     if metadata.get("task", SEMANTIC) not in TASKS:
         problems.append(f"task must be one of {', '.join(TASKS)}, got {metadata['task']!r}")
+    if "seed_depth_px" in metadata and not positive(metadata["seed_depth_px"]):
+        problems.append(f"seed_depth_px must be a positive number, got {metadata['seed_depth_px']!r}")
     pixel_size = metadata.get("pixel_size_um")
     if pixel_size is not None and not positive(pixel_size):
         problems.append(f"pixel_size_um must be a positive number or null, got {pixel_size!r}")

@@ -19,12 +19,18 @@ import torch
 from tqdm.auto import tqdm
 
 from appliance import __version__
-from appliance.data.io import atomic_write
+from appliance.data.io import atomic_write, normalise
 from appliance.errors import CheckpointError
 from appliance.pipeline.augment import augment, build_augmentation
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.device import amp_dtype, resolve_device
-from appliance.pipeline.inference import DEFAULT_TILES, BatchRunner, TileSettings, segment, torch_runner
+from appliance.pipeline.inference import (
+    DEFAULT_TILES,
+    BatchRunner,
+    TileSettings,
+    sliding_window_logits,
+    torch_runner,
+)
 from appliance.pipeline.model import build_model, focal_loss
 from appliance.pipeline.patches import TrainingPatches
 from appliance.pipeline.sampling import epoch_order
@@ -177,8 +183,12 @@ class Trainer:
         return torch_runner(self.model, device=self.device)
 
     def predict(self, image: np.ndarray, *, tiles: TileSettings = DEFAULT_TILES) -> np.ndarray:
-        """``(H, W)`` labels for a raw ``(H, W, C)`` image."""
-        return segment(image, self.runner(), tiles=tiles)
+        """``(H, W)`` network labels (the argmax of :meth:`logits`) for a raw ``(H, W, C)`` image."""
+        return self.logits(image, tiles=tiles).argmax(axis=0).astype(np.uint8)
+
+    def logits(self, image: np.ndarray, *, tiles: TileSettings = DEFAULT_TILES) -> np.ndarray:
+        """``(K + 1, H, W)`` logits for a raw ``(H, W, C)`` image."""
+        return sliding_window_logits(normalise(image), self.runner(), tiles=tiles)
 
     # -- checkpoints --------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
 from appliance.pipeline.patches import make_training_patches
 from appliance.pipeline.predictor import OnnxPredictor
-from appliance.pipeline.task import SEMANTIC, evaluate_split, network_classes, read_training_split
+from appliance.pipeline.task import CHOOSE, SEMANTIC, evaluate_split, network_classes, read_training_split
 from appliance.pipeline.trainer import Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -79,9 +79,13 @@ def train_configuration(
     trainer.save(out_dir / CHECKPOINT_FILE)
 
     started = time.perf_counter()
-    predict = lambda image: trainer.predict(image, tiles=tiles)  # noqa: E731
-    validated = evaluate_split(labelled_set, split.validation, predict, min_object_px=min_object_px)
-    tested = evaluate_split(labelled_set, split.test, predict, min_object_px=min_object_px)
+    predict = lambda image: trainer.logits(image, tiles=tiles)  # noqa: E731
+    validated = evaluate_split(
+        labelled_set, split.validation, predict, min_object_px=min_object_px, seed_depth_px=CHOOSE
+    )
+    tested = evaluate_split(
+        labelled_set, split.test, predict, min_object_px=min_object_px, seed_depth_px=validated.seed_depth_px
+    )
     validation, test = validated.classes, tested.classes
     # the targets are the masks themselves for a semantic set; an instances set's masks are read for Otsu only
     train_masks = train_targets if labelled_set.task == SEMANTIC else read_split_images(labelled_set, split.train)[1]
@@ -110,6 +114,8 @@ def train_configuration(
         "otsu_validation": otsu_validation.to_dict(),
         "task": labelled_set.task,
         "validation_objects": validated.objects,
+        "seed_depth_px": validated.seed_depth_px,
+        "seed_depth_scores": validated.seed_depth_scores,
         "test_objects": tested.objects,
     }
     write_model_folder(
@@ -121,6 +127,7 @@ def train_configuration(
         tiles=tiles,
         pixel_size_um=labelled_set.pixel_size_um,
         task=labelled_set.task,
+        seed_depth_px=validated.seed_depth_px,
         extra={
             "set": labelled_set.name,
             "validation_mean_foreground_iou": validation.mean_foreground_iou,

@@ -16,6 +16,7 @@ from appliance.automl.job import train_set
 from appliance.automl.metabase import read_metabase_rows
 from appliance.data.io import read_image
 from appliance.pipeline.config import PAPER_DEFAULT
+from appliance.pipeline.instances import SEED_DEPTHS_PX
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.settings import Settings
 from appliance.store import Store
@@ -163,12 +164,16 @@ def test_a_set_with_instance_masks_gives_an_instances_model_scored_on_objects(tm
     assert metadata["output"]["classes"] == ["background", "interior", "boundary"]
     assert set(metadata["test_objects"]) >= {"ap", "f1", "count_error", "true_objects", "predicted_objects"}
     assert metadata["test_objects"]["true_objects"] == 6  # the one test image: three touching pairs
+    assert metadata["seed_depth_px"] in SEED_DEPTHS_PX  # chosen on the validation objects
     report = json.loads((Path(result.run["run_dir"]) / "qc" / "test.json").read_text())
     assert report["task"] == "instances" and report["objects"] == metadata["test_objects"]
+    assert report["seed_depth_px"] == metadata["seed_depth_px"]
     events = [e["message"] for e in Store(settings.store_path).events(result.run_id)]
     assert any("objects AP@0.5" in message for message in events)
+    assert any(f"seed depth {metadata['seed_depth_px']:g} px chosen" in message for message in events)
 
     predictor = OnnxPredictor(result.model_dir)
+    assert predictor.seed_depth_px == metadata["seed_depth_px"]
     image = read_image(instance_set_dir / "images" / "c0.png")
     assert set(np.unique(predictor.predict(image))) <= {0, 1}  # the set's class map, not interior/boundary
     labels, instances, object_class = predictor.segment(image)

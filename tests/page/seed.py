@@ -25,7 +25,7 @@ from appliance.data.io import read_image, read_mask, write_png
 from appliance.pipeline.outputs import write_results
 from appliance.pipeline.overlay import comparison_panel, overlay
 from appliance.pipeline.result_names import result_files
-from appliance.pipeline.task import SEMANTIC, segmentation
+from appliance.pipeline.task import segmentation_of_labels
 from appliance.store import Store
 
 DEMO_SET = Path(str(files("appliance") / "demo_data" / "labelled" / "usiigaci_phase_cells_demo"))
@@ -269,7 +269,7 @@ def _segment(store: Store, data_dir: Path, project: str, stem: str, model_id: st
     store.update_image(image_id, job_id=job_id)
     job = store.claim("segment", owner, lease_seconds=60, projects=[project])
     files = result_files(data_dir / "results" / project, f"2026-11-21/{stem}")
-    result = segmentation(SEMANTIC, mask.astype(np.uint8), min_object_px=10)
+    result = segmentation_of_labels(mask, min_object_px=10)
     rows = write_results(
         files, image, result, class_names=["cell"], image_name=relpath, pixel_size_um=0.65, min_object_px=10
     )

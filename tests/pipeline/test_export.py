@@ -85,6 +85,7 @@ def test_a_folder_without_json_is_explained(tmp_path):
         ({"class_names": ["cell", "debris"]}, "has 2 network class(es) (cell, debris) but the network gives 1"),
         ({"task": "instances"}, "has 2 network class(es) (interior, boundary) but the network gives 1"),
         ({"task": "panoptic"}, "task must be one of semantic, instances, got 'panoptic'"),
+        ({"seed_depth_px": -1}, "seed_depth_px must be a positive number, got -1"),
     ],
 )
 def test_a_hand_edited_model_json_names_the_bad_key(trained, tmp_path, edit, message):

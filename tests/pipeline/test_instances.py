@@ -5,7 +5,15 @@ import pytest
 import skimage.draw
 import skimage.measure
 
-from appliance.pipeline.instances import instance_scores, instance_targets, instances_from_classes, match_counts
+from appliance.pipeline.instances import (
+    SEED_DEPTHS_PX,
+    choose_seed_depth,
+    instance_scores,
+    instance_targets,
+    instances_from_probabilities,
+    match_counts,
+    softmax,
+)
 
 
 def touching_discs() -> np.ndarray:
@@ -25,6 +33,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / (a | b).sum())
 
 
+def certain(class_map: np.ndarray) -> np.ndarray:
+    """The (3, H, W) probabilities of a network sure of ``class_map`` (0 background, 1 interior, 2 boundary)."""
+    return np.stack([(class_map == k).astype(np.float32) for k in range(3)])
+
+
 def test_touching_discs_are_separated_by_boundary_and_recovered_by_the_watershed():
     instances = touching_discs()
     targets = instance_targets(instances)
@@ -40,12 +53,29 @@ def test_touching_discs_are_separated_by_boundary_and_recovered_by_the_watershed
     assert skimage.measure.label(targets > 0, connectivity=1).max() == 1  # why the boundary class exists
     assert skimage.measure.label(targets == 1, connectivity=1).max() == 2
 
-    recovered = instances_from_classes(targets)
-    assert recovered.dtype == np.uint32
-    assert sorted(np.unique(recovered)) == [0, 1, 2]
-    for object_id in (1, 2):
-        assert iou(recovered == object_id, instances == object_id) > 0.7
-    assert match_counts(instances, recovered) == (2, 0, 0)
+    for depth in SEED_DEPTHS_PX:  # a learnt boundary separates whatever the seed depth
+        recovered = instances_from_probabilities(certain(targets), seed_depth_px=depth)
+        assert recovered.dtype == np.uint32
+        assert sorted(np.unique(recovered)) == [0, 1, 2]
+        for object_id in (1, 2):
+            assert iou(recovered == object_id, instances == object_id) > 0.7
+        assert match_counts(instances, recovered) == (2, 0, 0)
+
+
+def test_a_boundary_the_network_did_not_learn_is_replaced_by_the_neck_between_round_objects():
+    instances = touching_discs()
+    no_boundary = certain((instances > 0).astype(np.uint8))  # interior everywhere: one connected blob
+    assert match_counts(instances, instances_from_probabilities(no_boundary, seed_depth_px=1.0)) == (2, 0, 0)
+    merged = instances_from_probabilities(no_boundary, seed_depth_px=8.0)  # the neck is shallower than 8 px
+    assert merged.max() == 1
+
+
+def test_seeds_follow_the_probabilities_not_only_their_argmax():
+    instances = touching_discs()
+    probabilities = certain(instance_targets(instances))
+    contact = instance_targets(instances) == 2
+    probabilities[:, contact] = np.array([0.1, 0.5, 0.4])[:, None]  # boundary lost the argmax, but only just
+    assert match_counts(instances, instances_from_probabilities(probabilities, seed_depth_px=8.0)) == (2, 0, 0)
 
 
 def test_boundary_is_the_inner_ring_and_non_consecutive_ids_are_fine():
@@ -67,28 +97,27 @@ def test_tiny_objects_keep_their_pixels_as_interior_and_survive_the_round_trip()
     assert np.all(targets[6, 6:8] == 1)
     assert (targets[8:12, 8:12] == 2).any()
 
-    recovered = instances_from_classes(targets)
+    recovered = instances_from_probabilities(certain(targets))
     assert recovered.max() == 3
     for object_id in (5, 9, 3):
         assert len(np.unique(recovered[instances == object_id])) == 1
         assert iou(recovered == recovered[instances == object_id][0], instances == object_id) == 1.0
 
 
-def test_boundary_without_a_seed_stays_background_and_small_objects_are_removed():
+def test_an_object_without_a_deep_enough_maximum_is_kept_whole_and_small_objects_are_removed():
     class_map = np.zeros((8, 14), dtype=np.uint8)
     class_map[1:6, 1:6] = 2
     class_map[2:5, 2:5] = 1
-    class_map[1:3, 8:10] = 2  # no interior: unreachable from any seed
+    class_map[1:3, 8:10] = 2  # boundary only: no maximum 8 px deep, still an object
     class_map[6, 12] = 1  # a one-pixel object
-    recovered = instances_from_classes(class_map)
-    assert recovered.max() == 2
-    assert np.all(recovered[1:3, 8:10] == 0)
-    assert recovered[6, 12] == 2
+    recovered = instances_from_probabilities(certain(class_map), seed_depth_px=8.0)
+    assert recovered.max() == 3
+    assert len(np.unique(recovered[1:3, 8:10])) == 1 and recovered[1, 8] != 0
+    assert np.all(recovered[1:6, 1:6] == 1)
 
-    filtered = instances_from_classes(class_map, min_object_px=2)
+    filtered = instances_from_probabilities(certain(class_map), seed_depth_px=8.0, min_object_px=5)
     assert filtered.max() == 1
-    assert filtered[6, 12] == 0
-    assert np.all(filtered[1:6, 1:6] == 1)
+    assert filtered[6, 12] == 0 and not filtered[1:3, 8:10].any()
 
 
 def test_ids_follow_each_objects_first_pixel_not_its_seed():
@@ -97,15 +126,34 @@ def test_ids_follow_each_objects_first_pixel_not_its_seed():
     class_map[3, 2] = 1  # seed of the left object, after the right one's in raster order
     class_map[1:4, 9:12] = 2
     class_map[2, 10] = 1
-    recovered = instances_from_classes(class_map)
+    recovered = instances_from_probabilities(certain(class_map))
     assert recovered[0, 1] == 1
     assert np.all(recovered[0:5, 1:4] == 1)
     assert np.all(recovered[1:4, 9:12] == 2)
 
 
-def test_no_interior_gives_no_objects():
-    assert not instances_from_classes(np.full((4, 4), 2, dtype=np.uint8)).any()
-    assert not instances_from_classes(np.zeros((4, 4), dtype=np.uint8)).any()
+def test_no_foreground_gives_no_objects_and_the_shape_is_checked():
+    assert not instances_from_probabilities(certain(np.zeros((4, 4), dtype=np.uint8))).any()
+    with pytest.raises(ValueError, match=r"expected \(3, H, W\) probabilities"):
+        instances_from_probabilities(np.zeros((2, 4, 4)))
+
+
+def test_the_seed_depth_is_chosen_by_the_objects_it_gives():
+    instances = touching_discs()
+    no_boundary = certain((instances > 0).astype(np.uint8))
+    depth, scores = choose_seed_depth([no_boundary], [instances])
+    assert set(scores) == set(SEED_DEPTHS_PX)
+    assert scores[depth] == 1.0 and depth == min(d for d in SEED_DEPTHS_PX if scores[d] == 1.0)
+    one_object = (instances > 0).astype(np.int32)  # had the truth been one peanut-shaped object
+    depth, scores = choose_seed_depth([no_boundary], [one_object])
+    assert scores[8.0] == 1.0 and scores[0.5] < 1.0  # the neck is about 2.6 px deep
+    assert depth == min(d for d in SEED_DEPTHS_PX if scores[d] == 1.0) == 4.0
+
+
+def test_softmax_gives_probabilities():
+    probabilities = softmax(np.array([[[0.0]], [[1000.0]], [[-5.0]]]))
+    assert probabilities.shape == (3, 1, 1) and np.allclose(probabilities.sum(axis=0), 1.0)
+    assert probabilities[1, 0, 0] == pytest.approx(1.0)
 
 
 def test_match_counts_on_hand_made_cases():

@@ -14,16 +14,21 @@ from appliance.pipeline.task import (
 from tests.pipeline.test_instances import touching_discs
 
 
+def logits_of(class_map: np.ndarray, classes: int = 3) -> np.ndarray:
+    """Logits of a network sure of ``class_map``."""
+    return np.stack([np.where(class_map == k, 10.0, 0.0) for k in range(classes)]).astype(np.float32)
+
+
 def test_two_touching_discs_are_two_objects_for_an_instances_model_and_one_for_a_semantic_model():
     discs = touching_discs()
-    network = instance_targets(discs)  # what a perfect instances model predicts
+    network = logits_of(instance_targets(discs))  # what a perfect instances model predicts
 
     labels, instances, object_class = segmentation(INSTANCES, network)
     assert labels.dtype == np.uint8 and np.array_equal(labels, (discs > 0).astype(np.uint8))
     assert instances.dtype == np.uint32 and instances.max() == 2
     assert object_class.tolist() == [1, 1]
 
-    semantic = segmentation(SEMANTIC, (discs > 0).astype(np.uint8))
+    semantic = segmentation(SEMANTIC, logits_of(discs > 0, classes=2))
     assert np.array_equal(semantic.labels, labels)
     assert semantic.instances.max() == 1  # the reason for the boundary class
 
@@ -33,15 +38,18 @@ def test_small_objects_leave_the_instances_but_not_the_class_map():
     network[2:12, 2:12] = 2
     network[4:10, 4:10] = 1
     network[15:17, 15:17] = 1  # 4 px
-    result = segmentation(INSTANCES, network, min_object_px=5)
+    result = segmentation(INSTANCES, logits_of(network), min_object_px=5)
     assert result.instances.max() == 1 and result.object_class.tolist() == [1]
     assert result.labels[15, 15] == 1
 
 
 def test_class_map_and_network_classes_of_each_task():
-    network = np.array([[0, 1, 2]])
+    network = logits_of(np.array([[0, 1, 2]]))
     assert class_map(INSTANCES, network).tolist() == [[0, 1, 1]]
     assert class_map(SEMANTIC, network).tolist() == [[0, 1, 2]]
+    unsure = np.log(np.array([0.4, 0.35, 0.25]))[:, None, None]  # background is the argmax, but less likely than not
+    assert class_map(INSTANCES, unsure).tolist() == [[1]]
+    assert class_map(SEMANTIC, unsure).tolist() == [[0]]
     assert network_class_names(INSTANCES, ["nucleus"]) == ("interior", "boundary")
     assert network_class_names(SEMANTIC, ["a", "b"]) == ("a", "b")
     with pytest.raises(ValueError, match="task must be one of semantic, instances"):
