@@ -46,6 +46,7 @@ import numpy as np
 from scipy import stats
 
 from appliance import __version__
+from appliance.automl.optical import PCA_COMPONENTS, OpticalReduction
 from appliance.data.io import atomic_write, read_format_json
 from appliance.errors import ConfigError, ModelFileError
 from appliance.pipeline.config import ENCODERS, PipelineConfig
@@ -59,7 +60,6 @@ TEXT_COLUMNS = frozenset({"set", "config_id", "encoder"})
 PREFIXES = {"hc": "hc_", "eng": "eng_", "user": "user_", "opt": "opt_"}
 TARGET = "val_iou"
 TOP_FRACTION = 0.1
-PCA_COMPONENTS = 4
 BACKBONE_FACTOR = {"resnet18": 0.5, "resnet50": 2.0}
 
 GROUPS = ("hp", "hc", "eng", "user", "opt_raw", "opt_pca", "opt_cos", "opt_pca_x", "opt_cos_x", "fid")
@@ -262,76 +262,6 @@ def _backbone_factor(values) -> np.ndarray:
     return np.where(_encoder_flag(np.asarray(values)) > 0.5, BACKBONE_FACTOR["resnet50"], BACKBONE_FACTOR["resnet18"])
 
 
-class _OpticalReduction:
-    """Set-level radiomics reduced as in the thesis (4.6.3): z-score feature-wise over the *training* sets' vectors,
-    then PCA to 4 components and cosine similarity to each training set. Plain lists in ``to_dict``."""
-
-    def __init__(self) -> None:
-        self.mean = np.zeros(0)
-        self.scale = np.ones(0)
-        self.components = np.zeros((PCA_COMPONENTS, 0))
-        self.set_names: list[str] = []
-        self.set_unit: np.ndarray = np.zeros((0, 0))  # training sets' z-scored vectors, unit length
-
-    def fit(self, set_vectors: Mapping[str, np.ndarray]) -> _OpticalReduction:
-        self.set_names = sorted(set_vectors)
-        raw = np.array([np.asarray(set_vectors[s], dtype=float) for s in self.set_names], dtype=float)
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(raw, axis=0)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        raw = np.where(np.isfinite(raw), raw, mean)
-        scale = raw.std(axis=0)
-        self.mean, self.scale = mean, np.where(scale > 1e-12, scale, 1.0)
-        z = (raw - self.mean) / self.scale
-        components = np.zeros((PCA_COMPONENTS, raw.shape[1]))
-        if len(z) > 1 and raw.shape[1] > 0:
-            _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
-            k = min(PCA_COMPONENTS, vt.shape[0])
-            vt = vt[:k]
-            signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])  # fix the SVD's sign ambiguity
-            components[:k] = vt * np.where(signs == 0, 1.0, signs)[:, None]
-        self.components = components
-        self.set_unit = _unit_rows(z)
-        return self
-
-    def _z(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=float)
-        rows = np.where(np.isfinite(rows), rows, self.mean)
-        return (rows - self.mean) / self.scale
-
-    def pca(self, rows: np.ndarray) -> np.ndarray:
-        """(n, 4) principal components of raw ``opt_*`` rows."""
-        return self._z(rows) @ self.components.T
-
-    def cosine(self, rows: np.ndarray) -> np.ndarray:
-        """(n, training sets) cosine similarity of raw ``opt_*`` rows to each training set (columns: ``set_names``)."""
-        return _unit_rows(self._z(rows)) @ self.set_unit.T
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-            "components": self.components.tolist(),
-            "set_names": list(self.set_names),
-            "set_unit": self.set_unit.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> _OpticalReduction:
-        self = cls()
-        self.mean = np.asarray(data["mean"], dtype=float)
-        self.scale = np.asarray(data["scale"], dtype=float)
-        self.components = np.asarray(data["components"], dtype=float).reshape(PCA_COMPONENTS, len(self.mean))
-        self.set_names = list(data["set_names"])
-        self.set_unit = np.asarray(data["set_unit"], dtype=float).reshape(len(self.set_names), len(self.mean))
-        return self
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 1e-12)
-
-
 class _FeatureBuilder:
     """Turns meta-base columns into the design matrix of one variant. ``fit`` sees training rows only: it fixes the
     column lists, fits the optical reduction on the training sets and the per-column medians that fill gaps."""
@@ -343,7 +273,7 @@ class _FeatureBuilder:
         self.eng: list[str] = []
         self.user: list[str] = []
         self.opt: list[str] = []
-        self.optical: _OpticalReduction | None = None
+        self.optical: OpticalReduction | None = None
         self.medians = np.zeros(0)
 
     @property
@@ -406,7 +336,7 @@ class _FeatureBuilder:
             for name in sorted(set(sets.tolist())):
                 with np.errstate(all="ignore"):
                     vectors[name] = np.nanmean(raw[sets == name], axis=0)
-            self.optical = _OpticalReduction().fit(vectors)
+            self.optical = OpticalReduction().fit(vectors)
         matrix = self._raw_matrix(base.columns)
         with np.errstate(all="ignore"):
             medians = np.nanmedian(matrix, axis=0) if len(matrix) else np.zeros(matrix.shape[1])
@@ -468,7 +398,7 @@ class _FeatureBuilder:
     def from_dict(cls, data: Mapping[str, Any]) -> _FeatureBuilder:
         self = cls(data["variant"])
         self.hc, self.eng, self.user, self.opt = (list(data[k]) for k in ("hc", "eng", "user", "opt"))
-        self.optical = _OpticalReduction.from_dict(data["optical"]) if data.get("optical") else None
+        self.optical = OpticalReduction.from_dict(data["optical"]) if data.get("optical") else None
         self.medians = np.asarray(data["medians"], dtype=float)
         return self
 

@@ -4,7 +4,7 @@ Paper 3.4 ("Optical Meta-Features"): radiomics features are extracted for each c
 averaged over the images of a set, normalised feature-wise over the meta-base sets and then reduced either to the
 first four principal components or to the cosine similarities with the meta-base sets.
 
-Pipeline for one set (every step is a plain mean; nothing is learnt until :class:`OpticalReducer`):
+Pipeline for one set (every step is a plain mean; nothing is learnt until :class:`OpticalReduction`):
 
 1. grey image ``g`` (:func:`grey_image`): mean over channels, optional centred crop to ``max_side``, then a robust
    per-image min-max scaling to ``[0, 1]`` between the 0.1 and 99.9 percentiles (so 8-bit, 16-bit and float
@@ -14,15 +14,15 @@ Pipeline for one set (every step is a plain mean; nothing is learnt until :class
    fixed bin width of 1/32 on the ``[0, 1]`` scale (at most 33 grey levels);
 3. per image (:func:`image_radiomics`): the mean over its usable ROIs;
 4. per set (:func:`set_radiomics`): the mean over at most 20 seeded images (20 suffice, thesis);
-5. meta-base (:func:`normalise_sets`, :class:`OpticalReducer`): feature-wise z-score over the set vectors, then
-   PCA to 4 components or cosine similarity to each meta-base set.
+5. meta-base (:class:`OpticalReduction`, fitted with the meta-model): feature-wise z-score over the set vectors,
+   then PCA to 4 components or cosine similarity to each meta-base set.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -329,151 +329,80 @@ def optical_vector(features: Mapping[str, float]) -> np.ndarray:
     return np.array([float(features[column]) for column in OPTICAL_COLUMNS])
 
 
-def normalise_sets(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Feature-wise z-score over set vectors (rows = sets, columns = features).
+class OpticalReduction:
+    """Set-level radiomics reduced as in the thesis (4.6.3) for the meta-model: z-score feature-wise over the
+    *training* sets' vectors (a missing value takes the feature's mean), then the first 4 principal components (the
+    SVD's signs fixed so the largest loading is positive) and the cosine similarity to each training set. The fitted
+    state is plain lists (:meth:`to_dict` / :meth:`from_dict`), stored inside ``metamodel.json``.
 
-    Formula: ``z_ij = (y_ij - mu_j) / s_j`` with ``mu_j = mean_i y_ij`` and ``s_j`` the population standard deviation
-    (``ddof = 0``) of column ``j``; ``s_j = 0`` is replaced by 1 (a constant feature becomes 0).
-
-    The paper also normalises first over the image vectors, then averages them to the set descriptor ``y_hat``,
-    and then z-scores the ``y_hat`` over the meta-base sets. That first step is redundant here: it is a per-feature
-    affine map ``x -> a_j x + b_j`` with the same ``a_j > 0``, ``b_j`` for every image (a per-set normalisation would
-    instead make every set mean exactly 0, carrying no information). Averaging commutes with an affine map, so
-    ``y_hat_j = a_j y_j + b_j``, and the z-score over sets cancels it:
-    ``(a y_ij + b - (a mu_j + b)) / (a s_j) = (y_ij - mu_j) / s_j``. Only the set-level z-score is therefore applied
-    (tested numerically).
-
-    Parameters
-    ----------
-    vectors : (n_sets, n_features) array_like
-
-    Returns
-    -------
-    normalised : (n_sets, n_features) ndarray
-    mean, std : (n_features,) ndarray
-        ``mu`` and ``s`` (with zeros already replaced by 1), to normalise new vectors the same way.
-    """
-    array = np.asarray(vectors, dtype=np.float64)
-    if array.ndim != 2 or array.shape[0] < 1:
-        raise ValueError(f"expected a (n_sets >= 1, n_features) array, got shape {array.shape}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError("set vectors must be finite")
-    mean = array.mean(axis=0)
-    std = array.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return (array - mean) / std, mean, std
-
-
-class OpticalReducer:
-    """Reduces a raw optical set vector with statistics fitted on the meta-base sets (paper 3.4).
-
-    After :meth:`fit` on the meta-base set vectors ``y_i`` (set name -> raw vector from :func:`set_radiomics`):
-
-    - ``z(y) = (y - mu) / s`` with ``mu``, ``s`` from :func:`normalise_sets` over the fitted sets;
-    - :meth:`pca`: ``p(y) = W (z(y) - c)``, the first ``m = min(4, n_sets - 1)`` principal axes ``W`` (rows) and centre
-      ``c`` of the fitted ``z_i`` (sklearn ``PCA``, full SVD, deterministic signs), zero-padded to 4 values;
-    - :meth:`cosine`: ``cos_i(y) = z(y) . z_i / (|z(y)| |z_i|)`` for every fitted set ``i`` (0 when a norm is 0).
-
-    The fitted state is plain lists (:meth:`to_dict` / :meth:`from_dict`), so it can be stored as JSON.
-    """
+    Only the set-level z-score is needed: the paper also z-scores every image vector before averaging them per set,
+    but that is one affine map per feature for all images, which averaging keeps and the set-level z-score cancels
+    (``tests/automl/test_optical.py`` checks it numerically)."""
 
     def __init__(self) -> None:
-        self.set_names: tuple[str, ...] = ()
-        self.mean: np.ndarray | None = None
-        self.std: np.ndarray | None = None
-        self.normalised: np.ndarray | None = None  # (n_sets, n_features) z_i
-        self.pca_mean: np.ndarray | None = None  # (n_features,) c
-        self.components: np.ndarray | None = None  # (m, n_features) W
-        self.explained_variance_ratio: np.ndarray | None = None  # (m,)
+        self.mean = np.zeros(0)
+        self.scale = np.ones(0)
+        self.components = np.zeros((PCA_COMPONENTS, 0))
+        self.set_names: list[str] = []
+        self.set_unit: np.ndarray = np.zeros((0, 0))  # training sets' z-scored vectors, unit length
 
-    def fit(self, set_vectors: Mapping[str, Sequence[float] | np.ndarray]) -> OpticalReducer:
-        """Fit the normalisation (:func:`normalise_sets`) and the PCA (``m = min(4, n_sets - 1)`` components) on
-        the raw set vectors, keyed by set name (kept in the given order). Returns self."""
-        if not set_vectors:
-            raise ValueError("OpticalReducer.fit needs at least one set vector")
-        names = tuple(set_vectors)
-        matrix = np.array([np.asarray(set_vectors[name], dtype=np.float64) for name in names])
-        if matrix.ndim != 2 or matrix.shape[1] != len(OPTICAL_FEATURE_NAMES):
-            raise ValueError(f"expected set vectors of {len(OPTICAL_FEATURE_NAMES)} features, got shape {matrix.shape}")
-        normalised, mean, std = normalise_sets(matrix)
-        n_components = min(PCA_COMPONENTS, len(names) - 1, normalised.shape[1])
-        if n_components > 0:
-            from sklearn.decomposition import PCA
-
-            pca = PCA(n_components=n_components, svd_solver="full").fit(normalised)
-            pca_mean, components = pca.mean_, pca.components_
-            ratio = pca.explained_variance_ratio_
-        else:
-            pca_mean = normalised.mean(axis=0)
-            components = np.zeros((0, normalised.shape[1]))
-            ratio = np.zeros(0)
-        # stored as C-contiguous float64, exactly as from_dict rebuilds them, so a reloaded reducer is bit-identical
-        state = [
-            np.ascontiguousarray(a, dtype=np.float64) for a in (mean, std, normalised, pca_mean, components, ratio)
-        ]
-        self.set_names = names
-        self.mean, self.std, self.normalised, self.pca_mean, self.components, self.explained_variance_ratio = state
+    def fit(self, set_vectors: Mapping[str, np.ndarray]) -> OpticalReduction:
+        self.set_names = sorted(set_vectors)
+        raw = np.array([np.asarray(set_vectors[s], dtype=float) for s in self.set_names], dtype=float)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(raw, axis=0)
+        mean = np.where(np.isfinite(mean), mean, 0.0)
+        raw = np.where(np.isfinite(raw), raw, mean)
+        scale = raw.std(axis=0)
+        self.mean, self.scale = mean, np.where(scale > 1e-12, scale, 1.0)
+        z = (raw - self.mean) / self.scale
+        components = np.zeros((PCA_COMPONENTS, raw.shape[1]))
+        if len(z) > 1 and raw.shape[1] > 0:
+            _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
+            k = min(PCA_COMPONENTS, vt.shape[0])
+            vt = vt[:k]
+            signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])  # fix the SVD's sign ambiguity
+            components[:k] = vt * np.where(signs == 0, 1.0, signs)[:, None]
+        self.components = components
+        self.set_unit = _unit_rows(z)
         return self
 
-    def normalise(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
-        """``z(y) = (y - mu) / s`` with the fitted meta-base statistics."""
-        self._check_fitted()
-        array = np.asarray(vector, dtype=np.float64)
-        if array.shape != self.mean.shape:
-            raise ValueError(f"expected a vector of {self.mean.shape[0]} features, got shape {array.shape}")
-        if not np.all(np.isfinite(array)):
-            raise ValueError("the optical vector must be finite")
-        return (array - self.mean) / self.std
+    def _z(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=float)
+        rows = np.where(np.isfinite(rows), rows, self.mean)
+        return (rows - self.mean) / self.scale
 
-    def pca(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
-        """``p(y) = W (z(y) - c)``: the first 4 principal components of the normalised vector; components beyond the
-        ``m = min(4, n_sets - 1)`` fitted ones are 0."""
-        projected = self.components @ (self.normalise(vector) - self.pca_mean)
-        return np.concatenate([projected, np.zeros(PCA_COMPONENTS - projected.shape[0])])
+    def pca(self, rows: np.ndarray) -> np.ndarray:
+        """(n, 4) principal components of raw ``opt_*`` rows."""
+        return self._z(rows) @ self.components.T
 
-    def cosine(self, vector: Sequence[float] | np.ndarray) -> dict[str, float]:
-        """``{name_i: z(y) . z_i / (|z(y)| |z_i|)}`` for every fitted set ``i``; 0 where a norm is 0."""
-        z = self.normalise(vector)
-        z_norm = np.linalg.norm(z)
-        result = {}
-        for name, z_i in zip(self.set_names, self.normalised, strict=True):
-            denominator = z_norm * np.linalg.norm(z_i)
-            result[name] = float(z @ z_i / denominator) if denominator > 0 else 0.0
-        return result
+    def cosine(self, rows: np.ndarray) -> np.ndarray:
+        """(n, training sets) cosine similarity of raw ``opt_*`` rows to each training set (columns: ``set_names``)."""
+        return _unit_rows(self._z(rows)) @ self.set_unit.T
 
     def to_dict(self) -> dict[str, Any]:
-        """The fitted state as JSON-able lists and floats."""
-        self._check_fitted()
         return {
-            "feature_names": list(OPTICAL_FEATURE_NAMES),
-            "set_names": list(self.set_names),
             "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "normalised": self.normalised.tolist(),
-            "pca_mean": self.pca_mean.tolist(),
+            "scale": self.scale.tolist(),
             "components": self.components.tolist(),
-            "explained_variance_ratio": self.explained_variance_ratio.tolist(),
+            "set_names": list(self.set_names),
+            "set_unit": self.set_unit.tolist(),
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OpticalReducer:
-        """Rebuild a fitted reducer from :meth:`to_dict` output (identical outputs)."""
-        n_features = len(data["mean"])
-        reducer = cls()
-        if list(data.get("feature_names", OPTICAL_FEATURE_NAMES)) != list(OPTICAL_FEATURE_NAMES):
-            raise ValueError("the stored optical reducer was fitted on other feature names; refit it")
-        reducer.set_names = tuple(data["set_names"])
-        reducer.mean = np.asarray(data["mean"], dtype=np.float64)
-        reducer.std = np.asarray(data["std"], dtype=np.float64)
-        reducer.normalised = np.asarray(data["normalised"], dtype=np.float64).reshape(-1, n_features)
-        reducer.pca_mean = np.asarray(data["pca_mean"], dtype=np.float64)
-        reducer.components = np.asarray(data["components"], dtype=np.float64).reshape(-1, n_features)
-        reducer.explained_variance_ratio = np.asarray(data["explained_variance_ratio"], dtype=np.float64)
-        return reducer
+    def from_dict(cls, data: Mapping[str, Any]) -> OpticalReduction:
+        self = cls()
+        self.mean = np.asarray(data["mean"], dtype=float)
+        self.scale = np.asarray(data["scale"], dtype=float)
+        self.components = np.asarray(data["components"], dtype=float).reshape(PCA_COMPONENTS, len(self.mean))
+        self.set_names = list(data["set_names"])
+        self.set_unit = np.asarray(data["set_unit"], dtype=float).reshape(len(self.set_names), len(self.mean))
+        return self
 
-    def _check_fitted(self) -> None:
-        if self.mean is None:
-            raise RuntimeError("OpticalReducer is not fitted: call fit() or from_dict() first")
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 1e-12)
 
 
 def _centre_slice(length: int, limit: int) -> slice:

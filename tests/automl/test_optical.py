@@ -12,10 +12,9 @@ from appliance.automl import optical
 from appliance.automl.optical import (
     OPTICAL_COLUMNS,
     OPTICAL_FEATURE_NAMES,
-    OpticalReducer,
+    OpticalReduction,
     grey_image,
     image_radiomics,
-    normalise_sets,
     optical_vector,
     set_radiomics,
 )
@@ -185,6 +184,11 @@ def test_set_radiomics_uses_all_images_of_a_small_set_and_skips_empty_masks():
         set_radiomics(FakeSet([empty, empty]))
 
 
+def z_scored(vectors: np.ndarray) -> np.ndarray:
+    """What the reduction does to the fitted sets first: a feature-wise z-score over them."""
+    return OpticalReduction().fit({f"s{i}": v for i, v in enumerate(vectors)})._z(vectors)
+
+
 def test_image_level_normalisation_is_cancelled_by_the_set_level_one():
     rng = np.random.default_rng(0)
     scales = np.array([1e-3, 1.0, 50.0, 1e4, 3.0])
@@ -192,20 +196,19 @@ def test_image_level_normalisation_is_cancelled_by_the_set_level_one():
     images = [rng.normal(size=(20, 5)) * scales * rng.uniform(0.5, 2) + offsets for _ in range(7)]
     # paper: z-score every feature over all image vectors, average per set, z-score over the sets
     stacked = np.concatenate(images)
-    paper_sets = [((x - stacked.mean(axis=0)) / stacked.std(axis=0)).mean(axis=0) for x in images]
-    paper, _, _ = normalise_sets(np.array(paper_sets))
+    paper_sets = np.array([((x - stacked.mean(axis=0)) / stacked.std(axis=0)).mean(axis=0) for x in images])
     # here: average the raw image vectors per set, z-score over the sets only
-    ours, _, _ = normalise_sets(np.array([x.mean(axis=0) for x in images]))
-    np.testing.assert_allclose(ours, paper, atol=1e-9)
+    ours = np.array([x.mean(axis=0) for x in images])
+    np.testing.assert_allclose(z_scored(ours), z_scored(paper_sets), atol=1e-9)
 
 
-def test_normalise_sets_z_scores_and_keeps_constant_features_at_zero():
+def test_the_z_score_keeps_constant_features_at_zero_and_fills_missing_values_with_the_mean():
     vectors = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]])
-    normalised, mean, std = normalise_sets(vectors)
-    np.testing.assert_allclose(mean, [3.0, 5.0, 5.0])
-    np.testing.assert_allclose(std, [np.sqrt(8 / 3), 1.0, np.sqrt(26 / 3)])
+    normalised = z_scored(vectors)
     np.testing.assert_allclose(normalised[:, 0], [-2 / np.sqrt(8 / 3), 0.0, 2 / np.sqrt(8 / 3)])
     np.testing.assert_array_equal(normalised[:, 1], [0.0, 0.0, 0.0])
+    reduction = OpticalReduction().fit({f"s{i}": v for i, v in enumerate(vectors)})
+    np.testing.assert_array_equal(reduction._z(np.array([[np.nan, 5.0, 5.0]])), [[0.0, 0.0, 0.0]])
 
 
 def random_sets(n, seed=0):
@@ -214,42 +217,38 @@ def random_sets(n, seed=0):
     return {f"set{i}": rng.normal(size=93) * scales + 10 for i in range(n)}
 
 
-def test_reducer_cosine_and_pca_on_the_fitted_sets():
+def test_reduction_cosine_and_pca_on_the_fitted_sets():
     sets = random_sets(6)
-    reducer = OpticalReducer().fit(sets)
-    for name, vector in sets.items():
-        cosine = reducer.cosine(vector)
-        assert list(cosine) == list(sets)
-        assert cosine[name] == pytest.approx(1.0)
-        assert all(-1 - 1e-12 <= c <= 1 + 1e-12 for c in cosine.values())
-    normalised, _, _ = normalise_sets(np.array(list(sets.values())))
-    expected = PCA(n_components=4, svd_solver="full").fit_transform(normalised)
-    projected = np.array([reducer.pca(vector) for vector in sets.values()])
+    reduction = OpticalReduction().fit(sets)
+    rows = np.array(list(sets.values()))
+    cosine = reduction.cosine(rows)
+    assert reduction.set_names == sorted(sets) and cosine.shape == (6, 6)
+    np.testing.assert_allclose(np.diag(cosine), 1.0)
+    assert np.all(np.abs(cosine) <= 1 + 1e-12)
+    centred = z_scored(rows)
+    expected = PCA(n_components=4, svd_solver="full").fit_transform(centred)
+    projected = reduction.pca(rows)
     assert projected.shape == (6, 4)
-    np.testing.assert_allclose(projected, expected, atol=1e-9)
+    np.testing.assert_allclose(np.abs(projected), np.abs(expected), atol=1e-9)  # the same axes, signs fixed
 
 
-def test_reducer_pads_pca_when_few_sets():
+def test_reduction_pads_pca_when_few_sets():
     sets = random_sets(3)
-    reducer = OpticalReducer().fit(sets)
-    projected = reducer.pca(sets["set0"])
-    assert projected.shape == (4,) and np.all(projected[2:] == 0) and np.any(projected[:2] != 0)
-    single = OpticalReducer().fit({"only": sets["set0"]})
-    np.testing.assert_array_equal(single.pca(sets["set1"]), np.zeros(4))
-    assert single.cosine(sets["set1"]) == {"only": 0.0}  # the one normalised set vector is all zero
+    projected = OpticalReduction().fit(sets).pca(np.array([sets["set0"]]))
+    assert projected.shape == (1, 4) and projected[0, 3] == 0 and np.any(projected[0, :2] != 0)
+    assert abs(projected[0, 2]) < 1e-9  # three centred sets span two dimensions
+    single = OpticalReduction().fit({"only": sets["set0"]})
+    np.testing.assert_array_equal(single.pca(np.array([sets["set1"]])), np.zeros((1, 4)))
+    np.testing.assert_array_equal(single.cosine(np.array([sets["set1"]])), [[0.0]])  # the one z-scored set is 0
 
 
-def test_reducer_round_trips_through_json():
+def test_reduction_round_trips_through_json():
     sets = random_sets(5, seed=1)
-    reducer = OpticalReducer().fit(sets)
-    restored = OpticalReducer.from_dict(json.loads(json.dumps(reducer.to_dict())))
-    new = random_sets(1, seed=2)["set0"]
-    np.testing.assert_array_equal(restored.pca(new), reducer.pca(new))
-    assert restored.cosine(new) == reducer.cosine(new)
-    with pytest.raises(RuntimeError, match="not fitted"):
-        OpticalReducer().pca(new)
-    with pytest.raises(ValueError, match="93 features"):
-        reducer.pca(new[:10])
+    reduction = OpticalReduction().fit(sets)
+    restored = OpticalReduction.from_dict(json.loads(json.dumps(reduction.to_dict())))
+    new = np.array([random_sets(1, seed=2)["set0"]])
+    np.testing.assert_array_equal(restored.pca(new), reduction.pca(new))
+    np.testing.assert_array_equal(restored.cosine(new), reduction.cosine(new))
 
 
 def test_demo_set_gives_finite_features_for_every_column(demo_set):
