@@ -83,8 +83,9 @@ class Settings:
     ----------
     data_dir : Path
         Root of everything the appliance writes: the SQLite store, inbox, results, run folders, models.
-    models_dir : Path
-        The shipped meta-model, meta-base and report (``models/`` of the repository).
+    metamodel_dir : Path
+        The meta-model that ranks configurations, with its meta-base and report (the repository's ``models/``). The
+        models the appliance trains go to :attr:`trained_models_dir`.
     default_budget : float
         Training budget per labelled set, in seconds, when its ``dataset.yaml`` gives no ``budget_minutes``.
     top_n : int
@@ -131,7 +132,7 @@ class Settings:
     """
 
     data_dir: Path = Path("appliance-data")
-    models_dir: Path = REPOSITORY_MODELS
+    metamodel_dir: Path = REPOSITORY_MODELS
     default_budget: float = 1800.0
     top_n: int = 50
     race_floor_steps: int = 30
@@ -188,6 +189,9 @@ class Settings:
         config_file = config_file or environ.get(CONFIG_VARIABLE) or None
         if config_file:
             values.update(read_config_file(config_file))
+        for old, new in RENAMED.items():
+            if environ.get(f"APPLIANCE_{old.upper()}"):
+                raise ConfigError(f"APPLIANCE_{old.upper()} is now called APPLIANCE_{new.upper()}; rename the variable")
         for item in fields(cls):
             variable = f"APPLIANCE_{item.name.upper()}"
             raw = environ.get(variable)
@@ -256,6 +260,11 @@ class Settings:
         return self.data_dir / "runs"
 
     @property
+    def trained_models_dir(self) -> Path:
+        """The exported models of finished runs, one folder per model id (``model.onnx`` + ``model.json``)."""
+        return self.data_dir / "models"
+
+    @property
     def inbox(self) -> Path:
         return self.inbox_dir if self.inbox_dir is not None else self.data_dir / "inbox"
 
@@ -291,13 +300,18 @@ def read_config_file(path: str | Path) -> dict:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"settings file {path} is not valid TOML: {error}") from None
     names = [item.name for item in fields(Settings)]
+    for old, new in RENAMED.items():
+        if old in content:
+            raise ConfigError(f"settings file {path}: {old} is now called {new}; rename the key")
     unknown = sorted(set(content) - set(names))
     if unknown:
         raise ConfigError(f"settings file {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
     return {name: _convert(name, value, source=f"{path}: {name}") for name, value in content.items()}
 
 
-_PATHS = ("data_dir", "models_dir", "inbox_dir", "results_dir")
+_PATHS = ("data_dir", "metamodel_dir", "inbox_dir", "results_dir")
+RENAMED = {"models_dir": "metamodel_dir"}
+"""Settings that were renamed: the old name is refused with the new one, so a setting is never silently ignored."""
 _DURATIONS = (
     "default_budget",
     "quiet_period",

@@ -96,7 +96,7 @@ def run_cell(set_dir: Path, budget: float, seed: int, *, data_dir: Path, models_
     """The three methods on one set at one budget; one result row each."""
     set_dir = semantic_view(set_dir, data_dir.parent / "semantic-views")
     labelled_set = load_labelled_set(set_dir)
-    settings = Settings(data_dir=data_dir, models_dir=models_dir, default_budget=budget, seed=seed)
+    settings = Settings(data_dir=data_dir, metamodel_dir=models_dir, default_budget=budget, seed=seed)
     rows = []
     started = time.perf_counter()
     ours = train_set(set_dir, settings, device=device, resume=False)

@@ -30,6 +30,7 @@ from appliance.data.splits import split_stems
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.workflow import train_configuration
 from appliance.service.activation import activate_by_hand
+from appliance.settings import Settings
 from appliance.store import Store
 
 PROJECT = "bench"
@@ -43,7 +44,7 @@ def prepare(data_dir: Path, model_seconds: float) -> str:
     split = split_stems(labelled_set.stems, seed=0)
     run_id = store.create_run(set_name=labelled_set.name, set_dir=str(set_dir), split=json.dumps(split.to_dict()))
     model_id = store.register_model(run_id=run_id, set_name=labelled_set.name, path="")
-    model_dir = data_dir / "models" / model_id
+    model_dir = Settings(data_dir=data_dir).trained_models_dir / model_id
     config = PipelineConfig(patch_size=128, batch_size=8, learning_rate=0.001, encoder="resnet18", flip=0.5)
     train_configuration(labelled_set, config, seconds=model_seconds, out_dir=model_dir, progress=False)
     store.finish_export(run_id, model_id, str(model_dir))

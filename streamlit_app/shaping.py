@@ -8,7 +8,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from appliance.automl.schedule import step_count
+from appliance.automl.schedule import selection_score, step_count
+from appliance.store import RUNNING_RUN, JobStatus, RunStatus
 
 STALE_SECONDS = 15.0
 DOWN_STATES = ("down", "stopped", "failed")
@@ -163,7 +164,7 @@ def halving_chart_rows(step_results: Iterable[Mapping], trials: Iterable[Mapping
                 "settings": config_summary(trial.get("config")),
                 "rank": r["rank"],
                 "step": r["step"] + 1,
-                "validation_iou": r.get("validation_iou"),
+                "validation_score": selection_score(r),
                 "status": state,
                 "survivor": state in SURVIVING,
             }
@@ -227,16 +228,16 @@ def budget_progress(run: Mapping, step_results: Sequence[Mapping], n_trials: int
     status = run.get("status") or ""
     steps_total = step_count(n_trials) if n_trials else 0
     recorded = sum(float(r.get("wall_seconds") or 0.0) for r in step_results)
-    if status in ("finished", "exporting") and run.get("halving_seconds"):
+    if status in (RunStatus.FINISHED, RunStatus.EXPORTING) and run.get("halving_seconds"):
         used = float(run["halving_seconds"])
     else:
         used = recorded
-        if status == "halving":
+        if status == RunStatus.HALVING:
             last = max((parse_time(r.get("finished_at")) for r in step_results if r.get("finished_at")), default=None)
             since = last or parse_time(run.get("started_at"))
             if since is not None:
                 used += max(0.0, (now - since).total_seconds())
-    left = max(0.0, budget - used) if status in ("halving", "ranking", "created") else 0.0
+    left = max(0.0, budget - used) if status in (RunStatus.HALVING, RunStatus.RANKING, RunStatus.CREATED) else 0.0
     step_reached = 1 + max((r["step"] for r in step_results), default=-1)
     return {
         "budget_seconds": budget,
@@ -246,7 +247,7 @@ def budget_progress(run: Mapping, step_results: Sequence[Mapping], n_trials: int
         "eta": None if not left else now.timestamp() + left,
         "steps_total": steps_total,
         "step_reached": step_reached,
-        "running": status in ("halving", "ranking", "created", "exporting"),
+        "running": status in RUNNING_RUN,
     }
 
 
@@ -331,19 +332,9 @@ def config_summary(config_json: str | None) -> str:
 # -- models -------------------------------------------------------------------------------------------------------
 
 
-def model_projects(
-    models: Iterable[Mapping], runs: Iterable[Mapping], intakes: Iterable[Mapping], activations: Iterable[Mapping]
-) -> dict[str, str]:
-    """Model id → project. An activation decision names it; else the intake of the set the run trained on (its
-    managed copy is the run's ``set_dir``); else the set's name (the default project of a set)."""
-    run_set = {r["id"]: r.get("set_dir") for r in runs}
-    set_project = {i.get("store_dir"): i.get("project") for i in intakes if i.get("store_dir") and i.get("project")}
-    decided = {a["model_id"]: a["project"] for a in activations}
-    result = {}
-    for m in models:
-        project = decided.get(m["id"]) or set_project.get(run_set.get(m.get("run_id"))) or m.get("set_name")
-        result[m["id"]] = project or "(no project)"
-    return result
+def model_projects(models: Iterable[Mapping]) -> dict[str, str]:
+    """Model id → project (each model records its own; see :class:`appliance.store.Store`)."""
+    return {m["id"]: m.get("project") or m.get("set_name") or "(no project)" for m in models}
 
 
 def per_class_scores(test: Mapping | None, class_names: Sequence[str]) -> list[dict]:
@@ -487,7 +478,7 @@ def waiting_reason(project: str, training: Mapping | None, decision: Mapping | N
             f"{training.get('error') or 'no reason recorded'}); fix it and run `appliance retry {training['id']}` "
             "or retry it below"
         )
-    if training["status"] == "done":
+    if training["status"] == JobStatus.DONE:
         if decision is not None and not decision.get("activated"):
             return "error", (
                 f"training job {training['id']} of project {project} finished, but its model "

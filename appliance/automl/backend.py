@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from appliance.automl.halving import DoesNotFit, TrainedSlice, TrialFailed, Validation
-from appliance.data.labelled_set import LabelledSet
+from appliance.data.labelled_set import INSTANCES, SEMANTIC, LabelledSet, read_split_instances
 from appliance.data.splits import Split
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.device import (
@@ -26,10 +26,11 @@ from appliance.pipeline.device import (
     resolve_device,
     synchronize,
 )
-from appliance.pipeline.evaluation import evaluate
+from appliance.pipeline.evaluation import score_predictions
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings, tile_pixels
+from appliance.pipeline.instances import choose_seed_depth, softmax
 from appliance.pipeline.patches import PatchCache
-from appliance.pipeline.task import network_classes, read_training_split
+from appliance.pipeline.task import SELECTION_METRICS, network_classes, read_training_split
 from appliance.pipeline.trainer import Trainer
 
 
@@ -37,7 +38,9 @@ class TorchBackend:
     """Trains configurations on the training images of ``split`` and scores them on its validation images.
 
     The network learns the set's classes, or interior and boundary for a set with instance masks
-    (:mod:`appliance.pipeline.task`); validation scores the network's own classes.
+    (:mod:`appliance.pipeline.task`); validation scores the network's own classes (mean IoU) and, for an instances
+    set, the objects' AP@0.5 at the best seed depth, which is what survivors are chosen on
+    (:data:`~appliance.pipeline.task.SELECTION_METRICS`).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class TorchBackend:
         gpu_memory_gb: float = 8.0,
         tiles: TileSettings = DEFAULT_TILES,
         on_throughput: Callable[[PipelineConfig, int, float], None] | None = None,
+        min_object_px: int = 0,
     ):
         self.labelled_set = labelled_set
         self.seed = seed
@@ -62,6 +66,11 @@ class TorchBackend:
         self.train_images, self.train_masks = read_training_split(labelled_set, split.train)
         self.validation_images, self.validation_masks = read_training_split(labelled_set, split.validation)
         self.validation_names = split.validation
+        self.validation_objects = (
+            read_split_instances(labelled_set, split.validation) if labelled_set.task == INSTANCES else None
+        )
+        self.selection_metric = SELECTION_METRICS[INSTANCES if self.validation_objects else SEMANTIC]
+        self.min_object_px = min_object_px
         self.patches = PatchCache(self.train_images, self.train_masks, num_classes=self.num_classes)
 
     def start(self, config: PipelineConfig) -> Trainer:
@@ -118,17 +127,20 @@ class TorchBackend:
         return sum(tile_pixels(*image.shape[:2], tiles=self.tiles) for image in self.validation_images)
 
     def validate(self, trainer: Trainer) -> Validation:
-        def predict(image: np.ndarray) -> np.ndarray:
-            return trainer.predict(image, tiles=self.tiles)
-
-        evaluation = evaluate(
-            predict,
-            self.validation_images,
+        logits = [trainer.logits(image, tiles=self.tiles) for image in self.validation_images]
+        evaluation = score_predictions(
+            (each.argmax(axis=0).astype(np.uint8) for each in logits),
             self.validation_masks,
             num_classes=self.num_classes,
             names=self.validation_names,
         )
-        return Validation(evaluation.mean_foreground_iou, evaluation.overall.iou[1:])
+        score = None
+        if self.validation_objects:
+            _, by_depth = choose_seed_depth(
+                [softmax(each) for each in logits], self.validation_objects, min_object_px=self.min_object_px
+            )
+            score = max(by_depth.values())
+        return Validation(evaluation.mean_foreground_iou, evaluation.overall.iou[1:], score)
 
     def peak_memory_mb(self) -> float | None:
         return peak_memory_mb(self.device)

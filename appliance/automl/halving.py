@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from appliance.automl.schedule import HalvingSchedule, select_survivors
+from appliance.automl.schedule import HalvingSchedule, select_survivors, selection_score
 from appliance.errors import ApplianceError
 from appliance.faults import fault_point
 from appliance.pipeline.config import PipelineConfig
-from appliance.store import Store
+from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
+from appliance.store import Store, TrialStatus
 
 if TYPE_CHECKING:
     from appliance.automl.race import Candidate, RacePlan
@@ -62,10 +63,21 @@ class TrainedSlice:
     work_mp: float  # megapixels of patches in total
 
 
+IOU_METRIC = SELECTION_METRICS[SEMANTIC]
+
+
 @dataclass(frozen=True)
 class Validation:
+    """A trial's validation: the network classes' mean foreground IoU and, for a set whose task has its own metric
+    (objects: AP@0.5), that metric as ``score``. Survivors are chosen by ``score``, ties by ``mean_iou``."""
+
     mean_iou: float | None  # None: not validated (a last step with one trial)
     per_class: list[float | None] | None
+    score: float | None = None  # None: the task's metric is the mean IoU itself
+
+    @property
+    def selection_score(self) -> float | None:
+        return self.mean_iou if self.score is None else self.score
 
 
 class TrialBackend(Protocol):
@@ -115,7 +127,7 @@ class SuccessiveHalving:
 
     def run(self) -> dict:
         """Run every step not recorded yet; return the winning trial (at once when a resumed run has one)."""
-        decided = self.store.trials(self.run_id, status="winner")
+        decided = self.store.trials(self.run_id, status=TrialStatus.WINNER)
         if decided:
             return decided[0]
         schedule = self.schedule = HalvingSchedule(self._initial_count(), self.budget_seconds, self.growth)
@@ -127,12 +139,12 @@ class SuccessiveHalving:
             if step in finished:
                 continue
             self._run_step(step, schedule, deadline=started + schedule.deadline(step))
-        active = self.store.trials(self.run_id, status="active")
+        active = self.store.trials(self.run_id, status=TrialStatus.ACTIVE)
         if not active:
             raise TrialFailed("every configuration failed or did not fit; see the run's events")
         winner = active[0]
-        self.store.update_trial(self.run_id, winner["rank"], status="winner")
-        return self.store.trials(self.run_id, status="winner")[0]
+        self.store.update_trial(self.run_id, winner["rank"], status=TrialStatus.WINNER)
+        return self.store.trials(self.run_id, status=TrialStatus.WINNER)[0]
 
     def _initial_count(self) -> int:
         """n of the schedule: the trials that entered step 1, counting replacements in place of misfits."""
@@ -143,7 +155,7 @@ class SuccessiveHalving:
         done = {row["rank"]: row for row in self.store.step_results(self.run_id, step)}
         consumed = sum(row["wall_seconds"] for row in done.values())
         step_started = self.clock()
-        queue = [t for t in self.store.trials(self.run_id, status="active") if t["rank"] not in done]
+        queue = [t for t in self.store.trials(self.run_id, status=TrialStatus.ACTIVE) if t["rank"] not in done]
         self.store.event(self.run_id, f"step {step + 1}/{schedule.steps}: {len(queue)} trial(s) to train")
         decides = not (step == schedule.steps - 1 and len(queue) + len(done) == 1)
         while queue:
@@ -153,14 +165,14 @@ class SuccessiveHalving:
                 replacement = self._replacement()
                 if replacement is not None:
                     queue.append(replacement)
-        active = self.store.trials(self.run_id, status="active")
+        active = self.store.trials(self.run_id, status=TrialStatus.ACTIVE)
         results = {row["rank"]: row for row in self.store.step_results(self.run_id, step)}
         keep = schedule.active[step + 1] if step + 1 < schedule.steps else 1
         keep = min(keep, len(active))
         ranks = [t["rank"] for t in active]
-        chosen = select_survivors(
-            [results[r]["validation_iou"] if r in results else None for r in ranks], ranks, keep=keep
-        )
+        scores = [selection_score(results[r]) if r in results else None for r in ranks]
+        ties = [results[r]["validation_iou"] if r in results else None for r in ranks]
+        chosen = select_survivors(scores, ranks, keep=keep, tiebreak=ties)
         survivors = [ranks[i] for i in chosen]
         self.store.finish_step(
             self.run_id, step, active=ranks, survivors=survivors, seconds=consumed + self.clock() - step_started
@@ -169,12 +181,14 @@ class SuccessiveHalving:
         for trial in active:
             if trial["rank"] not in survivors and not self.keep_dropped_checkpoints:
                 self._delete_checkpoints(trial["rank"])
-        scores = [results[r]["validation_iou"] for r in ranks if r in results]
         best = max((score for score in scores if score is not None), default=None)
+        metric = getattr(self.backend, "selection_metric", IOU_METRIC)
         self.store.event(
             self.run_id,
             f"step {step + 1}/{schedule.steps} done: {len(survivors)} of {len(ranks)} continue"
-            + (f" (best validation IoU {best:.3f})" if best is not None else " (not validated: nothing to decide)"),
+            + (
+                f" (best validation {metric} {best:.3f})" if best is not None else " (not validated: nothing to decide)"
+            ),
         )
 
     def _slice(self, trial: dict, step: int, share: float, *, validate: bool = True) -> bool:
@@ -197,12 +211,18 @@ class SuccessiveHalving:
             validation_seconds = self.clock() - validation_started
         except DoesNotFit as error:
             self.store.update_trial(
-                self.run_id, rank, status="does_not_fit", reason=str(error), probe_peak_memory_mb=error.peak_memory_mb
+                self.run_id,
+                rank,
+                status=TrialStatus.DOES_NOT_FIT,
+                reason=str(error),
+                probe_peak_memory_mb=error.peak_memory_mb,
             )
             self.store.event(self.run_id, f"{config.id} (rank {rank}) does not fit: {error}", level="warning")
             return False
         except TrialFailed as error:
-            self.store.update_trial(self.run_id, rank, status="failed", reason=str(error), dropped_after_step=step)
+            self.store.update_trial(
+                self.run_id, rank, status=TrialStatus.FAILED, reason=str(error), dropped_after_step=step
+            )
             self.store.event(
                 self.run_id, f"{config.id} (rank {rank}) failed in step {step + 1}: {error}", level="error"
             )
@@ -221,6 +241,7 @@ class SuccessiveHalving:
             "work_mp": trained.work_mp,
             "validation_iou": validation.mean_iou,
             "validation_iou_per_class": None if validation.per_class is None else json.dumps(validation.per_class),
+            "validation_score": validation.score,
             "peak_memory_mb": self.backend.peak_memory_mb(),
             "wall_seconds": wall,
             "checkpoint": str(path),

@@ -43,7 +43,7 @@ from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.task import CHOOSE, INSTANCES, SEMANTIC, evaluate_split
 from appliance.pipeline.trainer import Trainer
 from appliance.settings import Settings
-from appliance.store import Store, now
+from appliance.store import RunStatus, Store, TrialStatus, now
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,10 @@ def train_set(
     trials: int | None = None,
     growth: float | None = None,
     include_default: bool = True,
+    project: str | None = None,
 ) -> JobResult:
-    """Run (or resume) the whole job on one labelled set; returns the finished run.
+    """Run (or resume) the whole job on one labelled set for ``project`` (default: the set's own,
+    :attr:`~appliance.data.labelled_set.LabelledSet.project`); returns the finished run.
 
     Benchmarks compare with other searches through ``ranking`` (replaces the meta-model's ranking), ``trials``
     (races exactly that many configurations instead of the budget-aware n) and ``include_default`` (False: the
@@ -102,6 +104,7 @@ def train_set(
         run_id = store.create_run(
             set_name=labelled_set.name,
             set_dir=str(set_dir),
+            project=project or labelled_set.project,
             budget_seconds=budget,
             top_n=top_n,
             seed=seed,
@@ -126,6 +129,7 @@ def train_set(
             on_throughput=lambda config, steps, seconds: record_training_throughput(
                 store, table, config, steps=steps, seconds=seconds
             ),
+            min_object_px=settings.min_object_px,
         )
         measuring = time.perf_counter()
         table = ensure_reference_measurements(store, backend.device, log=log)
@@ -133,7 +137,7 @@ def train_set(
             timings["device_measurement_seconds"] = time.perf_counter() - measuring
             job_started += timings["device_measurement_seconds"]
         if not store.trials(run_id):
-            store.update_run(run_id, status="ranking")
+            store.update_run(run_id, status=RunStatus.RANKING)
 
             def plan_with(ranking: Ranking) -> tuple[list, RacePlan]:
                 candidates = time_aware_order(ranking, table)
@@ -165,7 +169,9 @@ def train_set(
             log(plan.describe())
             store.event(run_id, plan.describe(), level="info" if plan.search else "warning")
         schedule = _recorded_schedule(store.run(run_id), len(store.trials(run_id)))
-        store.update_run(run_id, status="halving", device=str(backend.device))
+        store.update_run(
+            run_id, status=RunStatus.HALVING, device=str(backend.device), selection_metric=backend.selection_metric
+        )
         started = time.perf_counter()
         halving = SuccessiveHalving(
             store,
@@ -182,7 +188,7 @@ def train_set(
         )
         winner = halving.run()
         timings["halving_seconds"] = time.perf_counter() - started
-        store.update_run(run_id, status="exporting", halving_seconds=timings["halving_seconds"])
+        store.update_run(run_id, status=RunStatus.EXPORTING, halving_seconds=timings["halving_seconds"])
         started = time.perf_counter()
         test, model_dir = _finish(store, run_id, labelled_set, split, winner, backend, settings, run_dir)
         timings["export_seconds"] = time.perf_counter() - started
@@ -190,7 +196,9 @@ def train_set(
             _remember(store, run_id, settings, log)
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt | SystemExit):
-            store.update_run(run_id, status="failed", error=f"{type(error).__name__}: {error}", finished_at=now())
+            store.update_run(
+                run_id, status=RunStatus.FAILED, error=f"{type(error).__name__}: {error}", finished_at=now()
+            )
             store.event(run_id, f"failed: {error}", level="error")
         raise
     log(f"run {run_id} finished: test IoU {test.mean_foreground_iou:.3f}, model {model_dir}")
@@ -233,7 +241,7 @@ def _rank(
             ranking, fallback_reason = fallback_ranking(), missing
         else:
             save_features(store.run(run_id)["run_dir"], features)
-            ranking, fallback_reason = rank_for_set(features, models_dir=settings.models_dir)
+            ranking, fallback_reason = rank_for_set(features, models_dir=settings.metamodel_dir)
         if fallback_reason:
             store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")
             log(f"ranking: {ranking.source} ({fallback_reason})")
@@ -277,12 +285,13 @@ def _finish(
     write_halving_chart(store, run_id, qc / "halving.png")
 
     validation_iou = backend.validate(trainer).mean_iou  # the winner as exported (its last slice is not validated)
-    models_dir = settings.data_dir / "models"
+    models_dir = settings.trained_models_dir
     for stale in store.unfinished_models(run_id):  # a kill during an earlier export left its files behind
         shutil.rmtree(models_dir / stale, ignore_errors=True)
     model_id = store.register_model(
         run_id=run_id,
         set_name=labelled_set.name,
+        project=store.run(run_id)["project"] or labelled_set.project,
         config_id=winner["config_id"],
         path="",
         validation_iou=validation_iou,
@@ -345,7 +354,7 @@ def write_halving_chart(store: Store, run_id: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     results = store.step_results(run_id)
-    winner = next((t["rank"] for t in store.trials(run_id) if t["status"] == "winner"), None)
+    winner = next((t["rank"] for t in store.trials(run_id) if t["status"] == TrialStatus.WINNER), None)
     figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
     for rank in sorted({r["rank"] for r in results}):
         rows = [r for r in results if r["rank"] == rank and r["validation_iou"] is not None]

@@ -14,7 +14,7 @@ fewer and better configurations train, get more of ``T``: the budget-aware race
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -98,13 +98,29 @@ def survivors(active: int) -> int:
     return max(1, active // 2)
 
 
-def select_survivors(scores: Sequence[float | None], ranks: Sequence[int], *, keep: int) -> list[int]:
+def selection_score(step_result: Mapping) -> float | None:
+    """What a recorded slice (a ``step_results`` row) is selected on: its task's validation score, else (a
+    semantic set, or a row from before scores were recorded) its validation mean IoU."""
+    score = step_result.get("validation_score")
+    return step_result.get("validation_iou") if score is None else score
+
+
+def select_survivors(
+    scores: Sequence[float | None],
+    ranks: Sequence[int],
+    *,
+    keep: int,
+    tiebreak: Sequence[float | None] | None = None,
+) -> list[int]:
     """Indices of the ``keep`` best configurations by validation score, ties (and missing scores,
-    which count as worst) broken by the meta-model rank (lower rank first)."""
-    if len(scores) != len(ranks):
+    which count as worst) broken by ``tiebreak`` (higher first) when given, then by the meta-model rank (lower
+    rank first)."""
+    if len(scores) != len(ranks) or (tiebreak is not None and len(tiebreak) != len(ranks)):
         raise ValueError(f"got {len(scores)} scores but {len(ranks)} ranks")
-    order = sorted(
-        range(len(scores)),
-        key=lambda i: (scores[i] is None, -(scores[i] if scores[i] is not None else 0.0), ranks[i]),
-    )
+    ties = tiebreak if tiebreak is not None else [None] * len(ranks)
+
+    def worst_first(value: float | None) -> tuple[bool, float]:
+        return value is None, -(value if value is not None else 0.0)
+
+    order = sorted(range(len(scores)), key=lambda i: (*worst_first(scores[i]), *worst_first(ties[i]), ranks[i]))
     return sorted(order[:keep])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -106,6 +106,11 @@ class LabelledSet:
         """What a model of this set learns: ``task`` from ``dataset.yaml``, else ``"instances"`` when the set brings
         one id per object (``instances/``), else ``"semantic"`` (see :mod:`appliance.pipeline.task`)."""
         return self.metadata.get("task") or (INSTANCES if self.instance_paths else SEMANTIC)
+
+    @property
+    def project(self) -> str:
+        """The project this set trains a model for (:func:`project_of`)."""
+        return project_of(self.metadata, self.name)
 
     @property
     def num_classes(self) -> int:
@@ -635,6 +640,11 @@ def _check_budget(value: object) -> str | None:
     if message is None and value > MAX_BUDGET_MINUTES:
         message = f"{value!r} minutes is more than the allowed {MAX_BUDGET_MINUTES} (7 days)"
     return message
+
+
+def project_of(metadata: Mapping, set_name: str) -> str:
+    """A set's project: ``project`` from its ``dataset.yaml``, else the set's (folder's) name."""
+    return metadata.get("project") or set_name
 
 
 def _check_project(value: object) -> str | None:

@@ -36,6 +36,10 @@ from appliance.pipeline.instances import (
 )
 from appliance.pipeline.objects import instance_labels
 
+SELECTION_METRICS = {SEMANTIC: "mean IoU", INSTANCES: "AP@0.5"}
+"""The validation score successive halving selects on, by task: the network classes' mean foreground IoU, or the
+objects' AP@0.5 (ties, such as AP 0 before any object is found, go by the mean IoU)."""
+
 INSTANCE_NETWORK_CLASSES = tuple(name for _, name in sorted({INTERIOR: "interior", BOUNDARY: "boundary"}.items()))
 """The network's foreground classes of an instances model, in label order."""
 

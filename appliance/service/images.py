@@ -21,7 +21,7 @@ from appliance.errors import readable, utf8_problem
 from appliance.service.files import file_hash, is_candidate, stat_key
 from appliance.service.jobs import SEGMENT
 from appliance.settings import Settings
-from appliance.store import Store, now
+from appliance.store import JobStatus, Store, now
 
 
 def image_id(project: str, relpath: str, content_hash: str) -> str:
@@ -166,7 +166,7 @@ class ImageDetector:
             content_hash=content_hash,
             size=key[0],
             mtime_ns=key[1],
-            status="queued",
+            status=JobStatus.QUEUED,
             detected_at=now(),
             landed_at=time.time(),
         )

@@ -26,7 +26,7 @@ from appliance.pipeline.result_names import ResultFiles, result_files, result_st
 from appliance.service.files import file_hash, stat_key
 from appliance.service.jobs import SEGMENT
 from appliance.settings import Settings
-from appliance.store import Store
+from appliance.store import JobStatus, Store
 
 SERVICE_COLUMNS = ("model_id", "processed_at")
 CSV_COLUMNS = (*MEASUREMENT_COLUMNS, *SERVICE_COLUMNS)
@@ -82,10 +82,10 @@ class InferenceWorker:
         path = Path(image["path"])
         key = stat_key(path)
         if key is None:
-            self._finish_without_result(job, image, "missing", f"{path} disappeared before it was segmented")
+            self._finish_without_result(job, image, JobStatus.MISSING, f"{path} disappeared before it was segmented")
             return
         if key != (image["size"], image["mtime_ns"]):
-            self._finish_without_result(job, image, "superseded", f"{path} changed; the new version is queued")
+            self._finish_without_result(job, image, JobStatus.SUPERSEDED, f"{path} changed; the new version is queued")
             return
         try:
             pixels = read_image(path)
@@ -108,7 +108,7 @@ class InferenceWorker:
             # written on while it was read (a preallocated file, or a writer that keeps the mtime): forget the
             # version's stat so the detector registers what is there now as a new version
             self.store.update_image(image["id"], size=-1, mtime_ns=-1)
-            self._finish_without_result(job, image, "superseded", f"{path} changed while it was segmented")
+            self._finish_without_result(job, image, JobStatus.SUPERSEDED, f"{path} changed while it was segmented")
             return
         files = self.result_paths(image)
         rows = write_results(
@@ -165,14 +165,14 @@ class InferenceWorker:
         status = self.store.fail(job["id"], self.owner, message, retry_after=self.settings.stable_seconds)
         image = self.store.image(job["key"])
         where = f"image {image['project']}/{image['relpath']}" if image else f"job {job['id']}"
-        if status == "failed" and image:
-            self.store.update_image(image["id"], status="failed", error=message)
-        verb = "not segmented" if status == "failed" else f"failed (attempt {job['attempts']}), retried"
-        self.store.event(None, f"{where} {verb}: {message}", level="error" if status == "failed" else "warning")
+        if status == JobStatus.FAILED and image:
+            self.store.update_image(image["id"], status=JobStatus.FAILED, error=message)
+        verb = "not segmented" if status == JobStatus.FAILED else f"failed (attempt {job['attempts']}), retried"
+        self.store.event(None, f"{where} {verb}: {message}", level="error" if status == JobStatus.FAILED else "warning")
         self.log(readable(f"{where} {verb}: {message}"))
 
     def _give_up(self, job: dict, image: dict, message: str) -> None:
-        self.store.update_image(image["id"], status="failed", error=message)
+        self.store.update_image(image["id"], status=JobStatus.FAILED, error=message)
         self.store.give_up(job["id"], self.owner, message)
         self.store.event(None, f"image {image['project']}/{image['relpath']} not segmented: {message}", level="error")
         self.log(f"image {image['project']}/{image['relpath']} not segmented: {message}")

@@ -28,7 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.data.io import atomic_write
-from appliance.data.labelled_set import DATASET_YAML, IMAGES_DIR, MASKS_DIR, NAME_PATTERN, NAME_RULE, load_labelled_set
+from appliance.data.labelled_set import (
+    DATASET_YAML,
+    IMAGES_DIR,
+    MASKS_DIR,
+    NAME_PATTERN,
+    NAME_RULE,
+    load_labelled_set,
+    project_of,
+)
 from appliance.errors import InvalidSetError, Problem, readable, utf8_problem
 from appliance.service.disk import training_space
 from appliance.service.files import CHUNK, is_candidate, tree_signature
@@ -292,7 +300,7 @@ class Intake:
                 labelled_set = None
             if problems:
                 return self._reject(folder, signature, content_hash, problems)
-            project = labelled_set.metadata.get("project") or folder.name
+            project = project_of(labelled_set.metadata, folder.name)  # the inbox folder, not the staging copy
             store_dir = sets_dir / f"{folder.name}-{content_hash[:12]}"
             if not store_dir.exists():
                 (staging / "set").rename(store_dir)

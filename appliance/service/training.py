@@ -30,7 +30,7 @@ from appliance.service.disk import training_must_stop, training_space
 from appliance.service.files import rotate_log
 from appliance.service.jobs import TRAIN, TrainingRequest
 from appliance.settings import Settings
-from appliance.store import Store
+from appliance.store import JobStatus, RunStatus, Store
 
 SHUTDOWN, DISK = "shutdown", "disk"
 DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "[Errno 28]")
@@ -111,7 +111,7 @@ class TrainingSupervisor:
             status = self.store.fail(
                 job["id"], self.owner, f"exit code {child.returncode}: {tail}", retry_after=RETRY_AFTER_SECONDS
             )
-            level = "error" if status == "failed" else "warning"
+            level = "error" if status == JobStatus.FAILED else "warning"
             self.store.event(
                 None, f"training job {job['id']} failed (exit {child.returncode}), now {status}: {tail}", level=level
             )
@@ -150,7 +150,7 @@ def finished_run(store: Store, set_dir: str, budget: float, top_n: int, seed: in
     for run in store.runs():
         if (
             run["set_dir"] == set_dir
-            and run["status"] == "finished"
+            and run["status"] == RunStatus.FINISHED
             and run["model_id"]
             and run["budget_seconds"] == budget
             and run["top_n"] == top_n
@@ -170,7 +170,7 @@ def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = pri
     set_dir = str(Path(request.set_dir).resolve())
     run = finished_run(store, set_dir, request.budget, settings.top_n, settings.seed)
     if run is None:
-        result = train_set(set_dir, settings, budget=request.budget, log=log, store=store)
+        result = train_set(set_dir, settings, budget=request.budget, log=log, store=store, project=request.project)
         run = result.run
     else:
         log(f"run {run['id']} of this set already finished; applying the activation rule only")

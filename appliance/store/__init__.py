@@ -38,9 +38,10 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 import sqlite_utils
@@ -54,6 +55,7 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
             "id": str,
             "set_name": str,
             "set_dir": str,
+            "project": str,
             "status": str,
             "budget_seconds": float,
             "top_n": int,
@@ -61,6 +63,7 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
             "device": str,
             "gpu_memory_gb": float,
             "ranking_source": str,
+            "selection_metric": str,
             "split": str,
             "run_dir": str,
             "winner_config_id": str,
@@ -107,6 +110,7 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
             "work_mp": float,
             "validation_iou": float,
             "validation_iou_per_class": str,
+            "validation_score": float,
             "peak_memory_mb": float,
             "wall_seconds": float,
             "checkpoint": str,
@@ -138,6 +142,7 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
             "id": str,
             "run_id": str,
             "set_name": str,
+            "project": str,
             "config_id": str,
             "path": str,
             "validation_iou": float,
@@ -250,13 +255,52 @@ SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
     ),
 }
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped with every change to :data:`SCHEMA` (``tests/store/test_schema.py`` holds the fingerprint of each). 1: the
 store before versions were recorded (``PRAGMA user_version`` 0); 2: activation decisions keep the quality gate's
-numbers; 3: components report their ONNX Runtime providers. Opening an older store adds what it lacks, in place; a
-newer one is refused."""
+numbers; 3: components report their ONNX Runtime providers; 4: a run records the validation metric it selects on
+and each slice its score in that metric (objects' AP@0.5 for an instances set); runs and models record their project
+(an older store's are filled in on upgrade). Opening an older store adds what it
+lacks, in place; a newer one is refused."""
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+
+class RunStatus(StrEnum):
+    """Where a training run is (``runs.status``), in order; ``FAILED`` can follow any of the others."""
+
+    CREATED = "created"
+    RANKING = "ranking"
+    HALVING = "halving"
+    EXPORTING = "exporting"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+RUNNING_RUN = (RunStatus.CREATED, RunStatus.RANKING, RunStatus.HALVING, RunStatus.EXPORTING)
+"""Run statuses of a run that has not ended."""
+
+
+class TrialStatus(StrEnum):
+    """A configuration's place in a run's race (``trials.status``)."""
+
+    ACTIVE = "active"
+    DROPPED = "dropped"
+    WINNER = "winner"
+    DOES_NOT_FIT = "does_not_fit"
+    FAILED = "failed"
+
+
+class JobStatus(StrEnum):
+    """A queued job's or a landed image's state (``jobs.status``, ``images.status``)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    MISSING = "missing"  # an image that disappeared before it was segmented
+    SUPERSEDED = "superseded"  # a newer version of the image or set replaced it
+
+
+QUEUED, RUNNING, DONE, FAILED = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE, JobStatus.FAILED
 
 
 class NewerStoreError(ApplianceError):
@@ -269,9 +313,13 @@ def now() -> str:
 
 
 class Store(PageReads):
-    """The SQLite store. Opening creates the file and the tables when missing."""
+    """The SQLite store. Opening creates the file and the tables when missing (or upgrades an older one).
 
-    def __init__(self, path: str | Path):
+    ``clock`` gives the epoch seconds that job leases, retry delays, landing times and heartbeats are stamped and
+    compared with (tests pass a fake one instead of waiting)."""
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time):
+        self.clock = clock
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite_utils.Database(self.path)
@@ -305,7 +353,28 @@ class Store(PageReads):
             self.db["jobs"].create_index(["status", "kind"], if_not_exists=True)
             self.db["images"].create_index(["project", "relpath"], if_not_exists=True)
             self.db["labelled_sets"].create_index(["inbox_path"], if_not_exists=True)
+            if version < 4:
+                self._fill_model_projects()
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _fill_model_projects(self) -> None:
+        """Schema 4 records each model's project; an older store's models get theirs from the activation decision
+        that names them, else the intake of the set their run trained on (its managed copy is the run's
+        ``set_dir``), else the set's name (a set's default project)."""
+        self.db.execute(
+            """
+            update models set project = coalesce(
+                (select a.project from activations a where a.model_id = models.id order by a.id desc limit 1),
+                (select l.project from labelled_sets l join runs r on l.store_dir = r.set_dir
+                  where r.id = models.run_id and l.project is not null order by l.rowid desc limit 1),
+                set_name)
+            where project is null
+            """
+        )
+        self.db.execute(
+            "update runs set project = (select m.project from models m where m.run_id = runs.id limit 1)"
+            " where project is null"
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -335,7 +404,7 @@ class Store(PageReads):
 
     def create_run(self, **fields) -> str:
         run_id = f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        self.db["runs"].insert({"id": run_id, "status": "created", "created_at": now(), **fields})
+        self.db["runs"].insert({"id": run_id, "status": RunStatus.CREATED.value, "created_at": now(), **fields})
         return run_id
 
     def run(self, run_id: str) -> dict:
@@ -348,7 +417,7 @@ class Store(PageReads):
         self.db["runs"].update(run_id, fields)
 
     def unfinished_runs(self, set_dir: str | None = None) -> list[dict]:
-        where, args = "status not in ('finished', 'failed')", []
+        where, args = f"status not in ('{RunStatus.FINISHED}', '{RunStatus.FAILED}')", []
         if set_dir is not None:
             where, args = where + " and set_dir = ?", [set_dir]
         return list(self.db["runs"].rows_where(where, args, order_by="created_at"))
@@ -390,7 +459,7 @@ class Store(PageReads):
                 "config_id": config_id,
                 "config": json.dumps(config),
                 "predicted_score": predicted_score,
-                "status": "active",
+                "status": TrialStatus.ACTIVE.value,
             },
             ignore=True,
         )
@@ -438,7 +507,9 @@ class Store(PageReads):
             )
             for rank in active:
                 if rank not in survivors:
-                    self.db["trials"].update((run_id, rank), {"status": "dropped", "dropped_after_step": step})
+                    self.db["trials"].update(
+                        (run_id, rank), {"status": TrialStatus.DROPPED.value, "dropped_after_step": step}
+                    )
 
     def finished_steps(self, run_id: str) -> list[dict]:
         return list(self.db["steps"].rows_where("run_id = ?", [run_id], order_by="step"))
@@ -507,7 +578,7 @@ class Store(PageReads):
         """In one transaction: the model's files are at ``path`` and its run is finished."""
         with self.transaction():
             self.db["models"].update(model_id, {"path": path})
-            self.db["runs"].update(run_id, {"status": "finished", "model_id": model_id, **run_fields})
+            self.db["runs"].update(run_id, {"status": RunStatus.FINISHED.value, "model_id": model_id, **run_fields})
 
     def models(self) -> list[dict]:
         return list(self.db["models"].rows_where(order_by="created_at desc"))
@@ -545,7 +616,7 @@ class Store(PageReads):
     ) -> dict | None:
         """Lease the oldest claimable job of ``kind`` to ``owner``: queued (and past ``not_before``), or running
         with an expired lease (its worker died). ``projects`` limits the claim to jobs of those projects."""
-        clock = time.time()
+        clock = self.clock()
         where = "kind = ? and ((status = 'queued' and not_before <= ?) or (status = 'running' and lease_expires < ?))"
         args: list = [kind, clock, clock]
         if projects is not None:
@@ -577,7 +648,7 @@ class Store(PageReads):
             cursor = self.db.execute(
                 "update jobs set lease_expires = ?, heartbeat_at = ? where id = ? and lease_owner = ?"
                 " and status = 'running'",
-                [time.time() + lease_seconds, now(), job_id, owner],
+                [self.clock() + lease_seconds, now(), job_id, owner],
             )
         return cursor.rowcount == 1
 
@@ -599,7 +670,7 @@ class Store(PageReads):
                 " error = ?, not_before = ?, lease_owner = null,"
                 " finished_at = case when attempts < max_attempts then null else ? end"
                 " where id = ? and lease_owner = ? and status = 'running' returning status",
-                [readable(error), time.time() + retry_after, now(), job_id, owner],
+                [readable(error), self.clock() + retry_after, now(), job_id, owner],
             ).fetchone()
         return row[0] if row else self.job(job_id)["status"]
 
@@ -609,7 +680,7 @@ class Store(PageReads):
             self.db.execute(
                 "update jobs set status = 'queued', attempts = max(attempts - 1, 0), lease_owner = null,"
                 " not_before = ?, error = coalesce(?, error) where id = ? and lease_owner = ? and status = 'running'",
-                [time.time() + retry_after, None if note is None else readable(note), job_id, owner],
+                [self.clock() + retry_after, None if note is None else readable(note), job_id, owner],
             )
 
     def recover_jobs(self) -> list[dict]:
@@ -722,7 +793,7 @@ class Store(PageReads):
                 return False
             self.db["images"].update(
                 image_id,
-                {"status": QUEUED, "size": size, "mtime_ns": mtime_ns, "landed_at": time.time(), "error": None},
+                {"status": QUEUED, "size": size, "mtime_ns": mtime_ns, "landed_at": self.clock(), "error": None},
             )
         return True
 
@@ -862,7 +933,7 @@ class Store(PageReads):
                 "state": state,
                 "detail": detail,
                 "interval": interval,
-                "heartbeat": time.time(),
+                "heartbeat": self.clock(),
                 "at": now(),
                 "onnx_providers": ",".join(onnx_providers),
             },

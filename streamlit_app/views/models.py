@@ -24,7 +24,7 @@ def read_json(path: Path) -> dict | None:
 
 def registry(store) -> tuple[list[dict], dict[str, str]]:
     models = store.models()
-    projects = shaping.model_projects(models, store.runs(), store.intakes(), store.activations())
+    projects = shaping.model_projects(models)
     return models, projects
 
 

@@ -9,25 +9,27 @@ import pandas as pd
 import streamlit as st
 
 from appliance.automl.schedule import step_count
+from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
+from appliance.store import RunStatus, TrialStatus
 from streamlit_app import common, shaping
 
 IOU_SCALE = alt.Scale(domain=[0, 1])  # the whole range: a 0.300-0.314 zoom makes noise look like progress
 STATUS_COLOURS = {"winner": "#d62728", "active": "#1f77b4", "dropped": "#9e9e9e", "failed": "#ff7f0e"}
 
 
-def halving_chart(rows: list[dict], steps_total: int) -> alt.LayerChart:
-    """Validation IoU per trial per step: dropped trials thin and grey, trials still in the race (and the winner) in
-    colour with a legend of their own."""
+def halving_chart(rows: list[dict], steps_total: int, metric: str) -> alt.LayerChart:
+    """The validation score the race selects on (``metric``) per trial per step: dropped trials thin and grey,
+    trials still in the race (and the winner) in colour with a legend of their own."""
     frame = pd.DataFrame(rows)
     steps = list(range(1, max(steps_total, max(r["step"] for r in rows)) + 1))  # steps to come stay on the axis
     x = alt.X("step:O", title="halving step", axis=alt.Axis(labelAngle=0), scale=alt.Scale(domain=steps))
-    y = alt.Y("validation_iou:Q", title="validation mean IoU (0-1)", scale=IOU_SCALE)
+    y = alt.Y("validation_score:Q", title=f"validation {metric} (0-1)", scale=IOU_SCALE)
     tooltip = [
         "trial",
         "settings",
         "configuration",
         "step",
-        alt.Tooltip("validation_iou:Q", title="validation IoU", format=".3f"),
+        alt.Tooltip("validation_score:Q", title=f"validation {metric}", format=".3f"),
         "status",
     ]
     dropped = (
@@ -37,7 +39,7 @@ def halving_chart(rows: list[dict], steps_total: int) -> alt.LayerChart:
     )
     survivors = frame[frame["survivor"]]
     colour = alt.Color("trial:N", legend=alt.Legend(title="still in the race"))
-    if (survivors["status"] == "winner").any():
+    if (survivors["status"] == TrialStatus.WINNER).any():
         colour = alt.Color("trial:N", legend=alt.Legend(title="winner"), scale=alt.Scale(range=["#d62728"]))
     alive = (
         alt.Chart(survivors)
@@ -68,7 +70,7 @@ def budget(run: dict, results: list[dict], trials: list[dict]) -> None:
         f"step {min(progress['step_reached'], progress['steps_total'])} of {progress['steps_total']} · "
         f"{sum(t['status'] in shaping.SURVIVING for t in trials)} of {len(trials)} trials in the race",
     )
-    if run.get("status") == "finished":
+    if run.get("status") == RunStatus.FINISHED:
         st.caption(
             f"Winner {run.get('winner_config_id')}: validation IoU {run.get('validation_iou') or 0:.3f}, "
             f"test IoU {run.get('test_iou') or 0:.3f}, model {run.get('model_id')}"
@@ -104,7 +106,9 @@ def race(run: dict, results: list[dict], trials: list[dict]) -> None:
     if not rows:
         common.nothing_yet("no trial has finished its first slice")
         return
-    st.altair_chart(halving_chart(rows, step_count(len(trials))), width="stretch")
+    metric = run.get("selection_metric") or SELECTION_METRICS[SEMANTIC]
+    st.caption(f"Survivors are chosen on validation {metric}.")
+    st.altair_chart(halving_chart(rows, step_count(len(trials)), metric), width="stretch")
 
 
 def predictions(results: list[dict], trials: list[dict]) -> None:

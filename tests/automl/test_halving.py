@@ -147,6 +147,26 @@ def test_ties_are_broken_by_meta_model_rank(tmp_path):
     assert winner["rank"] == 1
 
 
+class ObjectsBackend(FakeBackend):
+    """An instances set: the task's score (AP) ranks configurations the other way round from their mean IoU."""
+
+    def validate(self, trainer) -> Validation:
+        iou = super().validate(trainer).mean_iou
+        return Validation(iou, [iou], score=1.0 - self.quality(trainer["config_id"]))
+
+
+def test_survivors_are_chosen_on_the_tasks_score_and_it_is_recorded(tmp_path):
+    clock = FakeClock()
+    backend = ObjectsBackend(clock)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=8, budget=400.0)
+    winner = halving.run()
+    trials = store.trials(run_id)
+    assert winner["rank"] == min(trials, key=lambda t: backend.quality(t["config_id"]))["rank"]
+    first = store.step_results(run_id, 0)
+    assert all(r["validation_score"] == pytest.approx(1.0 - backend.quality(r["config_id"])) for r in first)
+    assert all(r["validation_iou"] is not None for r in first)
+
+
 def test_overheads_count_against_the_budget(tmp_path):
     clock = FakeClock()
     backend = FakeBackend(clock, eval_cost=2.0, save_cost=1.0)

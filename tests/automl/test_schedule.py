@@ -1,6 +1,6 @@
 import pytest
 
-from appliance.automl.schedule import HalvingSchedule, select_survivors, survivors
+from appliance.automl.schedule import HalvingSchedule, select_survivors, selection_score, survivors
 
 
 def test_fifty_configurations_follow_the_paper():
@@ -43,6 +43,21 @@ def test_ties_and_missing_scores_are_broken_by_meta_model_rank():
     assert select_survivors(scores, ranks, keep=2) == [1, 4]
     assert select_survivors(scores, ranks, keep=3) == [1, 2, 4]  # 0.5 tie: rank 1 beats rank 3
     assert select_survivors(scores, ranks, keep=5) == [0, 1, 2, 3, 4]
+
+
+def test_a_tiebreak_score_comes_before_the_rank():
+    scores = [0.0, 0.0, 0.0, 0.3]  # objects' AP: nothing found yet by three of them
+    ties = [0.20, 0.45, None, 0.10]  # their mean IoU
+    assert select_survivors(scores, [1, 2, 3, 4], keep=2, tiebreak=ties) == [1, 3]
+    assert select_survivors(scores, [1, 2, 3, 4], keep=2) == [0, 3]
+    with pytest.raises(ValueError):
+        select_survivors(scores, [1, 2, 3, 4], keep=2, tiebreak=[0.1])
+
+
+def test_a_slice_is_selected_on_its_task_score_else_its_iou():
+    assert selection_score({"validation_iou": 0.6, "validation_score": 0.2}) == 0.2
+    assert selection_score({"validation_iou": 0.6, "validation_score": None}) == 0.6
+    assert selection_score({"validation_iou": 0.6}) == 0.6  # a row from before scores were recorded
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from appliance.pipeline.outputs import write_results
 from appliance.pipeline.overlay import comparison_panel, overlay
 from appliance.pipeline.result_names import result_files
 from appliance.pipeline.task import segmentation_of_labels
+from appliance.settings import Settings
 from appliance.store import Store
 
 DEMO_SET = Path(str(files("appliance") / "demo_data" / "labelled" / "usiigaci_phase_cells_demo"))
@@ -169,7 +170,7 @@ def _finished_run(store: Store, data_dir: Path, *, started: datetime, n_trials: 
         validation_iou=winner_iou,
         test_iou=winner_iou - 0.02,
     )
-    model_dir = data_dir / "models" / model_id
+    model_dir = Settings(data_dir=data_dir).trained_models_dir / model_id
     write_tiny_onnx(model_dir / "model.onnx")
     (model_dir / "model.json").write_text(
         json.dumps({"format": 1, "model_file": "model.onnx", "class_names": ["cell"], "config": _config(winner)})

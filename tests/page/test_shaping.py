@@ -68,9 +68,10 @@ def test_halving_chart_rows_mark_survivors():
         {"rank": 4, "step": 0, "config_id": "c-b", "validation_iou": 0.4},
         {"rank": 1, "step": 1, "config_id": "c-a", "validation_iou": 0.7},
         {"rank": 1, "step": 0, "config_id": "c-a", "validation_iou": 0.5},
-        {"rank": 9, "step": 0, "config_id": "c-c", "validation_iou": 0.45},
+        {"rank": 9, "step": 0, "config_id": "c-c", "validation_iou": 0.45, "validation_score": 0.2},
     ]
     rows = shaping.halving_chart_rows(results, trials)
+    assert [r["validation_score"] for r in rows] == [0.5, 0.7, 0.4, 0.2]  # what the race selected on
     assert [(r["trial"], r["configuration"], r["step"], r["survivor"]) for r in rows] == [
         ("configuration 1 of 3", "c-a", 1, True),
         ("configuration 1 of 3", "c-a", 2, True),
@@ -166,18 +167,6 @@ def test_config_summary():
     }
     assert shaping.config_summary(json.dumps(config)) == "patch 128, batch 16, lr 0.001, resnet18, flip 0.5, grid 0.5"
     assert shaping.config_summary("not json") == ""
-
-
-def test_model_projects_prefers_decisions_then_intakes_then_the_set_name():
-    models = [
-        {"id": "m1", "run_id": "r1", "set_name": "a"},
-        {"id": "m2", "run_id": "r2", "set_name": "b"},
-        {"id": "m3", "run_id": "r3", "set_name": "c"},
-    ]
-    runs = [{"id": "r1", "set_dir": "/s/a"}, {"id": "r2", "set_dir": "/s/b"}, {"id": "r3", "set_dir": "/s/c"}]
-    intakes = [{"store_dir": "/s/b", "project": "plates"}, {"store_dir": None, "project": "x"}]
-    activations = [{"model_id": "m1", "project": "phase"}]
-    assert shaping.model_projects(models, runs, intakes, activations) == {"m1": "phase", "m2": "plates", "m3": "c"}
 
 
 def test_per_class_scores_names_classes_from_the_model():

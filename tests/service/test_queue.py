@@ -1,9 +1,19 @@
 """The SQLite job queue: one job per key, exclusive leases, heartbeats, bounded retries, crash recovery."""
 
 import threading
-import time
 
 from appliance.store import Store
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def test_the_same_key_is_queued_once(store):
@@ -34,11 +44,14 @@ def test_two_workers_never_get_the_same_job(settings):
     assert {job["status"] for job in setup.jobs()} == {"done"}
 
 
-def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_finish(store):
+def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_finish(settings):
+    clock = FakeClock()
+    store = Store(settings.store_path, clock=clock)
     job_id, _ = store.enqueue("train", "k")
-    assert store.claim("train", "a", lease_seconds=0.05)["id"] == job_id
+    assert store.claim("train", "a", lease_seconds=30)["id"] == job_id
+    clock.advance(29.9)
     assert store.claim("train", "b", lease_seconds=60) is None  # still leased
-    time.sleep(0.1)
+    clock.advance(0.2)
     taken = store.claim("train", "b", lease_seconds=60)
     assert taken["id"] == job_id and taken["attempts"] == 2 and taken["lease_owner"] == "b"
     assert not store.heartbeat(job_id, "a", lease_seconds=60)
@@ -46,21 +59,28 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_finish(store):
     assert store.heartbeat(job_id, "b", lease_seconds=60) and store.complete(job_id, "b")
 
 
-def test_a_heartbeat_keeps_the_lease(store):
+def test_a_heartbeat_keeps_the_lease(settings):
+    clock = FakeClock()
+    store = Store(settings.store_path, clock=clock)
     job_id, _ = store.enqueue("train", "k")
-    store.claim("train", "a", lease_seconds=0.2)
-    for _ in range(4):
-        time.sleep(0.1)
-        assert store.heartbeat(job_id, "a", lease_seconds=0.2)
+    store.claim("train", "a", lease_seconds=20)
+    for _ in range(4):  # 60 s in all, three times the lease
+        clock.advance(15)
+        assert store.heartbeat(job_id, "a", lease_seconds=20)
     assert store.claim("train", "b", lease_seconds=60) is None
+    clock.advance(21)  # no heartbeat for longer than the lease
+    assert store.claim("train", "b", lease_seconds=60)["lease_owner"] == "b"
 
 
-def test_failures_are_retried_up_to_max_attempts_then_failed(store):
+def test_failures_are_retried_up_to_max_attempts_then_failed(settings):
+    clock = FakeClock()
+    store = Store(settings.store_path, clock=clock)
     job_id, _ = store.enqueue("train", "k", max_attempts=2)
     store.claim("train", "w", lease_seconds=60)
-    assert store.fail(job_id, "w", "boom 1", retry_after=0.1) == "queued"
+    assert store.fail(job_id, "w", "boom 1", retry_after=30) == "queued"
+    clock.advance(29)
     assert store.claim("train", "w", lease_seconds=60) is None  # not before the retry delay
-    time.sleep(0.15)
+    clock.advance(2)
     store.claim("train", "w", lease_seconds=60)
     assert store.fail(job_id, "w", "boom 2") == "failed"
     job = store.job(job_id)

@@ -25,6 +25,7 @@ def test_folders_follow_the_data_dir_unless_set():
     settings = Settings(data_dir=Path("/d"))
     assert settings.labelled_inbox == Path("/d/inbox/labelled") and settings.images_inbox == Path("/d/inbox/images")
     assert settings.results == Path("/d/results") and settings.store_path == Path("/d/appliance.sqlite")
+    assert settings.trained_models_dir == Path("/d/models") and settings.metamodel_dir.name == "models"
     moved = Settings.from_env({"APPLIANCE_INBOX_DIR": "/share/in", "APPLIANCE_DATA_DIR": "/d"})
     assert moved.labelled_inbox == Path("/share/in/labelled") and moved.results == Path("/d/results")
 
@@ -32,8 +33,18 @@ def test_folders_follow_the_data_dir_unless_set():
 def test_an_unknown_key_in_the_file_lists_the_valid_ones(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("quiet_periode = 5\n")
-    with pytest.raises(ConfigError, match="unknown key\\(s\\) quiet_periode; valid keys: data_dir, models_dir"):
+    with pytest.raises(ConfigError, match="unknown key\\(s\\) quiet_periode; valid keys: data_dir, metamodel_dir"):
         read_config_file(config)
+
+
+def test_a_renamed_setting_is_refused_with_its_new_name(tmp_path):
+    config = tmp_path / "old.toml"
+    config.write_text('models_dir = "/opt/meta"\n')
+    with pytest.raises(ConfigError, match="models_dir is now called metamodel_dir; rename the key"):
+        read_config_file(config)
+    with pytest.raises(ConfigError, match="APPLIANCE_MODELS_DIR is now called APPLIANCE_METAMODEL_DIR"):
+        Settings.from_env({"APPLIANCE_MODELS_DIR": "/opt/meta"})
+    assert Settings.from_env({"APPLIANCE_METAMODEL_DIR": "/opt/meta"}).metamodel_dir == Path("/opt/meta")
 
 
 @pytest.mark.parametrize(
