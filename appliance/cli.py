@@ -6,7 +6,6 @@ here re-implements what the library does.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -287,7 +286,7 @@ def metabase_build(
     set_paths, out_csv, configs_per_set, fidelity, seed, workers, device, metadata_path, optical_images, limit
 ):
     """Train a stratified sample of configurations on every set and record their learning curves."""
-    from appliance.automl.metabase import BuildSettings, build_metabase, load_set_metadata, parse_curve
+    from appliance.metalearning.builder import BuildSettings, build_metabase, load_set_metadata, parse_curve
 
     try:
         settings = BuildSettings(
@@ -350,7 +349,7 @@ def _split_names(text: str | None) -> tuple[str, ...] | None:
 @_VARIANTS_OPTION
 def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, models, variants):
     """Leave-one-dataset-out table of every model and feature variant (mean ± std over seeds)."""
-    from appliance.automl.metamodel import DEFAULT_MODELS, evaluate, load_metabase
+    from appliance.metalearning import DEFAULT_MODELS, evaluate, load_metabase
 
     try:
         table = evaluate(
@@ -377,8 +376,8 @@ def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, 
 @click.option("--variant", default=None, help="Feature variant to ship (with --model).")
 def metamodel_train(metabase_path, seeds, fidelity, models, variants, out_dir, model, variant):
     """Evaluate, fit the best model on every set, write models/metamodel.* and the report."""
-    from appliance.automl.metamodel import DEFAULT_MODELS
-    from appliance.automl.report import train_and_report
+    from appliance.metalearning import DEFAULT_MODELS
+    from appliance.metalearning.report import train_and_report
 
     if (model is None) != (variant is None):
         raise click.BadParameter("give --model and --variant together, or neither")
@@ -510,7 +509,7 @@ def _echo_summary(result) -> None:
     click.echo("")
     click.echo(f"{'rank':>4}  {'configuration':<13} {'encoder':<8} {'patch':>5} {'batch':>5} {'lr':>7}  IoU per step")
     for trial in trials[:12]:
-        config = json.loads(trial["config"])
+        config = trial["config"]
         ious = " ".join(f"{s:.3f}" for s in scores.get(trial["rank"], []))
         mark = {"winner": " <- winner", "dropped": ""}.get(trial["status"], f" ({trial['status']})")
         click.echo(

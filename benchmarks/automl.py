@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from appliance.automl.job import train_set
-from appliance.automl.metamodel import MetaModel, evaluate, load_metabase, work_doubling_gain
 from appliance.automl.ranking import Ranking
 from appliance.automl.search_space import search_space
 from appliance.data.labelled_set import load_labelled_set
+from appliance.metalearning import MetaModel, evaluate, load_metabase, work_doubling_gain
 from appliance.pipeline.config import PAPER_DEFAULT
 from appliance.pipeline.device import device_name, resolve_device
 from appliance.pipeline.workflow import train_configuration
@@ -101,7 +101,7 @@ def run_cell(set_dir: Path, budget: float, seed: int, *, data_dir: Path, models_
     started = time.perf_counter()
     ours = train_set(set_dir, settings, device=device, resume=False)
     rows.append(_job_row("ours", ours, time.perf_counter() - started))
-    plan = json.loads(ours.run["plan"])
+    plan = ours.run["plan"]
     print(f"  ours     test IoU {ours.test.mean_foreground_iou:.3f}  n = {plan['n']}: {ours.run['winner_config_id']}")
 
     started = time.perf_counter()
@@ -139,7 +139,7 @@ def run_cell(set_dir: Path, budget: float, seed: int, *, data_dir: Path, models_
 
 
 def _job_row(method: str, job, wall: float) -> dict:
-    plan = json.loads(job.run["plan"])
+    plan = job.run["plan"]
     return {
         "method": method,
         "test_iou": job.test.mean_foreground_iou,

@@ -14,7 +14,6 @@ something did not run on the device it should have.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -52,7 +51,7 @@ def main() -> int:
     job = train_set(args.set, settings, device=str(device), trials=args.trials, log=lambda m: print(f"  {m}"))
     wall = time.perf_counter() - started
     store = Store(settings.store_path)
-    plan = json.loads(job.run["plan"])
+    plan = job.run["plan"]
     print(f"run {job.run_id} on {job.run['device']}: {wall:.1f} s for a {settings.default_budget:.0f} s budget")
     print(f"  plan: n = {plan['n']}, steps {plan['schedule']['active']}, growth {plan['schedule']['growth']}")
     for row in job.step_results:
@@ -71,7 +70,7 @@ def main() -> int:
 
     predictor = OnnxPredictor(job.model_dir)
     labelled_set = load_labelled_set(args.set)
-    split = json.loads(job.run["split"])
+    split = job.run["split"]
     started = time.perf_counter()
     pixels = 0
     for stem in split["test"]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import statistics
@@ -42,7 +41,7 @@ def prepare(data_dir: Path, model_seconds: float) -> str:
     labelled_set = load_labelled_set(set_dir)
     store = Store(data_dir / "appliance.sqlite")
     split = split_stems(labelled_set.stems, seed=0)
-    run_id = store.create_run(set_name=labelled_set.name, set_dir=str(set_dir), split=json.dumps(split.to_dict()))
+    run_id = store.create_run(set_name=labelled_set.name, set_dir=str(set_dir), split=split.to_dict())
     model_id = store.register_model(run_id=run_id, set_name=labelled_set.name, path="")
     model_dir = Settings(data_dir=data_dir).trained_models_dir / model_id
     config = PipelineConfig(patch_size=128, batch_size=8, learning_rate=0.001, encoder="resnet18", flip=0.5)

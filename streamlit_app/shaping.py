@@ -9,10 +9,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from appliance.automl.schedule import selection_score, step_count
+from appliance.service.health import component_alive
 from appliance.store import RUNNING_RUN, JobStatus, RunStatus
 
-STALE_SECONDS = 15.0
-DOWN_STATES = ("down", "stopped", "failed")
 SURVIVING = ("active", "winner")
 
 
@@ -80,15 +79,15 @@ def format_bytes(count: float | None) -> str:
     raise AssertionError("unreachable")
 
 
-def json_list(text: str | None) -> list:
-    """A JSON list column (``survivors``, ``problems``, per-class IoU); ``[]`` when empty or not valid JSON."""
-    if not text:
-        return []
-    try:
-        value = json.loads(text)
-    except (TypeError, ValueError):
-        return []
-    return value if isinstance(value, list) else []
+def decoded(value):
+    """A JSON column as the store returns it (already a dict or list), or JSON text from elsewhere; None when it
+    is neither."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
 
 
 # -- overview -----------------------------------------------------------------------------------------------------
@@ -96,13 +95,12 @@ def json_list(text: str | None) -> list:
 
 def component_health(components: Iterable[Mapping], *, clock: float) -> list[dict]:
     """One row per service component: state, detail, seconds since its heartbeat and whether it is alive
-    (state not down and heartbeat no older than ``max(15 s, 3 × its interval)``, the rule of ``appliance health``)."""
+    (:func:`appliance.service.health.component_alive`, the rule of ``appliance health``)."""
     rows = []
     for row in components:
         beat = row.get("heartbeat")
         age = None if beat is None else max(0.0, clock - beat)
-        limit = max(STALE_SECONDS, 3 * (row.get("interval") or 1))
-        alive = row.get("state") not in DOWN_STATES and age is not None and age <= limit
+        alive = component_alive(row.get("state"), beat, row.get("interval"), clock=clock)
         rows.append(
             {
                 "component": row["name"],
@@ -176,7 +174,7 @@ def race_plan(run: Mapping) -> dict | None:
     """The budget-aware race plan recorded with a run, for people: n, the steps, each step's budget, the winner's
     share, why this n, and each trial's throughput on the device. None for a run without a plan (older runs)."""
     try:
-        plan = json.loads(run.get("plan") or "")
+        plan = decoded(run.get("plan"))
     except (TypeError, ValueError):
         return None
     if not isinstance(plan, dict) or "schedule" not in plan:
@@ -207,11 +205,11 @@ def race_plan(run: Mapping) -> dict | None:
 def test_image_count(run: Mapping | None) -> int | None:
     """How many test images a run's test IoU rests on (None when its split is unknown).
 
-    >>> test_image_count({"split": '{"train": ["a", "b"], "validation": ["c"], "test": ["d", "e"]}'})
+    >>> test_image_count({"split": {"train": ["a", "b"], "validation": ["c"], "test": ["d", "e"]}})
     2
     """
     try:
-        return len(json.loads((run or {}).get("split") or "")["test"])
+        return len(decoded((run or {}).get("split"))["test"])
     except (TypeError, ValueError, KeyError):
         return None
 
@@ -311,11 +309,10 @@ def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return cov / (sx * sy)
 
 
-def config_summary(config_json: str | None) -> str:
-    """``"patch 128, batch 16, lr 0.001, resnet18, flip 0.5"`` from a trial's configuration JSON."""
-    try:
-        config = json.loads(config_json or "{}")
-    except ValueError:
+def config_summary(config: Mapping | str | None) -> str:
+    """``"patch 128, batch 16, lr 0.001, resnet18, flip 0.5"`` from a trial's configuration (a mapping, or JSON)."""
+    config = decoded(config)
+    if not isinstance(config, Mapping):
         return ""
     parts = []
     for key, label in (("patch_size", "patch"), ("batch_size", "batch"), ("learning_rate", "lr")):
@@ -439,7 +436,7 @@ def rejected_set_rows(intakes: Iterable[Mapping]) -> list[dict]:
     for intake in intakes:
         if intake.get("status") != "rejected":
             continue
-        problems = json_list(intake.get("problems")) or [{"file": "", "message": "rejected (no problem recorded)"}]
+        problems = intake.get("problems") or [{"file": "", "message": "rejected (no problem recorded)"}]
         for problem in problems:
             if isinstance(problem, Mapping):
                 file, message = problem.get("file", ""), problem.get("message", "")

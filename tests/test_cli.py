@@ -141,7 +141,7 @@ def test_activate_makes_a_model_active_by_hand_and_names_what_is_wrong(tmp_path)
     from appliance.store import Store
 
     store = Store(tmp_path / "appliance.sqlite")
-    run = store.create_run(set_name="s", set_dir=str(tmp_path / "s"), split="{}")
+    run = store.create_run(set_name="s", set_dir=str(tmp_path / "s"), split={})
     model = store.register_model(run_id=run, set_name="s", path="")
     runner = CliRunner()
     result = runner.invoke(main, ["activate", "p", model, "--data-dir", str(tmp_path)])
@@ -172,7 +172,7 @@ def test_export_bioimageio_packages_a_registered_model_from_its_run(tmp_path, tr
     store = Store(tmp_path / "appliance.sqlite")
     config = PipelineConfig.from_dict(json.loads((trained_model / "model.json").read_text())["config"])
     split = json.loads((trained_model / "split.json").read_text())
-    run = store.create_run(set_name=demo_set_dir.name, set_dir=str(demo_set_dir), split=json.dumps(split))
+    run = store.create_run(set_name=demo_set_dir.name, set_dir=str(demo_set_dir), split=split)
     store.add_trial(run, 0, config.id, config.to_dict(), None)
     store.update_trial(run, 0, checkpoint=str(trained_model / "checkpoint.pt"))
     model = store.register_model(run_id=run, set_name=demo_set_dir.name, config_id=config.id, path="")

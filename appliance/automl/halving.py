@@ -194,7 +194,7 @@ class SuccessiveHalving:
     def _slice(self, trial: dict, step: int, share: float, *, validate: bool = True) -> bool:
         """Train one trial for its share of the step (then validate it when the step decides something);
         False when it did not fit or failed."""
-        rank, config = trial["rank"], PipelineConfig.from_dict(json.loads(trial["config"]))
+        rank, config = trial["rank"], PipelineConfig.from_dict(trial["config"])
         started = self.clock()
         previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
         checkpoint = next((row["checkpoint"] for row in previous if row["rank"] == rank), None)
@@ -275,9 +275,7 @@ class SuccessiveHalving:
         taken = {t["config_id"] for t in self.store.trials(self.run_id)}
         for row in self.store.ranking(self.run_id):
             if row["config_id"] not in taken:
-                self.store.add_trial(
-                    self.run_id, row["rank"], row["config_id"], json.loads(row["config"]), row["predicted_score"]
-                )
+                self.store.add_trial(self.run_id, row["rank"], row["config_id"], row["config"], row["predicted_score"])
                 self.store.event(
                     self.run_id, f"{row['config_id']} (rank {row['rank']}) replaces a configuration that does not fit"
                 )

@@ -109,13 +109,13 @@ def train_set(
             top_n=top_n,
             seed=seed,
             gpu_memory_gb=settings.gpu_memory_gb,
-            split=json.dumps(split.to_dict()),
+            split=split.to_dict(),
         )
         store.update_run(run_id, run_dir=str((settings.runs_dir / run_id).resolve()), started_at=now())
         log(f"run {run_id} on {labelled_set.name}: {len(labelled_set)} images, budget {budget:.0f} s, top {top_n}")
     else:
         run_id = run["id"]
-        split = Split.from_dict(json.loads(run["split"]))
+        split = Split.from_dict(run["split"])
         log(f"resuming run {run_id} on {labelled_set.name} (status {run['status']})")
         store.event(run_id, "resumed")
     run_dir = Path(store.run(run_id)["run_dir"])
@@ -210,7 +210,7 @@ def train_set(
 def _recorded_schedule(run: dict, trials: int) -> HalvingSchedule:
     """The race's schedule as planned; a run recorded before plans existed races its trials the paper's way."""
     if run.get("plan"):
-        return HalvingSchedule.from_dict(json.loads(run["plan"])["schedule"])
+        return HalvingSchedule.from_dict(run["plan"]["schedule"])
     return HalvingSchedule(max(1, trials), run["budget_seconds"])
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from appliance.automl.metabase import write_rows
 from appliance.automl.metafeatures import engineered_features
 from appliance.data.io import atomic_write
+from appliance.metalearning.builder import write_rows
 from appliance.pipeline.config import PipelineConfig
 from appliance.store import Store
 from appliance.version import code_version
@@ -37,10 +37,10 @@ def run_rows(store: Store, run_id: str, features: dict[str, float]) -> list[dict
     final_mp = {}
     for r in results:
         final_mp[r["rank"]] = max(final_mp.get(r["rank"], 0.0), r["work_mp"] or 0.0)
-    validation_images = len(json.loads(run["split"] or "{}").get("validation", []))
+    validation_images = len((run["split"] or {}).get("validation", []))
     rows = []
     for r in results:
-        config = PipelineConfig.from_dict(json.loads(trials[r["rank"]]["config"]))
+        config = PipelineConfig.from_dict(trials[r["rank"]]["config"])
         seconds = r["total_seconds_trained"] or 0.0
         rows.append(
             {

@@ -4,7 +4,7 @@ Paper 3.4 ("Optical Meta-Features"): radiomics features are extracted for each c
 averaged over the images of a set, normalised feature-wise over the meta-base sets and then reduced either to the
 first four principal components or to the cosine similarities with the meta-base sets.
 
-Pipeline for one set (every step is a plain mean; nothing is learnt until :class:`OpticalReduction`):
+Pipeline for one set (every step is a plain mean; nothing is learnt here):
 
 1. grey image ``g`` (:func:`grey_image`): mean over channels, optional centred crop to ``max_side``, then a robust
    per-image min-max scaling to ``[0, 1]`` between the 0.1 and 99.9 percentiles (so 8-bit, 16-bit and float
@@ -14,8 +14,8 @@ Pipeline for one set (every step is a plain mean; nothing is learnt until :class
    fixed bin width of 1/32 on the ``[0, 1]`` scale (at most 33 grey levels);
 3. per image (:func:`image_radiomics`): the mean over its usable ROIs;
 4. per set (:func:`set_radiomics`): the mean over at most 20 seeded images (20 suffice, thesis);
-5. meta-base (:class:`OpticalReduction`, fitted with the meta-model): feature-wise z-score over the set vectors,
-   then PCA to 4 components or cosine similarity to each meta-base set.
+5. meta-base (:class:`appliance.metalearning.features.OpticalReduction`, fitted with the meta-model): feature-wise
+   z-score over the set vectors, then PCA to 4 components or cosine similarity to each meta-base set.
 """
 
 from __future__ import annotations
@@ -148,7 +148,6 @@ BIN_WIDTH = 1.0 / 32  # pyradiomics binWidth on the [0, 1] grey scale: at most 3
 MIN_ROI_PIXELS = 16  # a class ROI with fewer pixels in an image is not used
 MAX_SIDE = 1024  # larger images are centre-cropped to at most MAX_SIDE x MAX_SIDE (native resolution kept)
 MAX_IMAGES = 20  # images per set (20 suffice, thesis)
-PCA_COMPONENTS = 4
 
 #: Every pyradiomics setting used, explicit (no parameter file, no downloads). ``minimumROIDimensions=2`` with
 #: ``force2D``: a ROI must extend over at least two rows and two columns, else pyradiomics rejects it.
@@ -327,82 +326,6 @@ def optical_vector(features: Mapping[str, float]) -> np.ndarray:
     """The values of ``features`` (as returned by :func:`set_radiomics`) as an array in :data:`OPTICAL_COLUMNS`
     order: ``x_j = features["opt_" + OPTICAL_FEATURE_NAMES[j]]``."""
     return np.array([float(features[column]) for column in OPTICAL_COLUMNS])
-
-
-class OpticalReduction:
-    """Set-level radiomics reduced as in the thesis (4.6.3) for the meta-model: z-score feature-wise over the
-    *training* sets' vectors (a missing value takes the feature's mean), then the first 4 principal components (the
-    SVD's signs fixed so the largest loading is positive) and the cosine similarity to each training set. The fitted
-    state is plain lists (:meth:`to_dict` / :meth:`from_dict`), stored inside ``metamodel.json``.
-
-    Only the set-level z-score is needed: the paper also z-scores every image vector before averaging them per set,
-    but that is one affine map per feature for all images, which averaging keeps and the set-level z-score cancels
-    (``tests/automl/test_optical.py`` checks it numerically)."""
-
-    def __init__(self) -> None:
-        self.mean = np.zeros(0)
-        self.scale = np.ones(0)
-        self.components = np.zeros((PCA_COMPONENTS, 0))
-        self.set_names: list[str] = []
-        self.set_unit: np.ndarray = np.zeros((0, 0))  # training sets' z-scored vectors, unit length
-
-    def fit(self, set_vectors: Mapping[str, np.ndarray]) -> OpticalReduction:
-        self.set_names = sorted(set_vectors)
-        raw = np.array([np.asarray(set_vectors[s], dtype=float) for s in self.set_names], dtype=float)
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(raw, axis=0)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        raw = np.where(np.isfinite(raw), raw, mean)
-        scale = raw.std(axis=0)
-        self.mean, self.scale = mean, np.where(scale > 1e-12, scale, 1.0)
-        z = (raw - self.mean) / self.scale
-        components = np.zeros((PCA_COMPONENTS, raw.shape[1]))
-        if len(z) > 1 and raw.shape[1] > 0:
-            _, _, vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)
-            k = min(PCA_COMPONENTS, vt.shape[0])
-            vt = vt[:k]
-            signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])  # fix the SVD's sign ambiguity
-            components[:k] = vt * np.where(signs == 0, 1.0, signs)[:, None]
-        self.components = components
-        self.set_unit = _unit_rows(z)
-        return self
-
-    def _z(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, dtype=float)
-        rows = np.where(np.isfinite(rows), rows, self.mean)
-        return (rows - self.mean) / self.scale
-
-    def pca(self, rows: np.ndarray) -> np.ndarray:
-        """(n, 4) principal components of raw ``opt_*`` rows."""
-        return self._z(rows) @ self.components.T
-
-    def cosine(self, rows: np.ndarray) -> np.ndarray:
-        """(n, training sets) cosine similarity of raw ``opt_*`` rows to each training set (columns: ``set_names``)."""
-        return _unit_rows(self._z(rows)) @ self.set_unit.T
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean.tolist(),
-            "scale": self.scale.tolist(),
-            "components": self.components.tolist(),
-            "set_names": list(self.set_names),
-            "set_unit": self.set_unit.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OpticalReduction:
-        self = cls()
-        self.mean = np.asarray(data["mean"], dtype=float)
-        self.scale = np.asarray(data["scale"], dtype=float)
-        self.components = np.asarray(data["components"], dtype=float).reshape(PCA_COMPONENTS, len(self.mean))
-        self.set_names = list(data["set_names"])
-        self.set_unit = np.asarray(data["set_unit"], dtype=float).reshape(len(self.set_names), len(self.mean))
-        return self
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 1e-12)
 
 
 def _centre_slice(length: int, limit: int) -> slice:

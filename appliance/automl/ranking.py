@@ -49,7 +49,7 @@ def rank_for_set(
 
     Returns the ranking and, when the fallback was used, the reason.
     """
-    from appliance.automl.metamodel import MODEL_FILE, MetaModel, rank_configurations
+    from appliance.metalearning import MODEL_FILE, MetaModel, rank_configurations
 
     models_dir = Path(models_dir)
     if not (models_dir / MODEL_FILE).is_file():

@@ -12,7 +12,6 @@ stored; a model that was not activated can be activated by hand (:func:`activate
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
         )
     model = store.model(model_id)
     run = store.run(model["run_id"])
-    split = json.loads(run["split"])
+    split = run["split"]
     test_stems = split["test"]
     labelled_set = load_labelled_set(run["set_dir"])  # validated, and its test images read, once for every score
     images, masks = read_split_images(labelled_set, tuple(test_stems))

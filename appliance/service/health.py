@@ -14,6 +14,14 @@ STALE_SECONDS = 15.0
 DOWN_STATES = ("down", "stopped", "failed")
 
 
+def component_alive(state: str | None, heartbeat: float | None, interval: float | None, *, clock: float) -> bool:
+    """The one rule of a live component (``appliance health`` and the page both use it): its state is not down and
+    its last heartbeat is no older than ``max(15 s, 3 × its heartbeat interval)``."""
+    if heartbeat is None:
+        return False
+    return state not in DOWN_STATES and clock - heartbeat <= max(STALE_SECONDS, 3 * (interval or 1))
+
+
 @dataclass(frozen=True)
 class ComponentHealth:
     name: str
@@ -52,8 +60,8 @@ def check_health(settings: Settings, *, clock: float | None = None) -> Health:
             for row in store.components():
                 if row["name"] == "service":
                     continue
-                age = clock - row["heartbeat"]
-                ok = running and row["state"] not in DOWN_STATES and age <= max(STALE_SECONDS, 3 * row["interval"])
+                ok = running and component_alive(row["state"], row["heartbeat"], row["interval"], clock=clock)
+                age = None if row["heartbeat"] is None else clock - row["heartbeat"]
                 components.append(ComponentHealth(row["name"], ok, row["state"], row["detail"] or "", age))
             for kind, status, count in store.queue_counts():
                 queue[f"{kind} {status}"] = count

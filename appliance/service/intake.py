@@ -18,7 +18,6 @@ rename, and removed again once the set is accepted).
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
 import threading
@@ -329,7 +328,6 @@ class Intake:
             signature=signature,
             content_hash=content_hash,
             status="accepted",
-            problems="[]",
             project=project,
             store_dir=str(store_dir),
             job_id=job_id,
@@ -365,7 +363,7 @@ class Intake:
             signature=signature,
             content_hash=content_hash,
             status="rejected",
-            problems=json.dumps([{"file": p.file, "message": p.message} for p in problems]),
+            problems=[{"file": p.file, "message": p.message} for p in problems],
         )
         listing = "; ".join(str(p) for p in problems)
         message = readable(f"labelled set {folder.name} rejected with {len(problems)} problem(s): {listing}")

@@ -6,7 +6,6 @@ image) and the winner's checkpoint (TorchScript weights, when the run kept it: `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from appliance.data.io import read_image
@@ -62,6 +61,6 @@ def _first_test_image(run: dict) -> Path | None:
     if not run.get("set_dir") or not run.get("split"):
         return None
     images = Path(run["set_dir"]) / "images"
-    stem = json.loads(run["split"])["test"][0]
+    stem = run["split"]["test"][0]
     found = sorted(p for p in images.iterdir() if p.stem == stem) if images.is_dir() else []
     return found[0] if found else None

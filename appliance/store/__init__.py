@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -303,6 +303,53 @@ class JobStatus(StrEnum):
 QUEUED, RUNNING, DONE, FAILED = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE, JobStatus.FAILED
 
 
+JSON_COLUMNS = {
+    "runs": ("split", "plan"),
+    "trials": ("config",),
+    "rankings": ("config",),
+    "steps": ("active", "survivors"),
+}
+"""Columns stored as JSON text: written from dicts and lists and read back as them (text that is not JSON reads as
+None), so no caller parses them."""
+
+
+def _encoded(table: str, fields: Mapping) -> dict:
+    return {
+        name: json.dumps(value) if name in JSON_COLUMNS.get(table, ()) and not isinstance(value, str | None) else value
+        for name, value in fields.items()
+    }
+
+
+def _decoded(table: str, row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    for name in JSON_COLUMNS.get(table, ()):
+        if isinstance(row.get(name), str):
+            try:
+                row[name] = json.loads(row[name])
+            except ValueError:
+                row[name] = None
+    return row
+
+
+def _columns(table: str, fields: Mapping) -> dict:
+    """``fields`` when each is a column of ``table`` (:data:`SCHEMA`); a misspelt or unknown name is a TypeError
+    that lists the table's columns, never SQL built from an arbitrary keyword."""
+    columns = SCHEMA[table][0]
+    unknown = sorted(set(fields) - set(columns))
+    if unknown:
+        raise TypeError(f"{table} has no column {', '.join(unknown)}; its columns: {', '.join(columns)}")
+    return _encoded(table, fields)
+
+
+def _decoded_intake(row: dict) -> dict:
+    try:
+        problems = json.loads(row.get("problems") or "[]")
+    except ValueError:
+        problems = [{"file": "", "message": f"unreadable problem list: {row.get('problems')!r}"}]
+    return {**row, "problems": problems if isinstance(problems, list) else []}
+
+
 class NewerStoreError(ApplianceError):
     """The store was written by a newer version of the appliance."""
 
@@ -402,25 +449,52 @@ class Store(PageReads):
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def create_run(self, **fields) -> str:
+    def create_run(
+        self,
+        *,
+        set_name: str,
+        set_dir: str | None = None,
+        project: str | None = None,
+        budget_seconds: float | None = None,
+        top_n: int | None = None,
+        seed: int | None = None,
+        gpu_memory_gb: float | None = None,
+        split: Mapping | None = None,
+    ) -> str:
+        """A new run (status ``created``) of the set at ``set_dir`` for ``project``; ``split`` is the seeded split
+        (:meth:`appliance.data.splits.Split.to_dict`). Returns its id."""
         run_id = f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        self.db["runs"].insert({"id": run_id, "status": RunStatus.CREATED.value, "created_at": now(), **fields})
+        row = {
+            "id": run_id,
+            "status": RunStatus.CREATED.value,
+            "created_at": now(),
+            "set_name": set_name,
+            "set_dir": set_dir,
+            "project": project,
+            "budget_seconds": budget_seconds,
+            "top_n": top_n,
+            "seed": seed,
+            "gpu_memory_gb": gpu_memory_gb,
+            "split": split,
+        }
+        self.db["runs"].insert(_encoded("runs", row))
         return run_id
 
     def run(self, run_id: str) -> dict:
-        return self.db["runs"].get(run_id)
+        return _decoded("runs", self.db["runs"].get(run_id))
 
     def runs(self) -> list[dict]:
-        return list(self.db["runs"].rows_where(order_by="created_at desc"))
+        return [_decoded("runs", row) for row in self.db["runs"].rows_where(order_by="created_at desc")]
 
     def update_run(self, run_id: str, **fields) -> None:
-        self.db["runs"].update(run_id, fields)
+        """Set columns of a run (names checked against the schema)."""
+        self.db["runs"].update(run_id, _columns("runs", fields))
 
     def unfinished_runs(self, set_dir: str | None = None) -> list[dict]:
         where, args = f"status not in ('{RunStatus.FINISHED}', '{RunStatus.FAILED}')", []
         if set_dir is not None:
             where, args = where + " and set_dir = ?", [set_dir]
-        return list(self.db["runs"].rows_where(where, args, order_by="created_at"))
+        return [_decoded("runs", row) for row in self.db["runs"].rows_where(where, args, order_by="created_at")]
 
     # -- ranking and trials -------------------------------------------------------------------
 
@@ -446,10 +520,12 @@ class Store(PageReads):
             self.save_ranking(run_id, ranking)
             for rank, config_id, config, score in trials:
                 self.add_trial(run_id, rank, config_id, config, score)
-            self.update_run(run_id, plan=json.dumps(plan))
+            self.update_run(run_id, plan=plan)
 
     def ranking(self, run_id: str) -> list[dict]:
-        return list(self.db["rankings"].rows_where("run_id = ?", [run_id], order_by="rank"))
+        return [
+            _decoded("rankings", r) for r in self.db["rankings"].rows_where("run_id = ?", [run_id], order_by="rank")
+        ]
 
     def add_trial(self, run_id: str, rank: int, config_id: str, config: dict, predicted_score: float | None) -> None:
         self.db["trials"].insert(
@@ -468,20 +544,20 @@ class Store(PageReads):
         where, args = "run_id = ?", [run_id]
         if status is not None:
             where, args = where + " and status = ?", [run_id, status]
-        return list(self.db["trials"].rows_where(where, args, order_by="rank"))
+        return [_decoded("trials", row) for row in self.db["trials"].rows_where(where, args, order_by="rank")]
 
     def update_trial(self, run_id: str, rank: int, **fields) -> None:
-        self.db["trials"].update((run_id, rank), fields)
+        """Set columns of a trial (names checked against the schema)."""
+        self.db["trials"].update((run_id, rank), _columns("trials", fields))
 
     # -- halving steps ------------------------------------------------------------------------
 
     def record_step_result(self, run_id: str, step: int, rank: int, **fields) -> None:
         """A trial's result in a step; with ``checkpoint``, the trial continues from it (one transaction, so a kill
         never leaves a result whose checkpoint the trial does not know)."""
+        row = _columns("step_results", {"run_id": run_id, "step": step, "rank": rank, "finished_at": now(), **fields})
         with self.transaction():
-            self.db["step_results"].insert(
-                {"run_id": run_id, "step": step, "rank": rank, "finished_at": now(), **fields}, replace=True
-            )
+            self.db["step_results"].insert(row, replace=True)
             if fields.get("checkpoint"):
                 self.db["trials"].update((run_id, rank), {"checkpoint": fields["checkpoint"]})
 
@@ -512,7 +588,7 @@ class Store(PageReads):
                     )
 
     def finished_steps(self, run_id: str) -> list[dict]:
-        return list(self.db["steps"].rows_where("run_id = ?", [run_id], order_by="step"))
+        return [_decoded("steps", row) for row in self.db["steps"].rows_where("run_id = ?", [run_id], order_by="step")]
 
     # -- training throughput ------------------------------------------------------------------
 
@@ -562,23 +638,44 @@ class Store(PageReads):
         ).fetchall()
         return [row[0] for row in rows]
 
-    def register_model(self, **fields) -> str:
-        """A new registry row; rows of the same run whose export never finished (empty path) are dropped first, so a
-        run resumed during its export registers its model once."""
+    def register_model(
+        self,
+        *,
+        run_id: str,
+        set_name: str,
+        path: str,
+        project: str | None = None,
+        config_id: str | None = None,
+        validation_iou: float | None = None,
+        test_iou: float | None = None,
+    ) -> str:
+        """A new registry row (``path`` empty until :meth:`finish_export`); rows of the same run whose export never
+        finished are dropped first, so a run resumed during its export registers its model once."""
         model_id = f"model-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        row = {
+            "id": model_id,
+            "created_at": now(),
+            "active": 0,
+            "run_id": run_id,
+            "set_name": set_name,
+            "project": project,
+            "config_id": config_id,
+            "path": path,
+            "validation_iou": validation_iou,
+            "test_iou": test_iou,
+        }
         with self.transaction():
-            if fields.get("run_id"):
-                self.db.execute(
-                    "delete from models where run_id = ? and (path = '' or path is null)", [fields["run_id"]]
-                )
-            self.db["models"].insert({"id": model_id, "created_at": now(), "active": 0, **fields})
+            self.db.execute("delete from models where run_id = ? and (path = '' or path is null)", [run_id])
+            self.db["models"].insert(row)
         return model_id
 
     def finish_export(self, run_id: str, model_id: str, path: str, **run_fields) -> None:
         """In one transaction: the model's files are at ``path`` and its run is finished."""
         with self.transaction():
             self.db["models"].update(model_id, {"path": path})
-            self.db["runs"].update(run_id, {"status": RunStatus.FINISHED.value, "model_id": model_id, **run_fields})
+            self.db["runs"].update(
+                run_id, _columns("runs", {"status": RunStatus.FINISHED.value, "model_id": model_id, **run_fields})
+            )
 
     def models(self) -> list[dict]:
         return list(self.db["models"].rows_where(order_by="created_at desc"))
@@ -722,15 +819,43 @@ class Store(PageReads):
 
     # -- intake of labelled sets --------------------------------------------------------------
 
-    def record_intake(self, **fields) -> int:
-        return self.db["labelled_sets"].insert({"detected_at": now(), **fields}).last_pk
+    def record_intake(
+        self,
+        *,
+        name: str,
+        inbox_path: str,
+        signature: str,
+        content_hash: str | None,
+        status: str,
+        problems: Sequence[Mapping] = (),
+        project: str | None = None,
+        store_dir: str | None = None,
+        job_id: int | None = None,
+    ) -> int:
+        """Record the intake's decision on a labelled set folder (``status`` "accepted" or "rejected"), with the
+        problems that rejected it (``{"file": ..., "message": ...}`` each) or the project, managed copy and
+        training job of an accepted one."""
+        row = {
+            "detected_at": now(),
+            "name": name,
+            "inbox_path": inbox_path,
+            "signature": signature,
+            "content_hash": content_hash,
+            "status": status,
+            "problems": json.dumps([dict(problem) for problem in problems]),
+            "project": project,
+            "store_dir": store_dir,
+            "job_id": job_id,
+        }
+        return self.db["labelled_sets"].insert(row).last_pk
 
     def last_intake(self, inbox_path: str) -> dict | None:
-        rows = list(self.db["labelled_sets"].rows_where("inbox_path = ?", [inbox_path], order_by="id desc", limit=1))
-        return rows[0] if rows else None
+        rows = self.db["labelled_sets"].rows_where("inbox_path = ?", [inbox_path], order_by="id desc", limit=1)
+        return next((_decoded_intake(row) for row in rows), None)
 
     def intakes(self) -> list[dict]:
-        return list(self.db["labelled_sets"].rows_where(order_by="id desc"))
+        """Every intake decision, newest first; ``problems`` as a list."""
+        return [_decoded_intake(row) for row in self.db["labelled_sets"].rows_where(order_by="id desc")]
 
     # -- images and measurements --------------------------------------------------------------
 
@@ -756,6 +881,7 @@ class Store(PageReads):
 
     def add_image(self, **fields) -> bool:
         """Insert an image version; False when this path + content hash is already known."""
+        fields = _columns("images", fields)
         with self.transaction():
             cursor = self.db.execute(
                 f"insert or ignore into images ({', '.join(fields)}) values ({', '.join('?' for _ in fields)})",
@@ -798,7 +924,8 @@ class Store(PageReads):
         return True
 
     def update_image(self, image_id: str, **fields) -> None:
-        self.db["images"].update(image_id, fields)
+        """Set columns of an image (names checked against the schema)."""
+        self.db["images"].update(image_id, _columns("images", fields))
 
     def finish_image(self, image_id: str, job_id: int, owner: str, *, rows: list[dict], **fields) -> bool:
         """In one transaction: the image is done, its measurement rows replace those of any older version of the
@@ -826,7 +953,7 @@ class Store(PageReads):
                 }
                 for row in rows
             )
-            self.db["images"].update(image_id, {"status": DONE, "processed_at": now(), **fields})
+            self.db["images"].update(image_id, _columns("images", {"status": DONE, "processed_at": now(), **fields}))
         return True
 
     def measurements(self, project: str) -> list[dict]:

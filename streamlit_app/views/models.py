@@ -9,6 +9,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from appliance.automl.schedule import selection_score
+from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
 from appliance.service.packaging import package_path
 from streamlit_app import actions, common, shaping
 
@@ -51,12 +53,18 @@ def quality(store, model: dict) -> None:
         if objects:
             st.markdown("**Objects on the test images** (matched at IoU > 0.5, as Cellpose and StarDist count)")
             st.dataframe(pd.DataFrame([shaping.object_scores(objects)]), hide_index=True, width="stretch")
+            if report.get("seed_depth_px"):
+                st.caption(
+                    f"Objects drawn by the watershed with seed depth {report['seed_depth_px']:g} px, chosen on the "
+                    "validation images (deeper: touching objects are split only at deeper necks)."
+                )
     with right:
-        st.markdown("**Learning curve of the winner** (validation IoU after each halving step)")
+        metric = (run or {}).get("selection_metric") or SELECTION_METRICS[SEMANTIC]
+        st.markdown(f"**Learning curve of the winner** (validation {metric} after each halving step)")
         curve = [
             {
                 "step": r["step"] + 1,
-                "validation IoU": r["validation_iou"],
+                "validation": selection_score(r),
                 "seconds trained": r["total_seconds_trained"],
             }
             for r in (store.step_results(model["run_id"]) if model.get("run_id") else [])
@@ -68,8 +76,8 @@ def quality(store, model: dict) -> None:
                 .mark_line(point=True)
                 .encode(
                     x=alt.X("seconds trained:Q", title="seconds trained"),
-                    y=alt.Y("validation IoU:Q", title="validation IoU (0-1)", scale=alt.Scale(domain=[0, 1])),
-                    tooltip=["step", "seconds trained", "validation IoU"],
+                    y=alt.Y("validation:Q", title=f"validation {metric} (0-1)", scale=alt.Scale(domain=[0, 1])),
+                    tooltip=["step", "seconds trained", "validation"],
                 )
                 .properties(height=220)
             )

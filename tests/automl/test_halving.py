@@ -93,8 +93,8 @@ def test_fifty_trials_halve_to_one_and_the_winner_gets_27_4_percent(tmp_path):
     start = clock()
     winner = halving.run()
     steps = store.finished_steps(run_id)
-    assert [len(json.loads(s["active"])) for s in steps] == [50, 25, 12, 6, 3, 1]
-    assert [len(json.loads(s["survivors"])) for s in steps] == [25, 12, 6, 3, 1, 1]
+    assert [len(s["active"]) for s in steps] == [50, 25, 12, 6, 3, 1]
+    assert [len(s["survivors"]) for s in steps] == [25, 12, 6, 3, 1, 1]
     assert clock() - start == pytest.approx(3000.0)
     results = [r for r in store.step_results(run_id) if r["rank"] == winner["rank"]]
     assert len(results) == 6
@@ -143,7 +143,7 @@ def test_ties_are_broken_by_meta_model_rank(tmp_path):
     store, run_id, halving = _run(tmp_path, FakeBackend(clock, flat=True), clock, top_n=8, budget=400.0)
     winner = halving.run()
     steps = store.finished_steps(run_id)
-    assert json.loads(steps[0]["survivors"]) == [1, 2, 3, 4]
+    assert steps[0]["survivors"] == [1, 2, 3, 4]
     assert winner["rank"] == 1
 
 
@@ -213,7 +213,7 @@ def test_a_configuration_that_does_not_fit_is_replaced_by_the_next_ranked(tmp_pa
     trials = {t["rank"]: t for t in store.trials(run_id)}
     assert trials[3]["status"] == "does_not_fit" and "9000 MB" in trials[3]["reason"]
     assert 9 in trials and trials[9]["config_id"] == ranking.configurations[8].id
-    assert len(json.loads(store.finished_steps(run_id)[0]["active"])) == 8
+    assert len(store.finished_steps(run_id)[0]["active"]) == 8
 
 
 def test_a_trial_that_fails_mid_training_is_dropped_and_the_run_goes_on(tmp_path):

@@ -1,12 +1,10 @@
 """The living meta-base: a finished run's learning curves appended in the shipped meta-base's columns."""
 
-import json
-
 import pytest
 
 from appliance.automl.living import LIVING_METABASE, record_run, save_features
-from appliance.automl.metabase import read_metabase_rows
-from appliance.automl.metamodel import load_metabase
+from appliance.metalearning import load_metabase
+from appliance.metalearning.builder import read_metabase_rows
 from tests.automl.test_halving import FakeBackend, FakeClock, _run
 
 FEATURES = {"hc_images": 12.0, "hc_mean_shape": 512.0, "hc_classes": 1.0, "user_object_cells": 1.0, "opt_x": 0.5}
@@ -15,7 +13,7 @@ FEATURES = {"hc_images": 12.0, "hc_mean_shape": 512.0, "hc_classes": 1.0, "user_
 def test_a_finished_run_adds_one_row_per_validated_slice_once(tmp_path):
     clock = FakeClock()
     store, run_id, halving = _run(tmp_path, FakeBackend(clock), clock, top_n=4, budget=400.0)
-    store.update_run(run_id, run_dir=str(tmp_path / run_id), split=json.dumps({"validation": ["a", "b"]}), device="cpu")
+    store.update_run(run_id, run_dir=str(tmp_path / run_id), split={"validation": ["a", "b"]}, device="cpu")
     halving.run()
     assert record_run(tmp_path / "data", store, run_id) == 0  # ranked without meta-features: nothing to learn from
     save_features(tmp_path / run_id, FEATURES)

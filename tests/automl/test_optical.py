@@ -12,12 +12,12 @@ from appliance.automl import optical
 from appliance.automl.optical import (
     OPTICAL_COLUMNS,
     OPTICAL_FEATURE_NAMES,
-    OpticalReduction,
     grey_image,
     image_radiomics,
     optical_vector,
     set_radiomics,
 )
+from appliance.metalearning.features import OpticalReduction
 
 INDEX = {name: i for i, name in enumerate(OPTICAL_FEATURE_NAMES)}
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from appliance.automl.job import train_set
-from appliance.automl.metabase import read_metabase_rows
 from appliance.data.io import read_image
+from appliance.metalearning.builder import read_metabase_rows
 from appliance.pipeline.config import PAPER_DEFAULT
 from appliance.pipeline.instances import SEED_DEPTHS_PX
 from appliance.pipeline.predictor import OnnxPredictor
@@ -40,13 +40,13 @@ def test_train_keeps_the_budget_and_exports_a_working_model(tmp_path, demo_set, 
     probe = result.timings["device_measurement_seconds"]
     assert total <= 1.05 * budget + result.timings["export_seconds"] + probe + 2
     assert result.timings["export_seconds"] <= EXPORT_OVERHEAD_SECONDS
-    plan = json.loads(result.run["plan"])
+    plan = result.run["plan"]
     assert plan["search"] and 2 <= plan["n"] <= 4
     assert any(t["config_id"] == PAPER_DEFAULT.id for t in plan["trials"])  # the default always races
     statuses = [t["status"] for t in result.trials]
     assert statuses.count("winner") == 1 and len(statuses) == plan["n"]
     steps = Store(settings.store_path).finished_steps(result.run_id)
-    assert [len(json.loads(s["active"])) for s in steps] == plan["schedule"]["active"]
+    assert [len(s["active"]) for s in steps] == plan["schedule"]["active"]
     assert result.run["validation_iou"] is not None
 
     predictor = OnnxPredictor(result.model_dir)
@@ -145,7 +145,7 @@ def test_a_budget_too_small_for_any_race_trains_the_default_without_waiting_for_
     settings = Settings(data_dir=tmp_path / "data", default_budget=6.0)
     seed_throughput(settings.store_path, monkeypatch)
     result = train_set(demo_set_dir, settings, device="cpu")
-    plan = json.loads(result.run["plan"])
+    plan = result.run["plan"]
     assert not plan["search"] and [t["config_id"] for t in plan["trials"]] == [PAPER_DEFAULT.id]
     assert "not ranked" in result.run["ranking_source"]
     assert result.timings["planning_seconds"] < 1.0  # the whole budget went to training

@@ -104,15 +104,16 @@ def _finished_run(store: Store, data_dir: Path, *, started: datetime, n_trials: 
     run_id = store.create_run(
         set_name=SET_NAME,
         set_dir=str(data_dir / "sets" / SET_NAME),
+        project=PROJECT,
         budget_seconds=240.0,
         top_n=n_trials,
         seed=0,
         gpu_memory_gb=8.0,
-        split=json.dumps({"train": ["set1", "set2", "set4", "set6"], "validation": ["set3"], "test": ["set5"]}),
+        split={"train": ["set1", "set2", "set4", "set6"], "validation": ["set3"], "test": ["set5"]},
     )
     run_dir = data_dir / "runs" / run_id
     store.update_run(run_id, run_dir=str(run_dir), started_at=_iso(started), status="halving", device="cuda")
-    store.update_run(run_id, ranking_source="meta-model (xgb-rank)", plan=json.dumps(_plan(n_trials, 240.0)))
+    store.update_run(run_id, ranking_source="meta-model (xgb-rank)", plan=_plan(n_trials, 240.0))
     rng = random.Random(n_trials)
     predicted = sorted((round(0.55 + 0.3 * rng.random(), 3) for _ in range(n_trials)), reverse=True)
     final = {}
@@ -165,6 +166,7 @@ def _finished_run(store: Store, data_dir: Path, *, started: datetime, n_trials: 
     model_id = store.register_model(
         run_id=run_id,
         set_name=SET_NAME,
+        project=PROJECT,
         config_id=f"c-{winner:02d}{run_id[-4:]}",
         path="",
         validation_iou=winner_iou,
@@ -199,7 +201,7 @@ def _live_run(store: Store, data_dir: Path) -> str:
         top_n=8,
         seed=0,
         gpu_memory_gb=8.0,
-        split=json.dumps({"train": ["a"], "validation": ["b"], "test": ["c"]}),
+        split={"train": ["a"], "validation": ["b"], "test": ["c"]},
     )
     store.update_run(
         run_id,
@@ -359,7 +361,7 @@ def seed_typical(data_dir: str | Path) -> Path:
                 signature=name,
                 content_hash=f"hash-{name}",
                 status=status,
-                problems=json.dumps(problems),
+                problems=problems,
                 project=project,
                 store_dir=str(data_dir / "sets" / name) if status == "accepted" else None,
                 job_id=job_id,

@@ -3,7 +3,6 @@ a typical day, and 10,000 segmented images. Plus the password gate and the activ
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -286,7 +285,7 @@ def test_a_model_trained_for_seconds_is_kept_out_by_the_quality_gate_and_the_pag
     store = Store(tmp_path / "appliance.sqlite")
     labelled_set = load_labelled_set(demo_set_dir)
     split = split_stems(labelled_set.stems, seed=0)
-    run = store.create_run(set_name=labelled_set.name, set_dir=str(demo_set_dir), split=json.dumps(split.to_dict()))
+    run = store.create_run(set_name=labelled_set.name, set_dir=str(demo_set_dir), split=split.to_dict())
     model = store.register_model(run_id=run, set_name=labelled_set.name, path="")
     store.finish_export(run, model, str(trained_model))
     job, _ = store.enqueue("train", "set-1", payload={}, project="hela")

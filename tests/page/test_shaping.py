@@ -232,15 +232,15 @@ def test_measurement_table_and_csv():
 
 def test_rejected_set_rows_one_per_problem():
     intakes = [
-        {"name": "ok", "status": "accepted", "problems": "[]"},
+        {"name": "ok", "status": "accepted", "problems": []},
         {
             "name": "bad",
             "status": "rejected",
             "inbox_path": "/in/bad",
             "detected_at": "t",
-            "problems": json.dumps([{"file": "masks/x.png", "message": "no image"}, {"file": "", "message": "empty"}]),
+            "problems": [{"file": "masks/x.png", "message": "no image"}, {"file": "", "message": "empty"}],
         },
-        {"name": "odd", "status": "rejected", "inbox_path": "/in/odd", "detected_at": "t", "problems": "oops"},
+        {"name": "odd", "status": "rejected", "inbox_path": "/in/odd", "detected_at": "t", "problems": []},
     ]
     rows = shaping.rejected_set_rows(intakes)
     assert [(r["set"], r["file"], r["problem"]) for r in rows] == [
@@ -255,7 +255,7 @@ def test_formatting():
     assert shaping.format_bytes(2048) == "2.0 KB"
     assert shaping.parse_time("2026-01-01T00:00:00") == datetime(2026, 1, 1, tzinfo=UTC)
     assert shaping.parse_time("garbage") is None
-    assert shaping.json_list('{"a": 1}') == []
+    assert shaping.decoded('{"a": 1}') == {"a": 1} and shaping.decoded([1]) == [1] and shaping.decoded("oops") is None
 
 
 def test_local_time_and_event_rows():

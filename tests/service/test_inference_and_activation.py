@@ -1,7 +1,6 @@
 """Automatic inference with a real ONNX model, exactly once; the activation rule; the disk guard."""
 
 import csv
-import json
 import os
 import shutil
 import sys
@@ -30,7 +29,7 @@ def register(store, model_dir, set_dir):
     """A finished run on ``set_dir`` whose exported model is ``model_dir`` (what train_set records)."""
     labelled_set = load_labelled_set(set_dir)
     split = split_stems(labelled_set.stems, seed=0)
-    run_id = store.create_run(set_name=labelled_set.name, set_dir=str(set_dir), split=json.dumps(split.to_dict()))
+    run_id = store.create_run(set_name=labelled_set.name, set_dir=str(set_dir), split=split.to_dict())
     model_id = store.register_model(run_id=run_id, set_name=labelled_set.name, path=str(model_dir))
     store.update_run(run_id, status="finished", model_id=model_id)
     return model_id

@@ -60,7 +60,10 @@ def test_upgrading_to_4_gives_each_model_its_project_from_its_decision_then_its_
     store = Store(path)
     runs = {name: store.create_run(set_name=name, set_dir=f"/sets/{name}") for name in ("a", "b", "c")}
     models = {name: store.register_model(run_id=run, set_name=name, path=f"/m/{name}") for name, run in runs.items()}
-    store.record_intake(inbox_path="/inbox/b", store_dir="/sets/b", project="plates", status="accepted")
+    store.record_intake(
+        name="b", inbox_path="/inbox/b", signature="s", content_hash="h", status="accepted", project="plates",
+        store_dir="/sets/b",
+    )  # fmt: skip
     store.record_activation(
         project="phase",
         model_id=models["a"],

@@ -15,7 +15,7 @@ def test_entering_a_race_is_all_or_nothing(tmp_path):
     assert store.ranking(run_id) == [] and store.trials(run_id) == [] and store.run(run_id)["plan"] is None
     store.enter_race(run_id, ranking, trials, {"n": 2})
     assert [t["config_id"] for t in store.trials(run_id)] == ["c-a", "c-b"]
-    assert len(store.ranking(run_id)) == 2 and store.run(run_id)["plan"] == '{"n": 2}'
+    assert len(store.ranking(run_id)) == 2 and store.run(run_id)["plan"] == {"n": 2}
 
 
 def test_a_finished_step_and_its_dropped_trials_are_one_write(tmp_path):

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from appliance.automl import metamodel as mm
+from appliance import metalearning as mm
 from appliance.automl.metafeatures import engineered_features
 from appliance.automl.search_space import search_space
 from appliance.errors import ConfigError, ModelFileError
+from appliance.metalearning import features, learners
 from appliance.pipeline.config import PipelineConfig
 
 AUGMENTATIONS = ("flip", "brightness_blur", "grid_distortion")
@@ -190,7 +191,7 @@ def test_variants_parse_and_always_include_hyperparameters():
 
 def test_optical_reductions_are_fitted_on_training_sets_only(metabase):
     train = metabase.subset(metabase.columns["set"] != "set3")
-    builder = mm._FeatureBuilder("hp+hc+eng+opt_pca+opt_cos+opt_pca_x").fit(train)
+    builder = features._FeatureBuilder("hp+hc+eng+opt_pca+opt_cos+opt_pca_x").fit(train)
     cosines = [n for n in builder.feature_names if n.startswith("cos_opt_")]
     assert cosines == [f"cos_opt_set{i}" for i in (0, 1, 2, 4, 5)]
     x = builder.transform(metabase.columns)
@@ -198,7 +199,7 @@ def test_optical_reductions_are_fitted_on_training_sets_only(metabase):
     column = builder.feature_names.index("cos_opt_set1")
     assert np.allclose(x[metabase.columns["set"] == "set1", column], 1.0)  # a training set is itself
     # the reduction is a pure function of the training sets: adding the held-out set's rows changes nothing
-    again = mm._FeatureBuilder("hp+hc+eng+opt_pca+opt_cos+opt_pca_x").fit(train)
+    again = features._FeatureBuilder("hp+hc+eng+opt_pca+opt_cos+opt_pca_x").fit(train)
     assert np.array_equal(again.transform(metabase.columns), x)
 
 
@@ -297,11 +298,11 @@ def test_default_variants_skip_groups_the_metabase_lacks(tmp_path):
 
 
 def test_the_forest_export_reproduces_sklearn_exactly(metabase):
-    builder = mm._FeatureBuilder("all").fit(metabase)
+    builder = features._FeatureBuilder("all").fit(metabase)
     x = builder.transform(metabase.columns)
-    forest = mm._Forest(3, target="iou").fit(x, metabase.columns["val_iou"], metabase.columns["set"])
+    forest = learners._Forest(3, target="iou").fit(x, metabase.columns["val_iou"], metabase.columns["set"])
     forest.model.n_jobs = 1  # sklearn sums trees in order only when single-threaded
-    exported = mm._ForestArrays.from_json(json.loads(json.dumps(forest.portable().to_json())))
+    exported = learners._ForestArrays.from_json(json.loads(json.dumps(forest.portable().to_json())))
     probe = np.vstack([x, x * 1.37, x[:, ::-1].copy()[:, : x.shape[1]]])
     assert np.array_equal(exported.predict(probe), forest.model.predict(probe))
 
@@ -325,7 +326,7 @@ def test_save_and_load_give_identical_rankings(metabase, tmp_path, model, varian
 
 def test_the_ensemble_averages_its_members_standardised_on_training_rows(metabase):
     base = metabase.subset(metabase.at_fidelity(2.0))
-    x = mm._FeatureBuilder("hp+hc+eng").fit(base).transform(base.columns)
+    x = features._FeatureBuilder("hp+hc+eng").fit(base).transform(base.columns)
     y, groups = base.columns["val_iou"], base.columns["set"]
     members = [mm.MODELS[name].factory(0).fit(x, y, groups) for name in ("rf_d7_setz", "xgb_rank")]
     ensemble = mm.MODELS["ens"].factory(0).compose(members, x)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from appliance.automl.metabase import (
+from appliance.errors import ConfigError
+from appliance.metalearning.builder import (
     IDENTITY_COLUMNS,
     OUTCOME_COLUMNS,
     BuildSettings,
@@ -23,7 +24,6 @@ from appliance.automl.metabase import (
     stratified_configurations,
     write_rows,
 )
-from appliance.errors import ConfigError
 from appliance.pipeline.config import SEARCH_SPACE, PipelineConfig
 
 

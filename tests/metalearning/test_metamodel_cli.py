@@ -2,9 +2,9 @@
 
 from click.testing import CliRunner
 
-from appliance.automl.metamodel import MetaModel, rank_configurations
 from appliance.cli import main
-from tests.automl.test_metamodel import synthetic_rows, synthetic_set_features, write_csv
+from appliance.metalearning import MetaModel, rank_configurations
+from tests.metalearning.test_metamodel import synthetic_rows, synthetic_set_features, write_csv
 
 OPTIONS = ["--seeds", "0,1", "--models", "rf_d7,xgb_rank", "--variants", "hp+hc+eng,hp+hc+eng+user"]
 

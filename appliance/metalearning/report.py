@@ -17,16 +17,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
-from appliance.automl.metabase import read_metabase_rows
-from appliance.automl.metamodel import (
-    BASELINE,
-    DEFAULT_MODELS,
-    DEFAULT_SEEDS,
-    EvaluationTable,
-    MetaModel,
-    evaluate,
-    load_metabase,
-)
+from appliance.metalearning.base import BASELINE, DEFAULT_SEEDS, load_metabase
+from appliance.metalearning.builder import read_metabase_rows
+from appliance.metalearning.evaluation import EvaluationTable, evaluate
+from appliance.metalearning.learners import DEFAULT_MODELS
+from appliance.metalearning.model import MetaModel
 
 REPORT_FILE = "metamodel-report.md"
 METABASE_FILE = "metabase.csv"
