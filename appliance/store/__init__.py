@@ -332,6 +332,10 @@ def _decoded(table: str, row: dict | None) -> dict | None:
     return row
 
 
+def _epoch_seconds() -> float:
+    return time.time()  # looked up at each call, so a patched time.time reaches the store too
+
+
 def _columns(table: str, fields: Mapping) -> dict:
     """``fields`` when each is a column of ``table`` (:data:`SCHEMA`); a misspelt or unknown name is a TypeError
     that lists the table's columns, never SQL built from an arbitrary keyword."""
@@ -365,8 +369,8 @@ class Store(PageReads):
     ``clock`` gives the epoch seconds that job leases, retry delays, landing times and heartbeats are stamped and
     compared with (tests pass a fake one instead of waiting)."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time):
-        self.clock = clock
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] | None = None):
+        self.clock = clock if clock is not None else _epoch_seconds
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite_utils.Database(self.path)
@@ -999,7 +1003,8 @@ class Store(PageReads):
         baseline_score: float | None = None,
         model_mean_iou: float | None = None,
     ) -> int:
-        """Store an activation decision; when ``activated``, make the model the project's active one, in one go.
+        """Store an activation decision and make ``project`` the model's project; when ``activated``, make the model
+        the project's active one, in one go.
         ``baseline_score`` and ``model_mean_iou``: the quality gate's numbers (test mean IoU with background of
         Otsu thresholding and of the model), when it was applied."""
         with self.transaction():
@@ -1021,6 +1026,7 @@ class Store(PageReads):
                 )
                 .last_pk
             )
+            self.db["models"].update(model_id, {"project": project})  # decided for a project: the model's project
             if activated:
                 if previous_model_id:
                     self.db["models"].update(previous_model_id, {"active": 0})

@@ -43,3 +43,12 @@ def test_json_columns_are_written_from_dicts_and_read_back_as_them(tmp_path):
     assert store.finished_steps(run_id)[0]["survivors"] == [1]
     store.update_run(run_id, plan="not json")  # text from elsewhere is kept as written and reads as None
     assert store.run(run_id)["plan"] is None
+
+
+def test_an_activation_decision_names_the_models_project(tmp_path):
+    store = Store(tmp_path / "appliance.sqlite")
+    run_id = store.create_run(set_name="s")
+    model_id = store.register_model(run_id=run_id, set_name="s", path="/m", project="s")
+    store.record_activation(project="hela", model_id=model_id, previous_model_id=None, new_score=None,
+                            previous_score=None, activated=False, reason="not better than Otsu")  # fmt: skip
+    assert store.model(model_id)["project"] == "hela" and store.active_model("hela") is None
