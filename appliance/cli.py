@@ -502,31 +502,31 @@ def _echo_summary(result) -> None:
     run = result.run
     scores: dict[int, list[float]] = {}
     for row in result.step_results:
-        if row["validation_iou"] is not None:
-            scores.setdefault(row["rank"], []).append(row["validation_iou"])
+        if row.validation_iou is not None:
+            scores.setdefault(row.rank, []).append(row.validation_iou)
     # the winner first, then by how far each trial got, then by rank
-    trials = sorted(result.trials, key=lambda t: (t["status"] != "winner", -len(scores.get(t["rank"], [])), t["rank"]))
+    trials = sorted(result.trials, key=lambda t: (t.status != "winner", -len(scores.get(t.rank, [])), t.rank))
     click.echo("")
     click.echo(f"{'rank':>4}  {'configuration':<13} {'encoder':<8} {'patch':>5} {'batch':>5} {'lr':>7}  IoU per step")
     for trial in trials[:12]:
-        config = trial["config"]
-        ious = " ".join(f"{s:.3f}" for s in scores.get(trial["rank"], []))
-        mark = {"winner": " <- winner", "dropped": ""}.get(trial["status"], f" ({trial['status']})")
+        config = trial.config
+        ious = " ".join(f"{s:.3f}" for s in scores.get(trial.rank, []))
+        mark = {"winner": " <- winner", "dropped": ""}.get(trial.status, f" ({trial.status})")
         click.echo(
-            f"{trial['rank']:>4}  {trial['config_id']:<13} {config['encoder']:<8} {config['patch_size']:>5} "
+            f"{trial.rank:>4}  {trial.config_id:<13} {config['encoder']:<8} {config['patch_size']:>5} "
             f"{config['batch_size']:>5} {config['learning_rate']:>7}  {ious}{mark}"
         )
     if len(trials) > 12:
         click.echo(f"      ... {len(trials) - 12} more trials")
     click.echo("")
-    click.echo(f"run {result.run_id}: ranked by {run['ranking_source']}")
-    click.echo(f"  winner {run['winner_config_id']}: validation IoU {run['validation_iou']:.3f}")
-    click.echo(f"  test IoU {run['test_iou']:.3f} on {len(result.test.per_image)} test image(s)")
+    click.echo(f"run {result.run_id}: ranked by {run.ranking_source}")
+    click.echo(f"  winner {run.winner_config_id}: validation IoU {run.validation_iou:.3f}")
+    click.echo(f"  test IoU {run.test_iou:.3f} on {len(result.test.per_image)} test image(s)")
     click.echo(
         "  time: " + ", ".join(f"{name.removesuffix('_seconds')} {sec:.0f} s" for name, sec in result.timings.items())
     )
     click.echo(f"  model: {result.model_dir}")
-    click.echo(f"  QC: {Path(run['run_dir']) / 'qc'}")
+    click.echo(f"  QC: {Path(run.run_dir) / 'qc'}")
 
 
 # -- the service: appliance run / health / config -------------------------------------------------------------------
@@ -607,10 +607,10 @@ def retry(job_id, config_file, data_dir):
         click.secho(f"error: job {job_id} does not exist in {settings.store_path}", fg="red", err=True)
         sys.exit(2)
     if not store.retry(job_id):
-        click.secho(f"error: job {job_id} is {job['status']}; only failed jobs can be retried", fg="red", err=True)
+        click.secho(f"error: job {job_id} is {job.status}; only failed jobs can be retried", fg="red", err=True)
         sys.exit(2)
-    store.event(None, f"job {job_id} ({job['kind']}, project {job['project']}) queued again from the command line")
-    click.echo(f"job {job_id} ({job['kind']}, project {job['project']}) queued again; last error was: {job['error']}")
+    store.event(None, f"job {job_id} ({job.kind}, project {job.project}) queued again from the command line")
+    click.echo(f"job {job_id} ({job.kind}, project {job.project}) queued again; last error was: {job.error}")
 
 
 @main.command()

@@ -101,8 +101,8 @@ def run_cell(set_dir: Path, budget: float, seed: int, *, data_dir: Path, models_
     started = time.perf_counter()
     ours = train_set(set_dir, settings, device=device, resume=False)
     rows.append(_job_row("ours", ours, time.perf_counter() - started))
-    plan = ours.run["plan"]
-    print(f"  ours     test IoU {ours.test.mean_foreground_iou:.3f}  n = {plan['n']}: {ours.run['winner_config_id']}")
+    plan = ours.run.plan
+    print(f"  ours     test IoU {ours.test.mean_foreground_iou:.3f}  n = {plan['n']}: {ours.run.winner_config_id}")
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,20 +134,20 @@ def run_cell(set_dir: Path, budget: float, seed: int, *, data_dir: Path, models_
         include_default=False,
     )
     rows.append(_job_row("random", random, time.perf_counter() - started))
-    print(f"  random   test IoU {random.test.mean_foreground_iou:.3f}  ({random.run['winner_config_id']})")
+    print(f"  random   test IoU {random.test.mean_foreground_iou:.3f}  ({random.run.winner_config_id})")
     return rows
 
 
 def _job_row(method: str, job, wall: float) -> dict:
-    plan = job.run["plan"]
+    plan = job.run.plan
     return {
         "method": method,
         "test_iou": job.test.mean_foreground_iou,
-        "validation_iou": job.run["validation_iou"],
+        "validation_iou": job.run.validation_iou,
         "wall_seconds": wall,
         "halving_seconds": job.timings.get("halving_seconds"),
         "planning_seconds": job.timings.get("planning_seconds"),
-        "winner": job.run["winner_config_id"],
+        "winner": job.run.winner_config_id,
         "n": plan["n"],
         "growth": plan["schedule"]["growth"],
         "search": plan["search"],

@@ -51,26 +51,26 @@ def main() -> int:
     job = train_set(args.set, settings, device=str(device), trials=args.trials, log=lambda m: print(f"  {m}"))
     wall = time.perf_counter() - started
     store = Store(settings.store_path)
-    plan = job.run["plan"]
-    print(f"run {job.run_id} on {job.run['device']}: {wall:.1f} s for a {settings.default_budget:.0f} s budget")
+    plan = job.run.plan
+    print(f"run {job.run_id} on {job.run.device}: {wall:.1f} s for a {settings.default_budget:.0f} s budget")
     print(f"  plan: n = {plan['n']}, steps {plan['schedule']['active']}, growth {plan['schedule']['growth']}")
     for row in job.step_results:
-        iou = "—" if row["validation_iou"] is None else f"{row['validation_iou']:.3f}"
-        mpix = row["work_mp"] / max(row["total_seconds_trained"], 1e-9)
-        peak = "—" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f} MB"
+        iou = "—" if row.validation_iou is None else f"{row.validation_iou:.3f}"
+        mpix = row.work_mp / max(row.total_seconds_trained, 1e-9)
+        peak = "—" if row.peak_memory_mb is None else f"{row.peak_memory_mb:.0f} MB"
         print(
-            f"  step {row['step'] + 1} rank {row['rank']:>3} {row['config_id']}: {row['optimizer_steps']} steps, "
+            f"  step {row.step + 1} rank {row.rank:>3} {row.config_id}: {row.optimizer_steps} steps, "
             f"{mpix:.2f} MPix/s, peak {peak}, validation IoU {iou}"
         )
     for trial in job.trials:
-        print(f"  trial rank {trial['rank']} {trial['config_id']}: {trial['status']} {trial['reason'] or ''}".rstrip())
+        print(f"  trial rank {trial.rank} {trial.config_id}: {trial.status} {trial.reason or ''}".rstrip())
     table = ThroughputTable.load(store, device)
     print(f"  throughput table on {table.device}: {len(table.measured)} measured groups")
-    print(f"winner {job.run['winner_config_id']}: test IoU {job.test.mean_foreground_iou:.3f}, model {job.model_dir}")
+    print(f"winner {job.run.winner_config_id}: test IoU {job.test.mean_foreground_iou:.3f}, model {job.model_dir}")
 
     predictor = OnnxPredictor(job.model_dir)
     labelled_set = load_labelled_set(args.set)
-    split = job.run["split"]
+    split = job.run.split
     started = time.perf_counter()
     pixels = 0
     for stem in split["test"]:
@@ -80,14 +80,14 @@ def main() -> int:
         pixels += labels.size
     seconds = time.perf_counter() - started
     print(f"ONNX Runtime ({predictor.provider}): {len(split['test'])} test image(s), {pixels / 1e6 / seconds:.2f} MP/s")
-    events = [e["message"] for e in store.events(job.run_id) if "parity" in e["message"] or "ONNX" in e["message"]]
+    events = [e.message for e in store.events(job.run_id) if "parity" in e.message or "ONNX" in e.message]
     for message in events[-1:]:
         print(f"  {message}")
 
     problems = []
-    if device.type == "cuda" and not str(job.run["device"]).startswith("cuda"):
-        problems.append(f"the run trained on {job.run['device']}, not CUDA")
-    if device.type == "cuda" and not any(r["peak_memory_mb"] for r in job.step_results):
+    if device.type == "cuda" and not str(job.run.device).startswith("cuda"):
+        problems.append(f"the run trained on {job.run.device}, not CUDA")
+    if device.type == "cuda" and not any(r.peak_memory_mb for r in job.step_results):
         problems.append("no CUDA peak memory was recorded")
     if not np.isfinite(job.test.mean_foreground_iou):
         problems.append("the winner's test IoU is not a number")

@@ -116,9 +116,7 @@ def main() -> None:
         service.wait(60)
         log.close()
     store = Store(data_dir / "appliance.sqlite")
-    inference = [
-        row["processed_time"] - row["landed_at"] for row in store.images(PROJECT) if row["processed_time"] is not None
-    ]
+    inference = [row.processed_time - row.landed_at for row in store.images(PROJECT) if row.processed_time is not None]
     mode = "polling every 1 s" if args.polling else "file events"
     print(f"\nlatency, file landed → results written, {len(latencies)} images of 384×384 px, 16-bit, CPU:")
     print(f"  watch: {mode}; stable_seconds {args.stable_seconds:g} (included); model {model_id}")

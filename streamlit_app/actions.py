@@ -32,8 +32,8 @@ def retry_job(store: Store, *, job_id: int) -> None:
     if job is None:
         raise ActionError(f"job {job_id} does not exist")
     if not store.retry(job_id):
-        raise ActionError(f"job {job_id} is {job['status']}, not failed: only failed jobs can be retried")
-    store.event(None, f"job {job_id} ({job['kind']}, project {job['project']}) queued again by hand")
+        raise ActionError(f"job {job_id} is {job.status}, not failed: only failed jobs can be retried")
+    store.event(None, f"job {job_id} ({job.kind}, project {job.project}) queued again by hand")
 
 
 def build_package(store: Store, *, model_id: str) -> Path:

@@ -1,9 +1,9 @@
-"""Pure functions that turn store rows into what the status page shows. No Streamlit, no SQLite: plain dicts in,
-plain dicts, lists and numbers out, so each one is unit-tested on its own (``tests/page/test_shaping.py``)."""
+"""Pure functions that turn store rows into what the status page shows. No Streamlit, no SQLite: the store's typed
+rows (:mod:`appliance.store.rows`) in, plain dicts, lists and numbers out, so each one is unit-tested on its own
+(``tests/page/test_shaping.py``)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from appliance.automl.schedule import selection_score, step_count
 from appliance.service.health import component_alive
 from appliance.store import RUNNING_RUN, JobStatus, RunStatus
+from appliance.store.rows import Activation, Component, Event, Intake, Job, Model, Run, StepResult, Trial
 
 SURVIVING = ("active", "winner")
 
@@ -36,14 +37,14 @@ def local_time(text: str | None, tz=None) -> str:
     return "" if moment is None else f"{moment.astimezone(tz):%Y-%m-%d %H:%M:%S}"
 
 
-def event_rows(events: Iterable[Mapping], *, with_run: bool = True) -> list[dict]:
+def event_rows(events: Iterable[Event], *, with_run: bool = True) -> list[dict]:
     """Events for a table: local time, level, run (or "service"), message."""
     rows = []
     for e in events:
-        row = {"at": local_time(e.get("at")), "level": e.get("level")}
+        row = {"at": local_time(e.at), "level": e.level}
         if with_run:
-            row["run"] = e.get("run_id") or "service"
-        row["message"] = e.get("message")
+            row["run"] = e.run_id or "service"
+        row["message"] = e.message
         rows.append(row)
     return rows
 
@@ -79,36 +80,25 @@ def format_bytes(count: float | None) -> str:
     raise AssertionError("unreachable")
 
 
-def decoded(value):
-    """A JSON column as the store returns it (already a dict or list), or JSON text from elsewhere; None when it
-    is neither."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return None
-    return value
-
-
 # -- overview -----------------------------------------------------------------------------------------------------
 
 
-def component_health(components: Iterable[Mapping], *, clock: float) -> list[dict]:
+def component_health(components: Iterable[Component], *, clock: float) -> list[dict]:
     """One row per service component: state, detail, seconds since its heartbeat and whether it is alive
     (:func:`appliance.service.health.component_alive`, the rule of ``appliance health``)."""
     rows = []
-    for row in components:
-        beat = row.get("heartbeat")
+    for component in components:
+        beat = component.heartbeat
         age = None if beat is None else max(0.0, clock - beat)
-        alive = component_alive(row.get("state"), beat, row.get("interval"), clock=clock)
+        alive = component_alive(component.state, beat, component.interval, clock=clock)
         rows.append(
             {
-                "component": row["name"],
+                "component": component.name,
                 "ok": alive,
                 "status": "alive" if alive else "not responding",
-                "state": row.get("state") or "",
+                "state": component.state or "",
                 "last heartbeat": "never" if age is None else f"{format_duration(age)} ago",
-                "detail": row.get("detail") or "",
+                "detail": component.detail or "",
             }
         )
     return rows
@@ -143,25 +133,25 @@ def disk_state(free: int, total: int, reserve_gb: float) -> dict:
 # -- training runs ------------------------------------------------------------------------------------------------
 
 
-def halving_chart_rows(step_results: Iterable[Mapping], trials: Iterable[Mapping]) -> list[dict]:
+def halving_chart_rows(step_results: Iterable[StepResult], trials: Iterable[Trial]) -> list[dict]:
     """Validation IoU of every trial after every step (steps counted from 1), with the trial's status and whether it
     is still in the race (``active`` or ``winner``): the data of the live successive-halving chart. Trials are named
     in words, "configuration 3 of 12" in the race's order, with their settings for the hover."""
     trials = list(trials)
-    status = {t["rank"]: t for t in trials}
+    status = {t.rank: t for t in trials}
     position = {rank: index for index, rank in enumerate(sorted(status), start=1)}
     rows = []
     for r in step_results:
-        trial = status.get(r["rank"], {})
-        state = trial.get("status") or "active"
-        name = f"configuration {position[r['rank']]} of {len(trials)}" if r["rank"] in position else f"#{r['rank']}"
+        trial = status.get(r.rank, Trial())
+        state = trial.status or "active"
+        name = f"configuration {position[r.rank]} of {len(trials)}" if r.rank in position else f"#{r.rank}"
         rows.append(
             {
                 "trial": name,
-                "configuration": r.get("config_id"),
-                "settings": config_summary(trial.get("config")),
-                "rank": r["rank"],
-                "step": r["step"] + 1,
+                "configuration": r.config_id,
+                "settings": config_summary(trial.config),
+                "rank": r.rank,
+                "step": r.step + 1,
                 "validation_score": selection_score(r),
                 "status": state,
                 "survivor": state in SURVIVING,
@@ -170,13 +160,10 @@ def halving_chart_rows(step_results: Iterable[Mapping], trials: Iterable[Mapping
     return sorted(rows, key=lambda row: (row["rank"], row["step"]))
 
 
-def race_plan(run: Mapping) -> dict | None:
+def race_plan(run: Run) -> dict | None:
     """The budget-aware race plan recorded with a run, for people: n, the steps, each step's budget, the winner's
     share, why this n, and each trial's throughput on the device. None for a run without a plan (older runs)."""
-    try:
-        plan = decoded(run.get("plan"))
-    except (TypeError, ValueError):
-        return None
+    plan = run.plan
     if not isinstance(plan, dict) or "schedule" not in plan:
         return None
     schedule = plan["schedule"]
@@ -202,19 +189,19 @@ def race_plan(run: Mapping) -> dict | None:
     }
 
 
-def test_image_count(run: Mapping | None) -> int | None:
+def test_image_count(run: Run | None) -> int | None:
     """How many test images a run's test IoU rests on (None when its split is unknown).
 
-    >>> test_image_count({"split": {"train": ["a", "b"], "validation": ["c"], "test": ["d", "e"]}})
+    >>> test_image_count(Run(split={"train": ["a", "b"], "validation": ["c"], "test": ["d", "e"]}))
     2
     """
     try:
-        return len(decoded((run or {}).get("split"))["test"])
-    except (TypeError, ValueError, KeyError):
+        return len(run.split["test"])
+    except (AttributeError, TypeError, KeyError):
         return None
 
 
-def budget_progress(run: Mapping, step_results: Sequence[Mapping], n_trials: int, *, now: datetime) -> dict:
+def budget_progress(run: Run, step_results: Sequence[StepResult], n_trials: int, *, now: datetime) -> dict:
     """Budget of the successive halving of a run: seconds used and left, fraction, ETA and the step reached.
 
     Used = the wall seconds of the recorded slices (time a resumed run spent before a restart still counts, as in
@@ -222,21 +209,21 @@ def budget_progress(run: Mapping, step_results: Sequence[Mapping], n_trials: int
     run reports its measured halving time. The ETA is when the budget runs out (halving then stops; the winner's
     test and export follow, which take seconds to a minute).
     """
-    budget = float(run.get("budget_seconds") or 0.0)
-    status = run.get("status") or ""
+    budget = float(run.budget_seconds or 0.0)
+    status = run.status or ""
     steps_total = step_count(n_trials) if n_trials else 0
-    recorded = sum(float(r.get("wall_seconds") or 0.0) for r in step_results)
-    if status in (RunStatus.FINISHED, RunStatus.EXPORTING) and run.get("halving_seconds"):
-        used = float(run["halving_seconds"])
+    recorded = sum(float(r.wall_seconds or 0.0) for r in step_results)
+    if status in (RunStatus.FINISHED, RunStatus.EXPORTING) and run.halving_seconds:
+        used = float(run.halving_seconds)
     else:
         used = recorded
         if status == RunStatus.HALVING:
-            last = max((parse_time(r.get("finished_at")) for r in step_results if r.get("finished_at")), default=None)
-            since = last or parse_time(run.get("started_at"))
+            last = max((parse_time(r.finished_at) for r in step_results if r.finished_at), default=None)
+            since = last or parse_time(run.started_at)
             if since is not None:
                 used += max(0.0, (now - since).total_seconds())
     left = max(0.0, budget - used) if status in (RunStatus.HALVING, RunStatus.RANKING, RunStatus.CREATED) else 0.0
-    step_reached = 1 + max((r["step"] for r in step_results), default=-1)
+    step_reached = 1 + max((r.step for r in step_results), default=-1)
     return {
         "budget_seconds": budget,
         "used_seconds": used,
@@ -249,28 +236,28 @@ def budget_progress(run: Mapping, step_results: Sequence[Mapping], n_trials: int
     }
 
 
-def predicted_vs_realised(trials: Iterable[Mapping], step_results: Iterable[Mapping]) -> list[dict]:
+def predicted_vs_realised(trials: Iterable[Trial], step_results: Iterable[StepResult]) -> list[dict]:
     """For every trial with at least one validation score: the meta-model's predicted score, the last (realised)
     validation IoU, the step it was reached at, and the trial's status."""
-    last: dict[int, Mapping] = {}
+    last: dict[int, StepResult] = {}
     for r in step_results:
-        if r.get("validation_iou") is None:
+        if r.validation_iou is None:
             continue
-        if r["rank"] not in last or r["step"] > last[r["rank"]]["step"]:
-            last[r["rank"]] = r
+        if r.rank not in last or r.step > last[r.rank].step:
+            last[r.rank] = r
     rows = []
     for t in trials:
-        result = last.get(t["rank"])
+        result = last.get(t.rank)
         if result is None:
             continue
         rows.append(
             {
-                "rank": t["rank"],
-                "configuration": t.get("config_id"),
-                "predicted": t.get("predicted_score"),
-                "realised": result["validation_iou"],
-                "after step": result["step"] + 1,
-                "status": t.get("status"),
+                "rank": t.rank,
+                "configuration": t.config_id,
+                "predicted": t.predicted_score,
+                "realised": result.validation_iou,
+                "after step": result.step + 1,
+                "status": t.status,
             }
         )
     return rows
@@ -309,9 +296,8 @@ def rank_correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return cov / (sx * sy)
 
 
-def config_summary(config: Mapping | str | None) -> str:
-    """``"patch 128, batch 16, lr 0.001, resnet18, flip 0.5"`` from a trial's configuration (a mapping, or JSON)."""
-    config = decoded(config)
+def config_summary(config: Mapping | None) -> str:
+    """``"patch 128, batch 16, lr 0.001, resnet18, flip 0.5"`` from a trial's configuration."""
     if not isinstance(config, Mapping):
         return ""
     parts = []
@@ -329,9 +315,9 @@ def config_summary(config: Mapping | str | None) -> str:
 # -- models -------------------------------------------------------------------------------------------------------
 
 
-def model_projects(models: Iterable[Mapping]) -> dict[str, str]:
+def model_projects(models: Iterable[Model]) -> dict[str, str]:
     """Model id → project (each model records its own; see :class:`appliance.store.Store`)."""
-    return {m["id"]: m.get("project") or m.get("set_name") or "(no project)" for m in models}
+    return {m.id: m.project or m.set_name or "(no project)" for m in models}
 
 
 def per_class_scores(test: Mapping | None, class_names: Sequence[str]) -> list[dict]:
@@ -366,29 +352,29 @@ def object_scores(objects: Mapping) -> dict:
     }
 
 
-def activation_history(activations: Iterable[Mapping]) -> list[dict]:
+def activation_history(activations: Iterable[Activation]) -> list[dict]:
     """The decisions of a project, newest first, with both numbers behind each."""
     rows = []
-    for a in sorted(activations, key=lambda a: a["id"], reverse=True):
+    for a in sorted(activations, key=lambda a: a.id, reverse=True):
         rows.append(
             {
-                "decided": local_time(a.get("decided_at")),
-                "model": a.get("model_id"),
-                "activated": bool(a.get("activated")),
-                "new score": a.get("new_score"),
-                "active model": a.get("previous_model_id"),
-                "its score": a.get("previous_score"),
-                "reason": a.get("reason"),
+                "decided": local_time(a.decided_at),
+                "model": a.model_id,
+                "activated": bool(a.activated),
+                "new score": a.new_score,
+                "active model": a.previous_model_id,
+                "its score": a.previous_score,
+                "reason": a.reason,
             }
         )
     return rows
 
 
-def rollback_target(activations: Iterable[Mapping], active_model_id: str | None) -> str | None:
+def rollback_target(activations: Iterable[Activation], active_model_id: str | None) -> str | None:
     """The model that was active before the current one (from the latest decision that activated the current one)."""
-    for a in sorted(activations, key=lambda a: a["id"], reverse=True):
-        if a.get("activated") and a.get("model_id") == active_model_id:
-            return a.get("previous_model_id")
+    for a in sorted(activations, key=lambda a: a.id, reverse=True):
+        if a.activated and a.model_id == active_model_id:
+            return a.previous_model_id
     return None
 
 
@@ -396,11 +382,11 @@ def rollback_target(activations: Iterable[Mapping], active_model_id: str | None)
 
 
 def measurement_table(rows: Iterable[Mapping]) -> list[dict]:
-    """Measurement rows of the store (``row`` holds the JSON of :func:`appliance.pipeline.measurements.measure`)
+    """Measurement rows of the store (``row``: one row of :func:`appliance.pipeline.measurements.measure`)
     flattened into one dict per image and class."""
     table = []
     for r in rows:
-        values = json.loads(r["row"]) if isinstance(r.get("row"), str) else dict(r.get("row") or {})
+        values = dict(r.get("row") or {})
         table.append(
             {
                 "project": r.get("project"),
@@ -430,13 +416,13 @@ def csv_text(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> s
 # -- problems -----------------------------------------------------------------------------------------------------
 
 
-def rejected_set_rows(intakes: Iterable[Mapping]) -> list[dict]:
+def rejected_set_rows(intakes: Iterable[Intake]) -> list[dict]:
     """One row per problem of each rejected labelled set (file and what to do), newest set first."""
     rows = []
     for intake in intakes:
-        if intake.get("status") != "rejected":
+        if intake.status != "rejected":
             continue
-        problems = intake.get("problems") or [{"file": "", "message": "rejected (no problem recorded)"}]
+        problems = intake.problems or [{"file": "", "message": "rejected (no problem recorded)"}]
         for problem in problems:
             if isinstance(problem, Mapping):
                 file, message = problem.get("file", ""), problem.get("message", "")
@@ -444,23 +430,23 @@ def rejected_set_rows(intakes: Iterable[Mapping]) -> list[dict]:
                 file, message = "", str(problem)
             rows.append(
                 {
-                    "set": intake.get("name"),
-                    "checked": local_time(intake.get("detected_at")),
+                    "set": intake.name,
+                    "checked": local_time(intake.detected_at),
                     "file": file,
                     "problem": message,
-                    "folder": intake.get("inbox_path"),
+                    "folder": intake.inbox_path,
                 }
             )
     return rows
 
 
-def waiting_reason(project: str, training: Mapping | None, decision: Mapping | None = None) -> tuple[str, str]:
+def waiting_reason(project: str, training: Job | None, decision: Activation | None = None) -> tuple[str, str]:
     """``(level, sentence)``: why a project's images wait for a model and what to do; level ``error`` when
     nothing will ever end the wait by itself.
 
     >>> waiting_reason("hela", None)[0]
     'error'
-    >>> waiting_reason("hela", {"id": 4, "status": "running", "error": None})[1]
+    >>> waiting_reason("hela", Job(id=4, status="running"))[1]
     'training job 4 for hela is running; its images are segmented once its model is activated'
     """
     if training is None:
@@ -469,23 +455,23 @@ def waiting_reason(project: str, training: Mapping | None, decision: Mapping | N
             f"name for a typo (images go to inbox/images/<project>/), or drop a labelled set with "
             f"`project: {project}` in its dataset.yaml"
         )
-    if training["status"] in ("failed", "superseded"):
+    if training.status in ("failed", "superseded"):
         return "error", (
-            f"the training of project {project} {training['status']} (job {training['id']}: "
-            f"{training.get('error') or 'no reason recorded'}); fix it and run `appliance retry {training['id']}` "
+            f"the training of project {project} {training.status} (job {training.id}: "
+            f"{training.error or 'no reason recorded'}); fix it and run `appliance retry {training.id}` "
             "or retry it below"
         )
-    if training["status"] == JobStatus.DONE:
-        if decision is not None and not decision.get("activated"):
+    if training.status == JobStatus.DONE:
+        if decision is not None and not decision.activated:
             return "error", (
-                f"training job {training['id']} of project {project} finished, but its model "
-                f"{decision.get('model_id')} was not activated: {decision.get('reason')}"
+                f"training job {training.id} of project {project} finished, but its model "
+                f"{decision.model_id} was not activated: {decision.reason}"
             )
         return "error", (
-            f"training job {training['id']} of project {project} finished without an active model (not activated); "
+            f"training job {training.id} of project {project} finished without an active model (not activated); "
             "activate a model on the Models page"
         )
     return "info", (
-        f"training job {training['id']} for {project} is {training['status']}; its images are segmented once its "
+        f"training job {training.id} for {project} is {training.status}; its images are segmented once its "
         "model is activated"
     )

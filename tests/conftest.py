@@ -70,3 +70,32 @@ def instance_set_dir(tmp_path_factory) -> Path:
         iio.imwrite(root / "instances" / f"c{index}.png", instances)
     (root / "dataset.yaml").write_text("classes: [cell]\npixel_size_um: 0.5\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def measured_cpu_throughput(tmp_path_factory):
+    """``seed(store_path)``: give a fresh store this machine's real CPU throughput table, probed once per session.
+
+    The first job on a new device probes its reference groups (about a minute on a 2-core CPU), which a lab pays once;
+    the tests that run whole jobs with real measurements share one probe instead of paying it each."""
+    import torch
+
+    from appliance.automl.memory import MemoryGroup
+    from appliance.automl.throughput import ThroughputTable, ensure_reference_measurements
+    from appliance.store import Store
+
+    template = Store(tmp_path_factory.mktemp("throughput") / "appliance.sqlite")
+    table = ensure_reference_measurements(template, torch.device("cpu"))
+    rows = template.throughput(table.device, table.version)
+    template.close()
+
+    def seed(store_path: Path) -> None:
+        store = Store(store_path)
+        for row in rows:
+            group = MemoryGroup(row.patch_size, row.batch_size, row.encoder)
+            store.record_throughput(row.device, row.code_version, group, row.steps_per_second, source=row.source,
+                                    kind=row.kind)  # fmt: skip
+        assert ThroughputTable.load(store, torch.device("cpu")).measured  # the job will find them
+        store.close()
+
+    return seed

@@ -130,7 +130,7 @@ def test_retry_queues_a_failed_job_and_refuses_others(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["retry", str(failed), "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "queued again; last error was: boom" in result.output and store.job(failed)["status"] == "queued"
+    assert "queued again; last error was: boom" in result.output and store.job(failed).status == "queued"
     result = runner.invoke(main, ["retry", str(queued), "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "is queued; only failed jobs can be retried" in result.output
     result = runner.invoke(main, ["retry", "99", "--data-dir", str(tmp_path)])
@@ -149,9 +149,7 @@ def test_activate_makes_a_model_active_by_hand_and_names_what_is_wrong(tmp_path)
     store.finish_export(run, model, str(tmp_path / "m"))
     result = runner.invoke(main, ["activate", "p", model, "--data-dir", str(tmp_path)])
     assert result.exit_code == 0 and f"{model} is now the active model of p" in result.output
-    assert store.active_model("p")["id"] == model and store.activations("p")[-1]["reason"].startswith(
-        "activated by hand"
-    )
+    assert store.active_model("p").id == model and store.activations("p")[-1].reason.startswith("activated by hand")
     result = runner.invoke(main, ["activate", "p", "model-typo", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and f"registered models: {model}" in result.output
 

@@ -25,7 +25,6 @@ previous step's checkpoint, with the step's budget minus what its recorded slice
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from appliance.errors import ApplianceError
 from appliance.faults import fault_point
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
-from appliance.store import Store, TrialStatus
+from appliance.store import Store, Trial, TrialStatus
 
 if TYPE_CHECKING:
     from appliance.automl.race import Candidate, RacePlan
@@ -131,9 +130,9 @@ class SuccessiveHalving:
         if decided:
             return decided[0]
         schedule = self.schedule = HalvingSchedule(self._initial_count(), self.budget_seconds, self.growth)
-        finished = {row["step"] for row in self.store.finished_steps(self.run_id)}
+        finished = {row.step for row in self.store.finished_steps(self.run_id)}
         # Time already spent by recorded slices counts as spent, so a resumed run keeps the same deadlines.
-        spent = sum(row["wall_seconds"] for row in self.store.step_results(self.run_id))
+        spent = sum(row.wall_seconds for row in self.store.step_results(self.run_id))
         started = self.clock() - spent
         for step in range(schedule.steps):
             if step in finished:
@@ -143,19 +142,19 @@ class SuccessiveHalving:
         if not active:
             raise TrialFailed("every configuration failed or did not fit; see the run's events")
         winner = active[0]
-        self.store.update_trial(self.run_id, winner["rank"], status=TrialStatus.WINNER)
+        self.store.update_trial(self.run_id, winner.rank, status=TrialStatus.WINNER)
         return self.store.trials(self.run_id, status=TrialStatus.WINNER)[0]
 
     def _initial_count(self) -> int:
         """n of the schedule: the trials that entered step 1, counting replacements in place of misfits."""
         trials = self.store.trials(self.run_id)
-        return max(1, len([t for t in trials if t["status"] != "does_not_fit"]))
+        return max(1, len([t for t in trials if t.status != "does_not_fit"]))
 
     def _run_step(self, step: int, schedule: HalvingSchedule, *, deadline: float) -> None:
-        done = {row["rank"]: row for row in self.store.step_results(self.run_id, step)}
-        consumed = sum(row["wall_seconds"] for row in done.values())
+        done = {row.rank: row for row in self.store.step_results(self.run_id, step)}
+        consumed = sum(row.wall_seconds for row in done.values())
         step_started = self.clock()
-        queue = [t for t in self.store.trials(self.run_id, status=TrialStatus.ACTIVE) if t["rank"] not in done]
+        queue = [t for t in self.store.trials(self.run_id, status=TrialStatus.ACTIVE) if t.rank not in done]
         self.store.event(self.run_id, f"step {step + 1}/{schedule.steps}: {len(queue)} trial(s) to train")
         decides = not (step == schedule.steps - 1 and len(queue) + len(done) == 1)
         while queue:
@@ -166,12 +165,12 @@ class SuccessiveHalving:
                 if replacement is not None:
                     queue.append(replacement)
         active = self.store.trials(self.run_id, status=TrialStatus.ACTIVE)
-        results = {row["rank"]: row for row in self.store.step_results(self.run_id, step)}
+        results = {row.rank: row for row in self.store.step_results(self.run_id, step)}
         keep = schedule.active[step + 1] if step + 1 < schedule.steps else 1
         keep = min(keep, len(active))
-        ranks = [t["rank"] for t in active]
+        ranks = [t.rank for t in active]
         scores = [selection_score(results[r]) if r in results else None for r in ranks]
-        ties = [results[r]["validation_iou"] if r in results else None for r in ranks]
+        ties = [results[r].validation_iou if r in results else None for r in ranks]
         chosen = select_survivors(scores, ranks, keep=keep, tiebreak=ties)
         survivors = [ranks[i] for i in chosen]
         self.store.finish_step(
@@ -179,8 +178,8 @@ class SuccessiveHalving:
         )
         fault_point(f"halving-step-{step}")
         for trial in active:
-            if trial["rank"] not in survivors and not self.keep_dropped_checkpoints:
-                self._delete_checkpoints(trial["rank"])
+            if trial.rank not in survivors and not self.keep_dropped_checkpoints:
+                self._delete_checkpoints(trial.rank)
         best = max((score for score in scores if score is not None), default=None)
         metric = getattr(self.backend, "selection_metric", IOU_METRIC)
         self.store.event(
@@ -191,13 +190,13 @@ class SuccessiveHalving:
             ),
         )
 
-    def _slice(self, trial: dict, step: int, share: float, *, validate: bool = True) -> bool:
+    def _slice(self, trial: Trial, step: int, share: float, *, validate: bool = True) -> bool:
         """Train one trial for its share of the step (then validate it when the step decides something);
         False when it did not fit or failed."""
-        rank, config = trial["rank"], PipelineConfig.from_dict(trial["config"])
+        rank, config = trial.rank, PipelineConfig.from_dict(trial.config)
         started = self.clock()
         previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
-        checkpoint = next((row["checkpoint"] for row in previous if row["rank"] == rank), None)
+        checkpoint = next((row.checkpoint for row in previous if row.rank == rank), None)
         try:
             trainer = self.backend.load(Path(checkpoint)) if checkpoint else self.backend.start(config)
             if step == 0:
@@ -240,7 +239,7 @@ class SuccessiveHalving:
             "optimizer_steps": trained.optimizer_steps,
             "work_mp": trained.work_mp,
             "validation_iou": validation.mean_iou,
-            "validation_iou_per_class": None if validation.per_class is None else json.dumps(validation.per_class),
+            "validation_iou_per_class": validation.per_class,
             "validation_score": validation.score,
             "peak_memory_mb": self.backend.peak_memory_mb(),
             "wall_seconds": wall,
@@ -272,14 +271,14 @@ class SuccessiveHalving:
 
     def _replacement(self) -> dict | None:
         """The best-ranked configuration that is not a trial yet, added as a new active trial."""
-        taken = {t["config_id"] for t in self.store.trials(self.run_id)}
+        taken = {t.config_id for t in self.store.trials(self.run_id)}
         for row in self.store.ranking(self.run_id):
-            if row["config_id"] not in taken:
-                self.store.add_trial(self.run_id, row["rank"], row["config_id"], row["config"], row["predicted_score"])
+            if row.config_id not in taken:
+                self.store.add_trial(self.run_id, row.rank, row.config_id, row.config, row.predicted_score)
                 self.store.event(
-                    self.run_id, f"{row['config_id']} (rank {row['rank']}) replaces a configuration that does not fit"
+                    self.run_id, f"{row.config_id} (rank {row.rank}) replaces a configuration that does not fit"
                 )
-                return next(t for t in self.store.trials(self.run_id) if t["rank"] == row["rank"])
+                return next(t for t in self.store.trials(self.run_id) if t.rank == row.rank)
         return None
 
     def _delete_checkpoints(self, rank: int) -> None:

@@ -43,24 +43,24 @@ from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.task import CHOOSE, INSTANCES, SEMANTIC, evaluate_split
 from appliance.pipeline.trainer import Trainer
 from appliance.settings import Settings
-from appliance.store import RunStatus, Store, TrialStatus, now
+from appliance.store import Run, RunStatus, StepResult, Store, Trial, TrialStatus, now
 
 
 @dataclass(frozen=True)
 class JobResult:
     run_id: str
-    run: dict
-    trials: list[dict]
-    step_results: list[dict]
+    run: Run
+    trials: list[Trial]
+    step_results: list[StepResult]
     test: Evaluation
     model_dir: Path
     timings: dict[str, float]
 
 
-def find_resumable_run(store: Store, set_dir: Path, *, budget: float, top_n: int, seed: int) -> dict | None:
+def find_resumable_run(store: Store, set_dir: Path, *, budget: float, top_n: int, seed: int) -> Run | None:
     """The oldest unfinished run of this set with the same budget, top n and seed, if any."""
     for run in store.unfinished_runs(str(set_dir)):
-        if run["budget_seconds"] == budget and run["top_n"] == top_n and run["seed"] == seed:
+        if run.budget_seconds == budget and run.top_n == top_n and run.seed == seed:
             return run
     return None
 
@@ -114,11 +114,11 @@ def train_set(
         store.update_run(run_id, run_dir=str((settings.runs_dir / run_id).resolve()), started_at=now())
         log(f"run {run_id} on {labelled_set.name}: {len(labelled_set)} images, budget {budget:.0f} s, top {top_n}")
     else:
-        run_id = run["id"]
-        split = Split.from_dict(run["split"])
-        log(f"resuming run {run_id} on {labelled_set.name} (status {run['status']})")
+        run_id = run.id
+        split = Split.from_dict(run.split)
+        log(f"resuming run {run_id} on {labelled_set.name} (status {run.status})")
         store.event(run_id, "resumed")
-    run_dir = Path(store.run(run_id)["run_dir"])
+    run_dir = Path(store.run(run_id).run_dir)
     try:
         backend = TorchBackend(
             labelled_set,
@@ -207,11 +207,11 @@ def train_set(
     )
 
 
-def _recorded_schedule(run: dict, trials: int) -> HalvingSchedule:
+def _recorded_schedule(run: Run, trials: int) -> HalvingSchedule:
     """The race's schedule as planned; a run recorded before plans existed races its trials the paper's way."""
-    if run.get("plan"):
-        return HalvingSchedule.from_dict(run["plan"]["schedule"])
-    return HalvingSchedule(max(1, trials), run["budget_seconds"])
+    if run.plan:
+        return HalvingSchedule.from_dict(run.plan["schedule"])
+    return HalvingSchedule(max(1, trials), run.budget_seconds)
 
 
 def _remember(store: Store, run_id: str, settings: Settings, log) -> None:
@@ -240,7 +240,7 @@ def _rank(
         if features is None:
             ranking, fallback_reason = fallback_ranking(), missing
         else:
-            save_features(store.run(run_id)["run_dir"], features)
+            save_features(store.run(run_id).run_dir, features)
             ranking, fallback_reason = rank_for_set(features, models_dir=settings.metamodel_dir)
         if fallback_reason:
             store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")
@@ -256,13 +256,13 @@ def _finish(
     run_id: str,
     labelled_set: LabelledSet,
     split: Split,
-    winner: dict,
+    winner: Trial,
     backend: TorchBackend,
     settings: Settings,
     run_dir: Path,
 ) -> tuple[Evaluation, Path]:
     """Test the winner, write overlays and the halving chart, export ONNX + JSON, register the model."""
-    trainer = Trainer.load(winner["checkpoint"], device=backend.device)
+    trainer = Trainer.load(winner.checkpoint, device=backend.device)
     predict = lambda image: trainer.logits(image, tiles=DEFAULT_TILES)  # noqa: E731
     seed_depth = None
     if labelled_set.task == INSTANCES:  # the watershed's seed depth, chosen on the validation objects
@@ -291,8 +291,8 @@ def _finish(
     model_id = store.register_model(
         run_id=run_id,
         set_name=labelled_set.name,
-        project=store.run(run_id)["project"] or labelled_set.project,
-        config_id=winner["config_id"],
+        project=store.run(run_id).project or labelled_set.project,
+        config_id=winner.config_id,
         path="",
         validation_iou=validation_iou,
         test_iou=test.mean_foreground_iou,
@@ -323,7 +323,7 @@ def _finish(
         run_id,
         model_id,
         str(model_dir),
-        winner_config_id=winner["config_id"],
+        winner_config_id=winner.config_id,
         validation_iou=validation_iou,
         test_iou=test.mean_foreground_iou,
         finished_at=now(),
@@ -331,7 +331,7 @@ def _finish(
     objects = tested.objects
     store.event(
         run_id,
-        f"winner {winner['config_id']}: test IoU {test.mean_foreground_iou:.3f}"
+        f"winner {winner.config_id}: test IoU {test.mean_foreground_iou:.3f}"
         + (
             f", objects AP@0.5 {objects['ap']:.3f}, F1 {objects['f1']:.3f}, count error {objects['count_error']:.1%} "
             f"({objects['predicted_objects']} found, {objects['true_objects']} true)"
@@ -354,12 +354,12 @@ def write_halving_chart(store: Store, run_id: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     results = store.step_results(run_id)
-    winner = next((t["rank"] for t in store.trials(run_id) if t["status"] == TrialStatus.WINNER), None)
+    winner = next((t.rank for t in store.trials(run_id) if t.status == TrialStatus.WINNER), None)
     figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
-    for rank in sorted({r["rank"] for r in results}):
-        rows = [r for r in results if r["rank"] == rank and r["validation_iou"] is not None]
-        steps = [r["step"] + 1 for r in rows]
-        scores = [r["validation_iou"] for r in rows]
+    for rank in sorted({r.rank for r in results}):
+        rows = [r for r in results if r.rank == rank and r.validation_iou is not None]
+        steps = [r.step + 1 for r in rows]
+        scores = [r.validation_iou for r in rows]
         if rank == winner:
             axes.plot(steps, scores, "-o", color="tab:red", linewidth=2, label=f"winner (rank {rank})", zorder=3)
         else:
@@ -367,7 +367,7 @@ def write_halving_chart(store: Store, run_id: str, path: Path) -> Path:
     axes.set_xlabel("halving step")
     axes.set_ylabel("validation mean IoU")
     axes.set_title(f"{run_id}: every trial per step")
-    axes.set_xticks(sorted({r["step"] + 1 for r in results}))
+    axes.set_xticks(sorted({r.step + 1 for r in results}))
     axes.grid(alpha=0.3)
     if winner is not None:
         axes.legend(loc="lower right")

@@ -32,35 +32,37 @@ def save_features(run_dir: str | Path, features: dict[str, float]) -> Path:
 def run_rows(store: Store, run_id: str, features: dict[str, float]) -> list[dict]:
     """One meta-base row per trial and validated halving step of a run."""
     run = store.run(run_id)
-    trials = {t["rank"]: t for t in store.trials(run_id)}
-    results = [r for r in store.step_results(run_id) if r["validation_iou"] is not None]
+    trials = {t.rank: t for t in store.trials(run_id)}
+    results = [r for r in store.step_results(run_id) if r.validation_iou is not None]
     final_mp = {}
     for r in results:
-        final_mp[r["rank"]] = max(final_mp.get(r["rank"], 0.0), r["work_mp"] or 0.0)
-    validation_images = len((run["split"] or {}).get("validation", []))
+        final_mp[r.rank] = max(final_mp.get(r.rank, 0.0), r.work_mp or 0.0)
+    validation_images = len((run.split or {}).get("validation", []))
     rows = []
     for r in results:
-        config = PipelineConfig.from_dict(trials[r["rank"]]["config"])
-        seconds = r["total_seconds_trained"] or 0.0
+        config = PipelineConfig.from_dict(trials[r.rank].config)
+        seconds = r.total_seconds_trained or 0.0
         rows.append(
             {
-                "set": run["set_name"],
+                "set": run.set_name,
                 "config_id": config.id,
                 **config.to_dict(),
-                "seed": run["seed"],
-                "fidelity_mp": r["work_mp"],
-                "run_fidelity_mp": final_mp[r["rank"]],
-                "val_iou": r["validation_iou"],
-                "val_iou_per_class": r["validation_iou_per_class"] or "",
-                "work_mp": r["work_mp"],
-                "steps": r["optimizer_steps"],
+                "seed": run.seed,
+                "fidelity_mp": r.work_mp,
+                "run_fidelity_mp": final_mp[r.rank],
+                "val_iou": r.validation_iou,
+                "val_iou_per_class": ""
+                if r.validation_iou_per_class is None
+                else json.dumps(r.validation_iou_per_class),
+                "work_mp": r.work_mp,
+                "steps": r.optimizer_steps,
                 "train_seconds": seconds,
                 "validation_images": validation_images,
-                "device": run["device"],
-                "peak_memory_mb": r["peak_memory_mb"],
+                "device": run.device,
+                "peak_memory_mb": r.peak_memory_mb,
                 "code_version": code_version(),
-                "finished_at": r["finished_at"],
-                "mpix_per_second": (r["work_mp"] or 0.0) / seconds if seconds > 0 else "",
+                "finished_at": r.finished_at,
+                "mpix_per_second": (r.work_mp or 0.0) / seconds if seconds > 0 else "",
                 "source": f"run {run_id}",
                 **features,
                 **engineered_features(features, config),
@@ -72,7 +74,7 @@ def run_rows(store: Store, run_id: str, features: dict[str, float]) -> list[dict
 def record_run(data_dir: str | Path, store: Store, run_id: str) -> int:
     """Append a finished run's rows to the data dir's living meta-base; returns how many were new (0 when the run
     kept no meta-features: it was ranked without the meta-model)."""
-    run_dir = Path(store.run(run_id)["run_dir"])
+    run_dir = Path(store.run(run_id).run_dir)
     features_path = run_dir / FEATURES_FILE
     if not features_path.is_file():
         return 0

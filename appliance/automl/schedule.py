@@ -14,8 +14,12 @@ fewer and better configurations train, get more of ``T``: the budget-aware race
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.store.rows import StepResult
 
 
 def step_count(configurations: int) -> int:
@@ -98,11 +102,11 @@ def survivors(active: int) -> int:
     return max(1, active // 2)
 
 
-def selection_score(step_result: Mapping) -> float | None:
-    """What a recorded slice (a ``step_results`` row) is selected on: its task's validation score, else (a
-    semantic set, or a row from before scores were recorded) its validation mean IoU."""
-    score = step_result.get("validation_score")
-    return step_result.get("validation_iou") if score is None else score
+def selection_score(step_result: StepResult) -> float | None:
+    """What a recorded slice is selected on: its task's validation score, else (a semantic set, or a row from before
+    scores were recorded) its validation mean IoU."""
+    score = step_result.validation_score
+    return step_result.validation_iou if score is None else score
 
 
 def select_survivors(

@@ -96,15 +96,11 @@ class ThroughputTable:
             name,
             version,
             {
-                MemoryGroup(r["patch_size"], r["batch_size"], r["encoder"]): (r["steps_per_second"], r["source"])
+                MemoryGroup(r.patch_size, r.batch_size, r.encoder): (r.steps_per_second, r.source)
                 for r in rows
-                if r["kind"] == TRAIN
+                if r.kind == TRAIN
             },
-            {
-                r["encoder"]: r["steps_per_second"] * r["patch_size"] ** 2 * r["batch_size"] / 1e6
-                for r in rows
-                if r["kind"] == PREDICT
-            },
+            {r.encoder: r.steps_per_second * r.patch_size**2 * r.batch_size / 1e6 for r in rows if r.kind == PREDICT},
         )
 
     def get(self, item: MemoryGroup | PipelineConfig) -> Throughput:

@@ -63,16 +63,16 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
     earlier = store.decision_for(model_id)
     if earlier is not None:
         return Decision(
-            **{**{k: earlier[k] for k in Decision.__dataclass_fields__}, "activated": bool(earlier["activated"])}
+            **{**{k: getattr(earlier, k) for k in Decision.__dataclass_fields__}, "activated": bool(earlier.activated)}
         )
     model = store.model(model_id)
-    run = store.run(model["run_id"])
-    split = run["split"]
+    run = store.run(model.run_id)
+    split = run.split
     test_stems = split["test"]
-    labelled_set = load_labelled_set(run["set_dir"])  # validated, and its test images read, once for every score
+    labelled_set = load_labelled_set(run.set_dir)  # validated, and its test images read, once for every score
     images, masks = read_split_images(labelled_set, tuple(test_stems))
     k = labelled_set.num_classes
-    evaluation = evaluate_model(model["path"], images, masks, num_classes=k)
+    evaluation = evaluate_model(model.path, images, masks, num_classes=k)
     new_score = evaluation.mean_foreground_iou
     active = store.active_model(project)
     previous_score = baseline_score = None
@@ -83,21 +83,21 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
         activated = False
         reason = (
             f"not better than Otsu thresholding: test mean IoU with background on {len(test_stems)} image(s) of "
-            f"{run['set_name']} {evaluation.mean_iou:.3f} <= Otsu's {baseline_score:.3f}. Registered, not active; "
+            f"{run.set_name} {evaluation.mean_iou:.3f} <= Otsu's {baseline_score:.3f}. Registered, not active; "
             f"train it with a larger budget, or {by_hand}"
         )
     elif active is None:
         activated, reason = True, "first model of the project"
     else:
         try:
-            previous_score = evaluate_model(active["path"], images, masks, num_classes=k).mean_foreground_iou
+            previous_score = evaluate_model(active.path, images, masks, num_classes=k).mean_foreground_iou
         except ApplianceError as error:
-            activated, reason = True, f"the active model {active['id']} cannot segment this set ({error})"
+            activated, reason = True, f"the active model {active.id} cannot segment this set ({error})"
         else:
             activated = new_score >= previous_score
             comparison = ">=" if activated else "<"
             reason = (
-                f"test IoU on {len(test_stems)} image(s) of {run['set_name']}: new {new_score:.3f} {comparison} "
+                f"test IoU on {len(test_stems)} image(s) of {run.set_name}: new {new_score:.3f} {comparison} "
                 f"active {previous_score:.3f}"
             )
             if not activated:
@@ -109,7 +109,7 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
     decision = Decision(
         project=project,
         model_id=model_id,
-        previous_model_id=None if active is None else active["id"],
+        previous_model_id=None if active is None else active.id,
         new_score=new_score,
         previous_score=previous_score,
         activated=activated,
@@ -120,7 +120,7 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
     store.record_activation(**{k: getattr(decision, k) for k in Decision.__dataclass_fields__})
     verb = "activated" if activated else "not activated"
     store.event(
-        model["run_id"],
+        model.run_id,
         f"model {model_id} {verb} for project {project}: {reason}",
         level="info" if activated else "warning",
     )
@@ -132,21 +132,21 @@ def activate_by_hand(store: Store, *, project: str, model_id: str, note: str) ->
     the command line); the decision is stored with each model's own test-split score. Returns the decision's id."""
     model = store.model(model_id)
     if model is None:
-        known = ", ".join(m["id"] for m in store.models()) or "none"
+        known = ", ".join(m.id for m in store.models()) or "none"
         raise ActivationError(f"model {model_id!r} is not in the registry; registered models: {known}")
-    if not model.get("path"):
+    if not model.path:
         raise ActivationError(f"model {model_id} has no exported files yet (its export did not finish)")
     active = store.active_model(project)
-    if active is not None and active["id"] == model_id:
+    if active is not None and active.id == model_id:
         raise ActivationError(f"model {model_id} is already the active model of project {project}")
     decision = store.record_activation(
         project=project,
         model_id=model_id,
-        previous_model_id=None if active is None else active["id"],
-        new_score=model.get("test_iou"),
-        previous_score=None if active is None else active.get("test_iou"),
+        previous_model_id=None if active is None else active.id,
+        new_score=model.test_iou,
+        previous_score=None if active is None else active.test_iou,
         activated=True,
         reason=f"{note} (test IoU on each model's own test split)",
     )
-    store.event(model.get("run_id"), f"model {model_id} activated for project {project} by hand: {note}")
+    store.event(model.run_id, f"model {model_id} activated for project {project} by hand: {note}")
     return decision

@@ -58,11 +58,11 @@ def check_health(settings: Settings, *, clock: float | None = None) -> Health:
         store = Store(settings.store_path)
         try:
             for row in store.components():
-                if row["name"] == "service":
+                if row.name == "service":
                     continue
-                ok = running and component_alive(row["state"], row["heartbeat"], row["interval"], clock=clock)
-                age = None if row["heartbeat"] is None else clock - row["heartbeat"]
-                components.append(ComponentHealth(row["name"], ok, row["state"], row["detail"] or "", age))
+                ok = running and component_alive(row.state, row.heartbeat, row.interval, clock=clock)
+                age = None if row.heartbeat is None else clock - row.heartbeat
+                components.append(ComponentHealth(row.name, ok, row.state, row.detail or "", age))
             for kind, status, count in store.queue_counts():
                 queue[f"{kind} {status}"] = count
         finally:

@@ -97,7 +97,7 @@ class ImageDetector:
             self._pending.pop(path, None)
             return None
         latest = self.store.latest_image(project, relpath)
-        if latest is not None and (latest["size"], latest["mtime_ns"]) == key:
+        if latest is not None and (latest.size, latest.mtime_ns) == key:
             self._pending.pop(path, None)
             return None
         seen = self._pending.get(path)
@@ -150,7 +150,7 @@ class ImageDetector:
         known = self.store.image(identifier)
         if known is not None:
             latest = self.store.latest_image(project, relpath)
-            if latest["id"] == identifier:  # same content, touched or copied again: remember the new stat
+            if latest.id == identifier:  # same content, touched or copied again: remember the new stat
                 self.store.update_image(identifier, size=key[0], mtime_ns=key[1])
                 return None
             # an earlier content of this path is back (A → B → A): its results must replace B's

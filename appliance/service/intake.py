@@ -269,7 +269,7 @@ class Intake:
             return None
         signature = tree_signature(folder, ignore=(REJECTED_FILE,))
         last = self.store.last_intake(_inbox_key(folder))
-        if last is not None and last["signature"] == signature:
+        if last is not None and last.signature == signature:
             self._watching.pop(folder, None)
             return None
         seen = self._watching.get(folder)
@@ -347,7 +347,7 @@ class Intake:
         else:
             message = (
                 f"labelled set {folder.name} accepted, but the same content for project {project} is already "
-                f"known (job {job_id}, {self.store.job(job_id)['status']}): not trained again"
+                f"known (job {job_id}, {self.store.job(job_id).status}): not trained again"
             )
         if superseded:
             message += f"; queued job(s) {', '.join(map(str, superseded))} of its earlier version cancelled"

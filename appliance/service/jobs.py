@@ -3,7 +3,6 @@ carries from the intake that accepted a set to the training worker that trains i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -26,7 +25,7 @@ class TrainingRequest:
         return asdict(self)
 
     @classmethod
-    def from_payload(cls, payload: str | Mapping) -> TrainingRequest:
-        """From a job's payload (JSON text or a mapping); keys this version does not know are ignored."""
-        values = json.loads(payload) if isinstance(payload, str) else payload
+    def from_payload(cls, payload: Mapping | None) -> TrainingRequest:
+        """From a job's payload; keys this version does not know are ignored."""
+        values = payload or {}
         return cls(**{item.name: values[item.name] for item in fields(cls) if item.name in values})

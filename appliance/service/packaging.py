@@ -10,14 +10,14 @@ from pathlib import Path
 
 from appliance.data.io import read_image
 from appliance.errors import ModelFileError
-from appliance.store import Store
+from appliance.store import Model, Run, Store
 
 PACKAGE_FILE = "bioimageio.zip"
 
 
-def package_path(model: dict) -> Path:
+def package_path(model: Model) -> Path:
     """Where a model's package is kept: beside its ONNX file."""
-    return Path(model["path"]) / PACKAGE_FILE
+    return Path(model.path) / PACKAGE_FILE
 
 
 def package_model(
@@ -33,34 +33,32 @@ def package_model(
     from appliance.pipeline.bioimageio import BioimageioExportError, export_bioimageio  # torch: on demand only
 
     model = store.model(model_id)
-    if model is None or not model.get("path"):
+    if model is None or not model.path:
         raise ModelFileError(f"no exported model {model_id!r} in {store.path}; `appliance models` lists them")
-    run = store.run(model["run_id"]) or {}
+    run = store.run(model.run_id)
     if test_image is None:
         test_image = _first_test_image(run)
     if test_image is None:
         raise BioimageioExportError(
-            f"the images of the set {model.get('set_name')} that trained {model_id} are gone from "
-            f"{run.get('set_dir')}; package it with a test image of the same kind: "
+            f"the images of the set {model.set_name} that trained {model_id} are gone from "
+            f"{run.set_dir if run else 'its run (deleted)'}; package it with a test image of the same kind: "
             f"`appliance export-bioimageio {model_id} DIR --test-image PATH`"
         )
-    checkpoint = next(
-        (t["checkpoint"] for t in store.trials(model["run_id"]) if t["config_id"] == model["config_id"]), None
-    )
+    checkpoint = next((t.checkpoint for t in store.trials(model.run_id) if t.config_id == model.config_id), None)
     return export_bioimageio(
-        model["path"],
+        model.path,
         out or package_path(model),
         test_image=read_image(test_image),
         checkpoint=checkpoint,
-        authors=authors or (f"trained on {model.get('set_name')} by the microscope AutoML appliance",),
+        authors=authors or (f"trained on {model.set_name} by the microscope AutoML appliance",),
         license=license,
     )
 
 
-def _first_test_image(run: dict) -> Path | None:
-    if not run.get("set_dir") or not run.get("split"):
+def _first_test_image(run: Run | None) -> Path | None:
+    if run is None or not run.set_dir or not run.split:
         return None
-    images = Path(run["set_dir"]) / "images"
-    stem = run["split"]["test"][0]
+    images = Path(run.set_dir) / "images"
+    stem = run.split["test"][0]
     found = sorted(p for p in images.iterdir() if p.stem == stem) if images.is_dir() else []
     return found[0] if found else None

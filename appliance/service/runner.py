@@ -113,7 +113,7 @@ class Service:
         self.store = Store(settings.store_path)
         self.store.forget_components()  # the last service's parts; this one's register themselves
         for job in self.store.recover_jobs():
-            message = f"job {job['id']} ({job['kind']} {job['key'][:16]}) was interrupted; now {job['status']}"
+            message = f"job {job.id} ({job.kind} {(job.key or '')[:16]}) was interrupted; now {job.status}"
             self.store.event(None, message, level="warning")
             self.log(message)
         self.store.event(None, f"service started (pid {os.getpid()})")
@@ -202,7 +202,7 @@ class Service:
                 self.page_process.kill()
         if self.store is not None:
             for row in self.store.components():
-                self.store.component_beat(row["name"], state="stopped", detail="", interval=1, pid=row["pid"])
+                self.store.component_beat(row.name, state="stopped", detail="", interval=1, pid=row.pid)
             self.store.event(None, "service stopped")
         self.lock.release()
         self.log("service stopped")

@@ -30,7 +30,7 @@ from appliance.service.disk import training_must_stop, training_space
 from appliance.service.files import rotate_log
 from appliance.service.jobs import TRAIN, TrainingRequest
 from appliance.settings import Settings
-from appliance.store import JobStatus, RunStatus, Store
+from appliance.store import Job, JobStatus, RunStatus, Store
 
 SHUTDOWN, DISK = "shutdown", "disk"
 DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "[Errno 28]")
@@ -72,18 +72,18 @@ class TrainingSupervisor:
         self.state, self.detail = "idle", ""
         return True
 
-    def _run(self, job: dict, stop: threading.Event) -> None:
-        request = TrainingRequest.from_payload(job["payload"])
-        self.state, self.detail = "training", f"job {job['id']}: {request.set_name} for {request.project}"
-        self.log(f"training job {job['id']} (attempt {job['attempts']}): {self.detail}")
+    def _run(self, job: Job, stop: threading.Event) -> None:
+        request = TrainingRequest.from_payload(job.payload)
+        self.state, self.detail = "training", f"job {job.id}: {request.set_name} for {request.project}"
+        self.log(f"training job {job.id} (attempt {job.attempts}): {self.detail}")
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.settings.logs_dir / f"train-job-{job['id']}.log"
-        result_path = self.settings.logs_dir / f"train-job-{job['id']}.json"
+        log_path = self.settings.logs_dir / f"train-job-{job.id}.log"
+        result_path = self.settings.logs_dir / f"train-job-{job.id}.json"
         result_path.unlink(missing_ok=True)
         rotate_log(log_path)
         with open(log_path, "ab") as log_file:
             child = subprocess.Popen(
-                [*self.child_command, str(job["id"]), str(result_path)],
+                [*self.child_command, str(job.id), str(result_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -93,31 +93,31 @@ class TrainingSupervisor:
             stopped = self._watch(child, job, stop)
         tail = "" if stopped or child.returncode == 0 else _tail(log_path)
         if stopped == SHUTDOWN:
-            self.store.release(job["id"], self.owner, note="interrupted by shutdown; resumes from its checkpoints")
-            self.log(f"training job {job['id']} stopped for shutdown; it resumes at the next start")
+            self.store.release(job.id, self.owner, note="interrupted by shutdown; resumes from its checkpoints")
+            self.log(f"training job {job.id} stopped for shutdown; it resumes at the next start")
         elif stopped == DISK or any(marker in tail for marker in DISK_FULL_MARKERS):
             _, message = training_must_stop(self.settings)
             reason = message if stopped == DISK else f"the disk filled up ({tail[-300:]})"
             self.store.release(
-                job["id"], self.owner, retry_after=RETRY_AFTER_SECONDS, note=f"paused for disk space: {reason}"
+                job.id, self.owner, retry_after=RETRY_AFTER_SECONDS, note=f"paused for disk space: {reason}"
             )
-            self.store.event(None, f"training job {job['id']} paused, no attempt spent: {reason}", level="warning")
-            self.log(f"training job {job['id']} paused for disk space; it resumes from its checkpoints")
+            self.store.event(None, f"training job {job.id} paused, no attempt spent: {reason}", level="warning")
+            self.log(f"training job {job.id} paused for disk space; it resumes from its checkpoints")
         elif child.returncode == 0 and result_path.is_file():
             result = json.loads(result_path.read_text())
-            self.store.complete(job["id"], self.owner, result)
-            self.log(f"training job {job['id']} done: {result.get('summary', '')}")
+            self.store.complete(job.id, self.owner, result)
+            self.log(f"training job {job.id} done: {result.get('summary', '')}")
         else:
             status = self.store.fail(
-                job["id"], self.owner, f"exit code {child.returncode}: {tail}", retry_after=RETRY_AFTER_SECONDS
+                job.id, self.owner, f"exit code {child.returncode}: {tail}", retry_after=RETRY_AFTER_SECONDS
             )
             level = "error" if status == JobStatus.FAILED else "warning"
             self.store.event(
-                None, f"training job {job['id']} failed (exit {child.returncode}), now {status}: {tail}", level=level
+                None, f"training job {job.id} failed (exit {child.returncode}), now {status}: {tail}", level=level
             )
-            self.log(f"training job {job['id']} failed, now {status}; log: {log_path}")
+            self.log(f"training job {job.id} failed, now {status}; log: {log_path}")
 
-    def _watch(self, child: subprocess.Popen, job: dict, stop: threading.Event) -> str | None:
+    def _watch(self, child: subprocess.Popen, job: Job, stop: threading.Event) -> str | None:
         """Renew the lease while the child runs; interrupt it (resumably) on ``stop`` or when the disk runs low.
         Returns why it was stopped (:data:`SHUTDOWN`, :data:`DISK`) or None when it ended by itself."""
         beat = max(self.settings.lease_seconds / 3, 0.5)
@@ -131,8 +131,8 @@ class TrainingSupervisor:
                     child.kill()
                     child.wait()
                 return reason
-            self.store.heartbeat(job["id"], self.owner, lease_seconds=self.settings.lease_seconds)
-            rotate_log(self.settings.logs_dir / f"train-job-{job['id']}.log")
+            self.store.heartbeat(job.id, self.owner, lease_seconds=self.settings.lease_seconds)
+            rotate_log(self.settings.logs_dir / f"train-job-{job.id}.log")
         return None
 
 
@@ -149,12 +149,12 @@ def finished_run(store: Store, set_dir: str, budget: float, top_n: int, seed: in
     training finished must not train again)."""
     for run in store.runs():
         if (
-            run["set_dir"] == set_dir
-            and run["status"] == RunStatus.FINISHED
-            and run["model_id"]
-            and run["budget_seconds"] == budget
-            and run["top_n"] == top_n
-            and run["seed"] == seed
+            run.set_dir == set_dir
+            and run.status == RunStatus.FINISHED
+            and run.model_id
+            and run.budget_seconds == budget
+            and run.top_n == top_n
+            and run.seed == seed
         ):
             return run
     return None
@@ -166,23 +166,23 @@ def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = pri
     from appliance.service.activation import decide_activation
 
     store = Store(settings.store_path)
-    request = TrainingRequest.from_payload(store.job(job_id)["payload"])
+    request = TrainingRequest.from_payload(store.job(job_id).payload)
     set_dir = str(Path(request.set_dir).resolve())
     run = finished_run(store, set_dir, request.budget, settings.top_n, settings.seed)
     if run is None:
         result = train_set(set_dir, settings, budget=request.budget, log=log, store=store, project=request.project)
         run = result.run
     else:
-        log(f"run {run['id']} of this set already finished; applying the activation rule only")
+        log(f"run {run.id} of this set already finished; applying the activation rule only")
     fault_point("trained")
     decision = decide_activation(
-        store, model_id=run["model_id"], project=request.project, quality_gate=settings.quality_gate
+        store, model_id=run.model_id, project=request.project, quality_gate=settings.quality_gate
     )
     fault_point("activated")
     verb = "activated" if decision.activated else "not activated"
-    summary = f"run {run['id']}: model {run['model_id']} {verb} for {request.project} ({decision.reason})"
+    summary = f"run {run.id}: model {run.model_id} {verb} for {request.project} ({decision.reason})"
     log(summary)
-    return {"run_id": run["id"], "model_id": run["model_id"], "activated": decision.activated, "summary": summary}
+    return {"run_id": run.id, "model_id": run.model_id, "activated": decision.activated, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:

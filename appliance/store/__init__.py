@@ -35,6 +35,7 @@ job is one ``UPDATE … RETURNING`` statement, so two workers never get the same
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -47,213 +48,27 @@ from pathlib import Path
 import sqlite_utils
 
 from appliance.errors import ApplianceError, readable
-from appliance.store.reads import PageReads
+from appliance.store.reads import PageReads, measurement_row
+from appliance.store.rows import (
+    Activation,
+    Component,
+    Event,
+    Image,
+    Intake,
+    Job,
+    Model,
+    RankedConfig,
+    Run,
+    Step,
+    StepResult,
+    Throughput,
+    Trial,
+    json_columns,
+    schema,
+)
 
-SCHEMA: dict[str, tuple[dict, str | tuple[str, ...]]] = {
-    "runs": (
-        {
-            "id": str,
-            "set_name": str,
-            "set_dir": str,
-            "project": str,
-            "status": str,
-            "budget_seconds": float,
-            "top_n": int,
-            "seed": int,
-            "device": str,
-            "gpu_memory_gb": float,
-            "ranking_source": str,
-            "selection_metric": str,
-            "split": str,
-            "run_dir": str,
-            "winner_config_id": str,
-            "validation_iou": float,
-            "test_iou": float,
-            "model_id": str,
-            "halving_seconds": float,
-            "plan": str,
-            "error": str,
-            "created_at": str,
-            "started_at": str,
-            "finished_at": str,
-        },
-        "id",
-    ),
-    "rankings": (
-        {"run_id": str, "rank": int, "config_id": str, "config": str, "predicted_score": float},
-        ("run_id", "rank"),
-    ),
-    "trials": (
-        {
-            "run_id": str,
-            "rank": int,
-            "config_id": str,
-            "config": str,
-            "predicted_score": float,
-            "status": str,
-            "dropped_after_step": int,
-            "reason": str,
-            "probe_peak_memory_mb": float,
-            "checkpoint": str,
-        },
-        ("run_id", "rank"),
-    ),
-    "step_results": (
-        {
-            "run_id": str,
-            "step": int,
-            "rank": int,
-            "config_id": str,
-            "seconds_trained": float,
-            "total_seconds_trained": float,
-            "optimizer_steps": int,
-            "work_mp": float,
-            "validation_iou": float,
-            "validation_iou_per_class": str,
-            "validation_score": float,
-            "peak_memory_mb": float,
-            "wall_seconds": float,
-            "checkpoint": str,
-            "finished_at": str,
-        },
-        ("run_id", "step", "rank"),
-    ),
-    "steps": (
-        {"run_id": str, "step": int, "active": str, "survivors": str, "seconds": float, "finished_at": str},
-        ("run_id", "step"),
-    ),
-    "events": ({"id": int, "run_id": str, "at": str, "level": str, "message": str}, "id"),
-    "throughput": (
-        {
-            "device": str,
-            "code_version": str,
-            "kind": str,
-            "patch_size": int,
-            "batch_size": int,
-            "encoder": str,
-            "steps_per_second": float,
-            "source": str,
-            "measured_at": str,
-        },
-        ("device", "code_version", "kind", "patch_size", "batch_size", "encoder"),
-    ),
-    "models": (
-        {
-            "id": str,
-            "run_id": str,
-            "set_name": str,
-            "project": str,
-            "config_id": str,
-            "path": str,
-            "validation_iou": float,
-            "test_iou": float,
-            "created_at": str,
-            "active": int,
-        },
-        "id",
-    ),
-    "jobs": (
-        {
-            "id": int,
-            "kind": str,
-            "key": str,
-            "project": str,
-            "payload": str,
-            "status": str,
-            "attempts": int,
-            "max_attempts": int,
-            "lease_owner": str,
-            "lease_expires": float,
-            "heartbeat_at": str,
-            "not_before": float,
-            "error": str,
-            "result": str,
-            "created_at": str,
-            "started_at": str,
-            "finished_at": str,
-        },
-        "id",
-    ),
-    "labelled_sets": (
-        {
-            "id": int,
-            "name": str,
-            "inbox_path": str,
-            "signature": str,
-            "content_hash": str,
-            "status": str,
-            "problems": str,
-            "project": str,
-            "store_dir": str,
-            "job_id": int,
-            "detected_at": str,
-        },
-        "id",
-    ),
-    "images": (
-        {
-            "id": str,
-            "project": str,
-            "relpath": str,
-            "path": str,
-            "content_hash": str,
-            "size": int,
-            "mtime_ns": int,
-            "status": str,
-            "job_id": int,
-            "model_id": str,
-            "mask_path": str,
-            "overlay_path": str,
-            "error": str,
-            "detected_at": str,
-            "landed_at": float,
-            "processed_at": str,
-            "processed_time": float,
-        },
-        "id",
-    ),
-    "measurements": (
-        {
-            "image_id": str,
-            "project": str,
-            "relpath": str,
-            "model_id": str,
-            "class_index": int,
-            "row": str,
-        },
-        ("image_id", "class_index"),
-    ),
-    "activations": (
-        {
-            "id": int,
-            "project": str,
-            "model_id": str,
-            "previous_model_id": str,
-            "new_score": float,
-            "previous_score": float,
-            "activated": int,
-            "reason": str,
-            "baseline_score": float,
-            "model_mean_iou": float,
-            "decided_at": str,
-        },
-        "id",
-    ),
-    "projects": ({"name": str, "active_model_id": str, "updated_at": str}, "name"),
-    "components": (
-        {
-            "name": str,
-            "pid": int,
-            "state": str,
-            "detail": str,
-            "interval": float,
-            "heartbeat": float,
-            "at": str,
-            "onnx_providers": str,  # the inference worker's: the providers its loaded sessions run on, comma-separated
-        },
-        "name",
-    ),
-}
+SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = schema()
+"""``{table: ({column: SQL type}, primary key)}``, derived from the row classes of :mod:`appliance.store.rows`."""
 
 SCHEMA_VERSION = 4
 """Bumped with every change to :data:`SCHEMA` (``tests/store/test_schema.py`` holds the fingerprint of each). 1: the
@@ -303,14 +118,9 @@ class JobStatus(StrEnum):
 QUEUED, RUNNING, DONE, FAILED = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DONE, JobStatus.FAILED
 
 
-JSON_COLUMNS = {
-    "runs": ("split", "plan"),
-    "trials": ("config",),
-    "rankings": ("config",),
-    "steps": ("active", "survivors"),
-}
-"""Columns stored as JSON text: written from dicts and lists and read back as them (text that is not JSON reads as
-None), so no caller parses them."""
+JSON_COLUMNS = json_columns()
+"""Columns stored as JSON text (a row class's ``dict`` and ``list`` fields): written from dicts and lists and read
+back as them (text that is not JSON reads as None), so no caller parses them."""
 
 
 def _encoded(table: str, fields: Mapping) -> dict:
@@ -318,18 +128,6 @@ def _encoded(table: str, fields: Mapping) -> dict:
         name: json.dumps(value) if name in JSON_COLUMNS.get(table, ()) and not isinstance(value, str | None) else value
         for name, value in fields.items()
     }
-
-
-def _decoded(table: str, row: dict | None) -> dict | None:
-    if row is None:
-        return None
-    for name in JSON_COLUMNS.get(table, ()):
-        if isinstance(row.get(name), str):
-            try:
-                row[name] = json.loads(row[name])
-            except ValueError:
-                row[name] = None
-    return row
 
 
 def _epoch_seconds() -> float:
@@ -346,12 +144,17 @@ def _columns(table: str, fields: Mapping) -> dict:
     return _encoded(table, fields)
 
 
-def _decoded_intake(row: dict) -> dict:
-    try:
-        problems = json.loads(row.get("problems") or "[]")
-    except ValueError:
-        problems = [{"file": "", "message": f"unreadable problem list: {row.get('problems')!r}"}]
-    return {**row, "problems": problems if isinstance(problems, list) else []}
+def _intake(row: dict | None) -> Intake | None:
+    """An intake row; a problem list that is not JSON reads as one problem saying so (the decision stays visible)."""
+    intake = Intake.from_row(row)
+    if intake is not None and not isinstance(intake.problems, list):
+        problems = (
+            []
+            if not row.get("problems")
+            else [{"file": "", "message": f"unreadable problem list: {row['problems']!r}"}]
+        )
+        intake = dataclasses.replace(intake, problems=problems)
+    return intake
 
 
 class NewerStoreError(ApplianceError):
@@ -484,27 +287,30 @@ class Store(PageReads):
         self.db["runs"].insert(_encoded("runs", row))
         return run_id
 
-    def run(self, run_id: str) -> dict:
-        return _decoded("runs", self.db["runs"].get(run_id))
+    def run(self, run_id: str) -> Run:
+        return Run.from_row(self.db["runs"].get(run_id))
 
-    def runs(self) -> list[dict]:
-        return [_decoded("runs", row) for row in self.db["runs"].rows_where(order_by="created_at desc")]
+    def runs(self) -> list[Run]:
+        return [Run.from_row(row) for row in self.db["runs"].rows_where(order_by="created_at desc")]
 
     def update_run(self, run_id: str, **fields) -> None:
         """Set columns of a run (names checked against the schema)."""
         self.db["runs"].update(run_id, _columns("runs", fields))
 
-    def unfinished_runs(self, set_dir: str | None = None) -> list[dict]:
+    def unfinished_runs(self, set_dir: str | None = None) -> list[Run]:
         where, args = f"status not in ('{RunStatus.FINISHED}', '{RunStatus.FAILED}')", []
         if set_dir is not None:
             where, args = where + " and set_dir = ?", [set_dir]
-        return [_decoded("runs", row) for row in self.db["runs"].rows_where(where, args, order_by="created_at")]
+        return [Run.from_row(row) for row in self.db["runs"].rows_where(where, args, order_by="created_at")]
 
     # -- ranking and trials -------------------------------------------------------------------
 
     def save_ranking(self, run_id: str, ranking: Iterable[tuple[str, dict, float]]) -> None:
         rows = [
-            {"run_id": run_id, "rank": rank, "config_id": config_id, "config": json.dumps(config), "predicted_score": s}
+            _encoded(
+                "rankings",
+                {"run_id": run_id, "rank": rank, "config_id": config_id, "config": config, "predicted_score": s},
+            )
             for rank, (config_id, config, s) in enumerate(ranking, start=1)
         ]
         with self.transaction():
@@ -526,29 +332,27 @@ class Store(PageReads):
                 self.add_trial(run_id, rank, config_id, config, score)
             self.update_run(run_id, plan=plan)
 
-    def ranking(self, run_id: str) -> list[dict]:
+    def ranking(self, run_id: str) -> list[RankedConfig]:
         return [
-            _decoded("rankings", r) for r in self.db["rankings"].rows_where("run_id = ?", [run_id], order_by="rank")
+            RankedConfig.from_row(r) for r in self.db["rankings"].rows_where("run_id = ?", [run_id], order_by="rank")
         ]
 
     def add_trial(self, run_id: str, rank: int, config_id: str, config: dict, predicted_score: float | None) -> None:
-        self.db["trials"].insert(
-            {
-                "run_id": run_id,
-                "rank": rank,
-                "config_id": config_id,
-                "config": json.dumps(config),
-                "predicted_score": predicted_score,
-                "status": TrialStatus.ACTIVE.value,
-            },
-            ignore=True,
-        )
+        row = {
+            "run_id": run_id,
+            "rank": rank,
+            "config_id": config_id,
+            "config": config,
+            "predicted_score": predicted_score,
+            "status": TrialStatus.ACTIVE.value,
+        }
+        self.db["trials"].insert(_encoded("trials", row), ignore=True)
 
-    def trials(self, run_id: str, status: str | None = None) -> list[dict]:
+    def trials(self, run_id: str, status: str | None = None) -> list[Trial]:
         where, args = "run_id = ?", [run_id]
         if status is not None:
             where, args = where + " and status = ?", [run_id, status]
-        return [_decoded("trials", row) for row in self.db["trials"].rows_where(where, args, order_by="rank")]
+        return [Trial.from_row(row) for row in self.db["trials"].rows_where(where, args, order_by="rank")]
 
     def update_trial(self, run_id: str, rank: int, **fields) -> None:
         """Set columns of a trial (names checked against the schema)."""
@@ -565,34 +369,34 @@ class Store(PageReads):
             if fields.get("checkpoint"):
                 self.db["trials"].update((run_id, rank), {"checkpoint": fields["checkpoint"]})
 
-    def step_results(self, run_id: str, step: int | None = None) -> list[dict]:
+    def step_results(self, run_id: str, step: int | None = None) -> list[StepResult]:
         where, args = "run_id = ?", [run_id]
         if step is not None:
             where, args = where + " and step = ?", [run_id, step]
-        return list(self.db["step_results"].rows_where(where, args, order_by="step, rank"))
+        return [
+            StepResult.from_row(row) for row in self.db["step_results"].rows_where(where, args, order_by="step, rank")
+        ]
 
     def finish_step(self, run_id: str, step: int, *, active: list[int], survivors: list[int], seconds: float) -> None:
         """Record a finished step and drop the trials that did not survive it, in one transaction."""
         with self.transaction():
-            self.db["steps"].insert(
-                {
-                    "run_id": run_id,
-                    "step": step,
-                    "active": json.dumps(active),
-                    "survivors": json.dumps(survivors),
-                    "seconds": seconds,
-                    "finished_at": now(),
-                },
-                replace=True,
-            )
+            row = {
+                "run_id": run_id,
+                "step": step,
+                "active": active,
+                "survivors": survivors,
+                "seconds": seconds,
+                "finished_at": now(),
+            }
+            self.db["steps"].insert(_encoded("steps", row), replace=True)
             for rank in active:
                 if rank not in survivors:
                     self.db["trials"].update(
                         (run_id, rank), {"status": TrialStatus.DROPPED.value, "dropped_after_step": step}
                     )
 
-    def finished_steps(self, run_id: str) -> list[dict]:
-        return [_decoded("steps", row) for row in self.db["steps"].rows_where("run_id = ?", [run_id], order_by="step")]
+    def finished_steps(self, run_id: str) -> list[Step]:
+        return [Step.from_row(row) for row in self.db["steps"].rows_where("run_id = ?", [run_id], order_by="step")]
 
     # -- training throughput ------------------------------------------------------------------
 
@@ -616,23 +420,22 @@ class Store(PageReads):
             replace=True,
         )
 
-    def throughput(self, device: str, code_version: str) -> list[dict]:
-        return list(
-            self.db["throughput"].rows_where(
-                "device = ? and code_version = ?",
-                [device, code_version],
-                order_by="kind, patch_size, batch_size, encoder",
-            )
+    def throughput(self, device: str, code_version: str) -> list[Throughput]:
+        rows = self.db["throughput"].rows_where(
+            "device = ? and code_version = ?", [device, code_version], order_by="kind, patch_size, batch_size, encoder"
         )
+        return [Throughput.from_row(row) for row in rows]
 
     # -- events and models --------------------------------------------------------------------
 
     def event(self, run_id: str | None, message: str, *, level: str = "info") -> None:
         self.db["events"].insert({"run_id": run_id, "at": now(), "level": level, "message": readable(message)})
 
-    def events(self, run_id: str | None = None, limit: int = 200) -> list[dict]:
+    def events(self, run_id: str | None = None, limit: int = 200) -> list[Event]:
         where, args = ("run_id = ?", [run_id]) if run_id else (None, None)
-        return list(self.db["events"].rows_where(where, args, order_by="id desc", limit=limit))
+        return [
+            Event.from_row(row) for row in self.db["events"].rows_where(where, args, order_by="id desc", limit=limit)
+        ]
 
     def unfinished_models(self, run_id: str) -> list[str]:
         """Ids of the run's registry rows whose export never finished (empty path: the run was killed while
@@ -681,8 +484,8 @@ class Store(PageReads):
                 run_id, _columns("runs", {"status": RunStatus.FINISHED.value, "model_id": model_id, **run_fields})
             )
 
-    def models(self) -> list[dict]:
-        return list(self.db["models"].rows_where(order_by="created_at desc"))
+    def models(self) -> list[Model]:
+        return [Model.from_row(row) for row in self.db["models"].rows_where(order_by="created_at desc")]
 
     # -- job queue ----------------------------------------------------------------------------
 
@@ -694,27 +497,27 @@ class Store(PageReads):
             cursor = self.db.execute(
                 "insert or ignore into jobs (kind, key, project, payload, status, attempts, max_attempts, not_before,"
                 " created_at) values (?, ?, ?, ?, ?, 0, ?, 0, ?)",
-                [kind, key, project, json.dumps(payload or {}), QUEUED, max_attempts, now()],
+                [kind, key, project, json.dumps(dict(payload or {})), QUEUED, max_attempts, now()],
             )
             created = cursor.rowcount == 1
         job_id = self.db.execute("select id from jobs where kind = ? and key = ?", [kind, key]).fetchone()[0]
         return job_id, created
 
-    def job(self, job_id: int) -> dict | None:
-        rows = list(self.db["jobs"].rows_where("id = ?", [job_id]))
-        return rows[0] if rows else None
+    def job(self, job_id: int) -> Job | None:
+        return next((Job.from_row(row) for row in self.db["jobs"].rows_where("id = ?", [job_id])), None)
 
-    def jobs(self, kind: str | None = None, status: str | None = None) -> list[dict]:
+    def jobs(self, kind: str | None = None, status: str | None = None) -> list[Job]:
         clauses, args = [], []
         for column, value in (("kind", kind), ("status", status)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 args.append(value)
-        return list(self.db["jobs"].rows_where(" and ".join(clauses) or None, args or None, order_by="id"))
+        rows = self.db["jobs"].rows_where(" and ".join(clauses) or None, args or None, order_by="id")
+        return [Job.from_row(row) for row in rows]
 
     def claim(
         self, kind: str, owner: str, *, lease_seconds: float, projects: Iterable[str] | None = None
-    ) -> dict | None:
+    ) -> Job | None:
         """Lease the oldest claimable job of ``kind`` to ``owner``: queued (and past ``not_before``), or running
         with an expired lease (its worker died). ``projects`` limits the claim to jobs of those projects."""
         clock = self.clock()
@@ -773,7 +576,7 @@ class Store(PageReads):
                 " where id = ? and lease_owner = ? and status = 'running' returning status",
                 [readable(error), self.clock() + retry_after, now(), job_id, owner],
             ).fetchone()
-        return row[0] if row else self.job(job_id)["status"]
+        return row[0] if row else self.job(job_id).status
 
     def release(self, job_id: int, owner: str, *, retry_after: float = 0.0, note: str | None = None) -> None:
         """Give a job back without counting the attempt (shutdown, or its input is not ready yet)."""
@@ -784,7 +587,7 @@ class Store(PageReads):
                 [self.clock() + retry_after, None if note is None else readable(note), job_id, owner],
             )
 
-    def recover_jobs(self) -> list[dict]:
+    def recover_jobs(self) -> list[Job]:
         """At start-up, when no other worker can be alive: running jobs were interrupted by a crash. Each is
         queued again (the interrupted attempt counts) or failed when out of attempts. Returns the jobs touched."""
         with self.transaction():
@@ -846,42 +649,40 @@ class Store(PageReads):
             "signature": signature,
             "content_hash": content_hash,
             "status": status,
-            "problems": json.dumps([dict(problem) for problem in problems]),
+            "problems": [dict(problem) for problem in problems],
             "project": project,
             "store_dir": store_dir,
             "job_id": job_id,
         }
-        return self.db["labelled_sets"].insert(row).last_pk
+        return self.db["labelled_sets"].insert(_encoded("labelled_sets", row)).last_pk
 
-    def last_intake(self, inbox_path: str) -> dict | None:
+    def last_intake(self, inbox_path: str) -> Intake | None:
         rows = self.db["labelled_sets"].rows_where("inbox_path = ?", [inbox_path], order_by="id desc", limit=1)
-        return next((_decoded_intake(row) for row in rows), None)
+        return next((_intake(row) for row in rows), None)
 
-    def intakes(self) -> list[dict]:
-        """Every intake decision, newest first; ``problems`` as a list."""
-        return [_decoded_intake(row) for row in self.db["labelled_sets"].rows_where(order_by="id desc")]
+    def intakes(self) -> list[Intake]:
+        """Every intake decision, newest first."""
+        return [_intake(row) for row in self.db["labelled_sets"].rows_where(order_by="id desc")]
 
     # -- images and measurements --------------------------------------------------------------
 
-    def image(self, image_id: str) -> dict | None:
-        rows = list(self.db["images"].rows_where("id = ?", [image_id]))
-        return rows[0] if rows else None
+    def image(self, image_id: str) -> Image | None:
+        return next((Image.from_row(row) for row in self.db["images"].rows_where("id = ?", [image_id])), None)
 
-    def latest_image(self, project: str, relpath: str) -> dict | None:
-        rows = list(
-            self.db["images"].rows_where(
-                "project = ? and relpath = ?", [project, relpath], order_by="landed_at desc, rowid desc", limit=1
-            )
+    def latest_image(self, project: str, relpath: str) -> Image | None:
+        rows = self.db["images"].rows_where(
+            "project = ? and relpath = ?", [project, relpath], order_by="landed_at desc, rowid desc", limit=1
         )
-        return rows[0] if rows else None
+        return next((Image.from_row(row) for row in rows), None)
 
-    def images(self, project: str | None = None, status: str | None = None) -> list[dict]:
+    def images(self, project: str | None = None, status: str | None = None) -> list[Image]:
         clauses, args = [], []
         for column, value in (("project", project), ("status", status)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 args.append(value)
-        return list(self.db["images"].rows_where(" and ".join(clauses) or None, args or None, order_by="rowid"))
+        rows = self.db["images"].rows_where(" and ".join(clauses) or None, args or None, order_by="rowid")
+        return [Image.from_row(row) for row in rows]
 
     def add_image(self, **fields) -> bool:
         """Insert an image version; False when this path + content hash is already known."""
@@ -917,7 +718,7 @@ class Store(PageReads):
             cursor = self.db.execute(
                 "update jobs set status = 'queued', attempts = 0, not_before = 0, error = null, finished_at = null,"
                 " lease_owner = null where id = ? and status != 'running'",
-                [image["job_id"]],
+                [image.job_id],
             )
             if cursor.rowcount != 1:
                 return False
@@ -944,17 +745,20 @@ class Store(PageReads):
             if cursor.rowcount != 1:
                 return False
             self.db.execute(
-                "delete from measurements where project = ? and relpath = ?", [image["project"], image["relpath"]]
+                "delete from measurements where project = ? and relpath = ?", [image.project, image.relpath]
             )
             self.db["measurements"].insert_all(
-                {
-                    "image_id": image_id,
-                    "project": image["project"],
-                    "relpath": image["relpath"],
-                    "model_id": fields.get("model_id"),
-                    "class_index": row["class_index"],
-                    "row": json.dumps(row),
-                }
+                _encoded(
+                    "measurements",
+                    {
+                        "image_id": image_id,
+                        "project": image.project,
+                        "relpath": image.relpath,
+                        "model_id": fields.get("model_id"),
+                        "class_index": row["class_index"],
+                        "row": row,
+                    },
+                )
                 for row in rows
             )
             self.db["images"].update(image_id, _columns("images", {"status": DONE, "processed_at": now(), **fields}))
@@ -968,17 +772,16 @@ class Store(PageReads):
             [project],
         ).fetchall()
         return [
-            {**json.loads(row), "path": relpath, "model_id": model_id, "processed_at": at}
-            for relpath, model_id, row, at in rows
+            {**measurement_row(text), "path": relpath, "model_id": model_id, "processed_at": at}
+            for relpath, model_id, text, at in rows
         ]
 
     # -- projects and activation --------------------------------------------------------------
 
-    def model(self, model_id: str) -> dict | None:
-        rows = list(self.db["models"].rows_where("id = ?", [model_id]))
-        return rows[0] if rows else None
+    def model(self, model_id: str) -> Model | None:
+        return next((Model.from_row(row) for row in self.db["models"].rows_where("id = ?", [model_id])), None)
 
-    def active_model(self, project: str) -> dict | None:
+    def active_model(self, project: str) -> Model | None:
         rows = list(self.db["projects"].rows_where("name = ?", [project]))
         if not rows or not rows[0]["active_model_id"]:
             return None
@@ -1036,13 +839,13 @@ class Store(PageReads):
                 )
         return decision
 
-    def activations(self, project: str | None = None) -> list[dict]:
+    def activations(self, project: str | None = None) -> list[Activation]:
         where, args = ("project = ?", [project]) if project else (None, None)
-        return list(self.db["activations"].rows_where(where, args, order_by="id"))
+        return [Activation.from_row(row) for row in self.db["activations"].rows_where(where, args, order_by="id")]
 
-    def decision_for(self, model_id: str) -> dict | None:
-        rows = list(self.db["activations"].rows_where("model_id = ?", [model_id], order_by="id desc", limit=1))
-        return rows[0] if rows else None
+    def decision_for(self, model_id: str) -> Activation | None:
+        rows = self.db["activations"].rows_where("model_id = ?", [model_id], order_by="id desc", limit=1)
+        return next((Activation.from_row(row) for row in rows), None)
 
     # -- service components -------------------------------------------------------------------
 
@@ -1073,8 +876,8 @@ class Store(PageReads):
             replace=True,
         )
 
-    def components(self) -> list[dict]:
-        return list(self.db["components"].rows_where(order_by="name"))
+    def components(self) -> list[Component]:
+        return [Component.from_row(row) for row in self.db["components"].rows_where(order_by="name")]
 
     def give_up(self, job_id: int, owner: str, error: str) -> None:
         """Fail a job at once, attempts left or not (its input can never work, e.g. an unreadable image)."""

@@ -6,7 +6,13 @@ is why the results queries filter, aggregate and limit in SQL rather than in Pyt
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import sqlite_utils
+
+from appliance.store.rows import Event, Image, Job, Row, Run, StoredMeasurement
+
+R = TypeVar("R", bound=Row)
 
 
 def _image_filter(project: str | None, since: str | None, until: str | None, prefix: str = "") -> tuple[str, list]:
@@ -23,6 +29,11 @@ def _image_filter(project: str | None, since: str | None, until: str | None, pre
     return (" and ".join(clauses) or "1"), args
 
 
+def measurement_row(text: str | None) -> dict:
+    """A stored measurement row (JSON text) as a dict; empty when it is not JSON."""
+    return StoredMeasurement.from_row({"row": text}).row or {}
+
+
 class PageReads:
     """The page's SELECTs (mixed into :class:`~appliance.store.Store`, whose ``db`` they read)."""
 
@@ -31,11 +42,12 @@ class PageReads:
     def has_table(self, name: str) -> bool:
         return self.db[name].exists()
 
-    def _rows_where(self, table: str, where: str | None = None, args=None, **options) -> list[dict]:
-        """``sqlite_utils`` ``rows_where`` as a list; no rows when the table does not exist yet."""
-        if not self.has_table(table):
+    def _rows_where(self, kind: type[R], where: str | None = None, args=None, **options) -> list[R]:
+        """``sqlite_utils`` ``rows_where`` of ``kind``'s table as typed rows (columns not selected are None); no rows
+        when the table does not exist yet."""
+        if not self.has_table(kind.table):
             return []
-        return list(self.db[table].rows_where(where, args, **options))
+        return [kind.from_row(row) for row in self.db[kind.table].rows_where(where, args, **options)]
 
     def queue_counts(self) -> list[tuple[str, str, int]]:
         """``(kind, status, count)`` of the job queue."""
@@ -43,12 +55,12 @@ class PageReads:
             return []
         return self.db.execute("select kind, status, count(*) from jobs group by kind, status order by kind").fetchall()
 
-    def recent_events(self, *, levels: tuple[str, ...] | None = None, limit: int = 50) -> list[dict]:
+    def recent_events(self, *, levels: tuple[str, ...] | None = None, limit: int = 50) -> list[Event]:
         """The newest events of every run and of the service, optionally only of some levels."""
         where, args = None, None
         if levels:
             where, args = f"level in ({', '.join('?' for _ in levels)})", list(levels)
-        return self._rows_where("events", where, args, order_by="id desc", limit=limit)
+        return self._rows_where(Event, where, args, order_by="id desc", limit=limit)
 
     def projects(self) -> list[str]:
         """Every project the appliance knows: with images, with an active model or from an accepted set (a rejected
@@ -80,11 +92,11 @@ class PageReads:
         since: str | None = None,
         until: str | None = None,
         limit: int = 200,
-    ) -> list[dict]:
+    ) -> list[Image]:
         """The newest segmented images (status ``done``), newest first, within the filters."""
         where, args = _image_filter(project, since, until)
         return self._rows_where(
-            "images",
+            Image,
             f"status = 'done' and {where}",
             args,
             order_by="processed_at desc, rowid desc",
@@ -102,15 +114,21 @@ class PageReads:
         limit: int | None = None,
     ) -> list[dict]:
         """Measurement rows (latest version of each image) within the filters, newest image first, with the image's
-        processing time (at most ``limit``). ``row`` is the JSON of one measurement."""
+        processing time (at most ``limit``). ``row``: one measurement row (a dict)."""
         if not (self.has_table("measurements") and self.has_table("images")):
             return []
         where, args = _image_filter(project, since, until, prefix="i.")
         if image_id:
             where, args = where + " and m.image_id = ?", [*args, image_id]
         return [
-            dict(zip(("project", "relpath", "model_id", "row", "processed_at"), r, strict=True))
-            for r in self.db.execute(
+            {
+                "project": project,
+                "relpath": relpath,
+                "model_id": model_id,
+                "row": measurement_row(text),
+                "processed_at": at,
+            }
+            for project, relpath, model_id, text, at in self.db.execute(
                 "select m.project, m.relpath, m.model_id, m.row, i.processed_at from measurements m"
                 f" join images i on i.id = m.image_id where {where}"
                 " order by i.processed_at desc, m.relpath, m.class_index"
@@ -150,28 +168,28 @@ class PageReads:
             )
         ]
 
-    def problem_images(self, *, limit: int = 500) -> list[dict]:
+    def problem_images(self, *, limit: int = 500) -> list[Image]:
         """Images that were not segmented (failed, missing, superseded), newest first."""
         return self._rows_where(
-            "images",
+            Image,
             "status in ('failed', 'missing', 'superseded')",
             order_by="rowid desc",
             limit=limit,
             select="project, relpath, status, error, detected_at",
         )
 
-    def failed_jobs(self, *, limit: int = 200) -> list[dict]:
+    def failed_jobs(self, *, limit: int = 200) -> list[Job]:
         return self._rows_where(
-            "jobs",
+            Job,
             "status = 'failed'",
             order_by="id desc",
             limit=limit,
             select="id, kind, project, attempts, error, finished_at",
         )
 
-    def failed_runs(self) -> list[dict]:
+    def failed_runs(self) -> list[Run]:
         return self._rows_where(
-            "runs", "status = 'failed'", order_by="created_at desc", select="id, set_name, error, finished_at"
+            Run, "status = 'failed'", order_by="created_at desc", select="id, set_name, error, finished_at"
         )
 
     def images_waiting_for_a_model(self) -> list[dict]:
@@ -192,7 +210,7 @@ class PageReads:
                 "select id, status, error from jobs where kind = 'train' and project = ? order by id desc limit 1",
                 [project],
             ).fetchone()
-            job = None if training is None else dict(zip(("id", "status", "error"), training, strict=True))
+            job = None if training is None else Job(id=training[0], status=training[1], error=training[2])
             decisions = self.activations(project) if self.has_table("activations") else []
             waiting.append(
                 {

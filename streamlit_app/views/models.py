@@ -12,6 +12,7 @@ import streamlit as st
 from appliance.automl.schedule import selection_score
 from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
 from appliance.service.packaging import package_path
+from appliance.store import Model
 from streamlit_app import actions, common, shaping
 
 OVERLAYS_SHOWN = 4
@@ -24,16 +25,16 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def registry(store) -> tuple[list[dict], dict[str, str]]:
+def registry(store) -> tuple[list[Model], dict[str, str]]:
     models = store.models()
     projects = shaping.model_projects(models)
     return models, projects
 
 
-def quality(store, model: dict) -> None:
-    run = store.run(model["run_id"]) if model.get("run_id") else None
-    run_dir = Path(run["run_dir"]) if run and run.get("run_dir") else None
-    metadata = read_json(Path(model["path"]) / "model.json") if model.get("path") else None
+def quality(store, model: Model) -> None:
+    run = store.run(model.run_id) if model.run_id else None
+    run_dir = Path(run.run_dir) if run and run.run_dir else None
+    metadata = read_json(Path(model.path) / "model.json") if model.path else None
     class_names = (metadata or {}).get("class_names") or []
     left, right = st.columns(2)
     with left:
@@ -59,16 +60,16 @@ def quality(store, model: dict) -> None:
                     "validation images (deeper: touching objects are split only at deeper necks)."
                 )
     with right:
-        metric = (run or {}).get("selection_metric") or SELECTION_METRICS[SEMANTIC]
+        metric = getattr(run, "selection_metric", None) or SELECTION_METRICS[SEMANTIC]
         st.markdown(f"**Learning curve of the winner** (validation {metric} after each halving step)")
         curve = [
             {
-                "step": r["step"] + 1,
+                "step": r.step + 1,
                 "validation": selection_score(r),
-                "seconds trained": r["total_seconds_trained"],
+                "seconds trained": r.total_seconds_trained,
             }
-            for r in (store.step_results(model["run_id"]) if model.get("run_id") else [])
-            if r["config_id"] == model.get("config_id")
+            for r in (store.step_results(model.run_id) if model.run_id else [])
+            if r.config_id == model.config_id
         ]
         if curve:
             chart = (
@@ -96,8 +97,8 @@ def quality(store, model: dict) -> None:
             st.caption(f"{len(panels) - OVERLAYS_SHOWN} more in {run_dir / 'qc'}")
 
 
-def downloads(store, model: dict) -> None:
-    folder = Path(model["path"]) if model.get("path") else None
+def downloads(store, model: Model) -> None:
+    folder = Path(model.path) if model.path else None
     files = [folder / name for name in ("model.onnx", "model.json")] if folder else []
     if not files or not all(f.is_file() for f in files):
         common.nothing_yet("no exported files for this model")
@@ -108,21 +109,21 @@ def downloads(store, model: dict) -> None:
         column.download_button(
             f"Download {file.name} ({shaping.format_bytes(file.stat().st_size)})",
             data=file.read_bytes if file.suffix == ".onnx" else file.read_bytes(),
-            file_name=f"{model['id']}-{file.name}",
+            file_name=f"{model.id}-{file.name}",
             mime="application/octet-stream" if file.suffix == ".onnx" else "application/json",
-            key=f"download-{model['id']}-{file.name}",
+            key=f"download-{model.id}-{file.name}",
             on_click="ignore",
         )
 
 
-def bioimageio_download(store, model: dict) -> None:
+def bioimageio_download(store, model: Model) -> None:
     """The BioImage Model Zoo package (ilastik, deepImageJ, QuPath): built on request, then offered for download."""
     package = package_path(model)
     if not package.is_file():
-        if st.button("Build a BioImage.IO package (ilastik, deepImageJ, QuPath)", key=f"bioimageio-{model['id']}"):
+        if st.button("Build a BioImage.IO package (ilastik, deepImageJ, QuPath)", key=f"bioimageio-{model.id}"):
             with st.spinner("Packaging the model (ONNX and TorchScript weights, test tensors, cover)…"):
                 try:
-                    actions.build_package(store, model_id=model["id"])
+                    actions.build_package(store, model_id=model.id)
                 except actions.ActionError as error:
                     st.error(str(error))
                     return
@@ -131,9 +132,9 @@ def bioimageio_download(store, model: dict) -> None:
     st.download_button(
         f"Download the BioImage.IO package ({shaping.format_bytes(package.stat().st_size)})",
         data=package.read_bytes,
-        file_name=f"{model['id']}.bioimageio.zip",
+        file_name=f"{model.id}.bioimageio.zip",
         mime="application/zip",
-        key=f"download-{model['id']}-bioimageio",
+        key=f"download-{model.id}-bioimageio",
         on_click="ignore",
     )
 
@@ -145,8 +146,8 @@ def admin(store, project: str, models: list[dict]) -> None:
         st.info("Admin actions need a page password: set APPLIANCE_PAGE_PASSWORD and restart the page.")
         return
     active = store.active_model(project)
-    previous = shaping.rollback_target(store.activations(project), active["id"] if active else None)
-    choices = [m["id"] for m in models if m.get("path") and (active is None or m["id"] != active["id"])]
+    previous = shaping.rollback_target(store.activations(project), active.id if active else None)
+    choices = [m.id for m in models if m.path and (active is None or m.id != active.id)]
     if not choices:
         common.nothing_yet("no other exported model to activate for this project")
         return
@@ -156,7 +157,7 @@ def admin(store, project: str, models: list[dict]) -> None:
         model_id = labels[st.selectbox("Model to make active", list(labels), index=default)]
         confirmed = st.checkbox(
             f"Yes, segment new images of {project} with this model instead of "
-            f"{active['id'] if active else 'none (no active model)'}"
+            f"{active.id if active else 'none (no active model)'}"
         )
         password = st.text_input("Page password (confirms the action)", type="password")
         submitted = st.form_submit_button("Activate")
@@ -177,21 +178,21 @@ def admin(store, project: str, models: list[dict]) -> None:
 
 def project_view(store, project: str, models: list[dict]) -> None:
     active = store.active_model(project)
-    st.markdown(f"Active model: **{active['id']}**" if active else "Active model: **none**")
+    st.markdown(f"Active model: **{active.id}**" if active else "Active model: **none**")
     history = store.activations(project)
-    if history and not history[-1]["activated"]:  # the newest decision kept a model out: say why, prominently
-        st.warning(f"Model {history[-1]['model_id']} was not activated: {history[-1]['reason']}")
-    decisions = {a["model_id"]: a for a in history}
+    if history and not history[-1].activated:  # the newest decision kept a model out: say why, prominently
+        st.warning(f"Model {history[-1].model_id} was not activated: {history[-1].reason}")
+    decisions = {a.model_id: a for a in history}
     table = [
         {
-            "model": m["id"],
-            "active": bool(active and active["id"] == m["id"]),
-            "created": shaping.local_time(m["created_at"]),
-            "configuration": m["config_id"],
-            "validation IoU": m["validation_iou"],
-            "test IoU": m["test_iou"],
-            "test images": shaping.test_image_count(store.run(m["run_id"]) if m.get("run_id") else None),
-            "decision": (decisions.get(m["id"]) or {}).get("reason"),
+            "model": m.id,
+            "active": bool(active and active.id == m.id),
+            "created": shaping.local_time(m.created_at),
+            "configuration": m.config_id,
+            "validation IoU": m.validation_iou,
+            "test IoU": m.test_iou,
+            "test images": shaping.test_image_count(store.run(m.run_id) if m.run_id else None),
+            "decision": getattr(decisions.get(m.id), "reason", None),
         }
         for m in models
     ]
@@ -207,16 +208,16 @@ def project_view(store, project: str, models: list[dict]) -> None:
 def details(store, project: str) -> None:
     """The live part: registry, history and the chosen model's quality (reruns every few seconds)."""
     models, projects = registry(store)
-    in_project = [m for m in models if projects[m["id"]] == project]
+    in_project = [m for m in models if projects[m.id] == project]
     if sorted(set(projects.values())) != st.session_state.get("models_projects"):
         st.rerun()  # a new project or model appeared: refresh the whole page (its project list)
     common.guarded("Registry", lambda: project_view(store, project, in_project))
     st.subheader("Model details")
     active = store.active_model(project)
-    ids = [m["id"] for m in in_project]
-    default = ids.index(active["id"]) if active and active["id"] in ids else 0
+    ids = [m.id for m in in_project]
+    default = ids.index(active.id) if active and active.id in ids else 0
     model_id = st.selectbox("Model", ids, index=default, key=f"models_detail_{project}")
-    model = next(m for m in in_project if m["id"] == model_id)
+    model = next(m for m in in_project if m.id == model_id)
     common.guarded("Quality", lambda: quality(store, model))
     common.guarded("Downloads", lambda: downloads(store, model))
 
@@ -236,7 +237,7 @@ def body() -> None:
     # a fragment's reruns may run on another thread: it opens that thread's store instead of capturing this one
     common.live(lambda: details(common.open_store(), project))
     # outside the refreshing part, so that a half-filled confirmation is not disturbed
-    common.guarded("Activation", lambda: admin(store, project, [m for m in models if projects[m["id"]] == project]))
+    common.guarded("Activation", lambda: admin(store, project, [m for m in models if projects[m.id] == project]))
 
 
 def details_or_wait(store) -> None:

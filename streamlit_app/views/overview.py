@@ -77,8 +77,8 @@ def hardware(store) -> None:
             st.caption("No NVIDIA GPU found (nvidia-smi): training and inference run on the CPU.")
     with onnx_column:
         available, first = onnx_providers()
-        inference = next((c for c in store.components() if c["name"] == "inference"), None) if store else None
-        reported = next(iter(filter(None, ((inference or {}).get("onnx_providers") or "").split(","))), None)
+        inference = next((c for c in store.components() if c.name == "inference"), None) if store else None
+        reported = next(iter(inference.providers), None) if inference else None
         st.metric("ONNX Runtime provider", (reported or first).replace("ExecutionProvider", ""))
         source = "reported by the inference worker" if reported else "chosen for new inference sessions"
         st.caption(f"{source}; available: {', '.join(available)}")

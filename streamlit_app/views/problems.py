@@ -30,11 +30,11 @@ def images(store) -> None:
     st.dataframe(
         [
             {
-                "project": r["project"],
-                "image": r["relpath"],
-                "status": r["status"],
-                "reason": r["error"],
-                "found": shaping.local_time(r["detected_at"]),
+                "project": r.project,
+                "image": r.relpath,
+                "status": r.status,
+                "reason": r.error,
+                "found": shaping.local_time(r.detected_at),
             }
             for r in rows
         ],
@@ -65,7 +65,7 @@ def jobs_and_runs(store) -> None:
     if runs:
         st.markdown("**Training runs**")
         st.dataframe(
-            [{"run": r["id"], "set": r["set_name"], "error": r["error"], "at": shaping.local_time(r["finished_at"])}
+            [{"run": r.id, "set": r.set_name, "error": r.error, "at": shaping.local_time(r.finished_at)}
              for r in runs],
             hide_index=True,
             width="stretch",
@@ -73,8 +73,8 @@ def jobs_and_runs(store) -> None:
     if jobs:
         st.markdown("**Jobs** (out of attempts)")
         st.dataframe(
-            [{"job": j["id"], "kind": j["kind"], "project": j["project"], "attempts": j["attempts"],
-              "error": j["error"], "at": shaping.local_time(j["finished_at"])} for j in jobs],
+            [{"job": j.id, "kind": j.kind, "project": j.project, "attempts": j.attempts,
+              "error": j.error, "at": shaping.local_time(j.finished_at)} for j in jobs],
             hide_index=True,
             width="stretch",
         )  # fmt: skip
@@ -88,7 +88,7 @@ def retry_form(store, jobs: list[dict]) -> None:
             "To retry a job: `appliance retry JOB`, or drop the same set again. Set a page password to do it here."
         )
         return
-    labels = {f"job {j['id']} ({j['kind']}, {j['project']})": j["id"] for j in jobs}
+    labels = {f"job {j.id} ({j.kind}, {j.project})": j.id for j in jobs}
     with st.form("retry-job", clear_on_submit=True):
         job_id = labels[st.selectbox("Failed job to run again", list(labels))]
         password = st.text_input("Page password (confirms the action)", type="password")

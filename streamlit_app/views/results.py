@@ -45,22 +45,22 @@ def recent(store, chosen: dict) -> None:
     if not images:
         common.nothing_yet("no segmented image within these filters")
         return
-    labels = {f"{i['project']}/{i['relpath']} · {shaping.local_time(i['processed_at'])}": i["id"] for i in images}
+    labels = {f"{i.project}/{i.relpath} · {shaping.local_time(i.processed_at)}": i.id for i in images}
     image_id = labels[st.selectbox(f"Image (newest {len(images)})", list(labels), key="results_image")]
-    image = next(i for i in images if i["id"] == image_id)
+    image = next(i for i in images if i.id == image_id)
     left, right = st.columns([3, 2])
     with left:
-        overlay = Path(image["overlay_path"]) if image.get("overlay_path") else None
+        overlay = Path(image.overlay_path) if image.overlay_path else None
         if overlay is not None and overlay.is_file():
-            st.image(str(overlay), caption=f"{image['project']}/{image['relpath']} (overlay)", width="stretch")
+            st.image(str(overlay), caption=f"{image.project}/{image.relpath} (overlay)", width="stretch")
         else:
             st.caption(f"No overlay file at {overlay}")
     with right:
         rows = shaping.measurement_table(store.measurement_rows(image_id=image_id))
-        st.markdown(f"**Measurements** (model {image.get('model_id')})")
+        st.markdown(f"**Measurements** (model {image.model_id})")
         st.dataframe(measurement_card(rows), hide_index=True, width="stretch")
-        if image.get("mask_path"):
-            object_downloads(ResultFiles.of_mask(image["mask_path"]), image["id"])
+        if image.mask_path:
+            object_downloads(ResultFiles.of_mask(image.mask_path), image.id)
 
 
 OBJECT_FILES = (

@@ -10,7 +10,7 @@ import streamlit as st
 
 from appliance.automl.schedule import step_count
 from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
-from appliance.store import RunStatus, TrialStatus
+from appliance.store import RUNNING_RUN, Run, RunStatus, StepResult, Trial, TrialStatus
 from streamlit_app import common, shaping
 
 IOU_SCALE = alt.Scale(domain=[0, 1])  # the whole range: a 0.300-0.314 zoom makes noise look like progress
@@ -50,13 +50,13 @@ def halving_chart(rows: list[dict], steps_total: int, metric: str) -> alt.LayerC
 
 
 def run_label(run: dict) -> str:
-    return f"{run['id']} · {run.get('set_name') or '?'} · {run.get('status')}"
+    return f"{run.id} · {run.set_name or '?'} · {run.status}"
 
 
-def budget(run: dict, results: list[dict], trials: list[dict]) -> None:
+def budget(run: Run, results: list[StepResult], trials: list[Trial]) -> None:
     progress = shaping.budget_progress(run, results, len(trials), now=datetime.now(UTC))
     a, b, c, d = st.columns(4)
-    a.metric("Status", run.get("status") or "?")
+    a.metric("Status", run.status or "?")
     b.metric("Budget used", shaping.format_duration(progress["used_seconds"]))
     c.metric("Budget left", shaping.format_duration(progress["left_seconds"]) if progress["running"] else "-")
     if progress["eta"]:
@@ -68,15 +68,15 @@ def budget(run: dict, results: list[dict], trials: list[dict]) -> None:
         progress["fraction"],
         text=f"{progress['fraction']:.0%} of {shaping.format_duration(progress['budget_seconds'])} · "
         f"step {min(progress['step_reached'], progress['steps_total'])} of {progress['steps_total']} · "
-        f"{sum(t['status'] in shaping.SURVIVING for t in trials)} of {len(trials)} trials in the race",
+        f"{sum(t.status in shaping.SURVIVING for t in trials)} of {len(trials)} trials in the race",
     )
-    if run.get("status") == RunStatus.FINISHED:
+    if run.status == RunStatus.FINISHED:
         st.caption(
-            f"Winner {run.get('winner_config_id')}: validation IoU {run.get('validation_iou') or 0:.3f}, "
-            f"test IoU {run.get('test_iou') or 0:.3f}, model {run.get('model_id')}"
+            f"Winner {run.winner_config_id}: validation IoU {run.validation_iou or 0:.3f}, "
+            f"test IoU {run.test_iou or 0:.3f}, model {run.model_id}"
         )
-    if run.get("error"):
-        st.error(run["error"])
+    if run.error:
+        st.error(run.error)
 
 
 def plan(run: dict) -> None:
@@ -99,19 +99,19 @@ def plan(run: dict) -> None:
         st.dataframe(summary["trials"], hide_index=True, width="stretch")
 
 
-def race(run: dict, results: list[dict], trials: list[dict]) -> None:
+def race(run: Run, results: list[StepResult], trials: list[Trial]) -> None:
     st.subheader("Successive halving")
     plan(run)
     rows = shaping.halving_chart_rows(results, trials)
     if not rows:
         common.nothing_yet("no trial has finished its first slice")
         return
-    metric = run.get("selection_metric") or SELECTION_METRICS[SEMANTIC]
+    metric = run.selection_metric or SELECTION_METRICS[SEMANTIC]
     st.caption(f"Survivors are chosen on validation {metric}.")
     st.altair_chart(halving_chart(rows, step_count(len(trials)), metric), width="stretch")
 
 
-def predictions(results: list[dict], trials: list[dict]) -> None:
+def predictions(results: list[StepResult], trials: list[Trial]) -> None:
     st.subheader("Meta-model: predicted vs realised")
     rows = shaping.predicted_vs_realised(trials, results)
     if not rows or all(r["predicted"] is None for r in rows):
@@ -163,8 +163,8 @@ def body() -> None:
     if not runs:
         common.nothing_yet("no training run; drop a labelled set into the inbox")
         return
-    runs = sorted(runs, key=lambda r: r.get("status") not in ("halving", "ranking", "exporting"))  # live run first
-    labels = {run_label(r): r["id"] for r in runs}
+    runs = sorted(runs, key=lambda r: r.status not in RUNNING_RUN)  # live run first
+    labels = {run_label(r): r.id for r in runs}
     run_id = labels[st.selectbox("Run", list(labels), key="training_run")]
     run = store.run(run_id)
     trials = store.trials(run_id)
@@ -176,18 +176,18 @@ def body() -> None:
     common.guarded("Events", lambda: run_events(store, run_id))
 
 
-def trial_table(trials: list[dict]) -> None:
+def trial_table(trials: list[Trial]) -> None:
     with st.expander(f"All {len(trials)} trials"):
         st.dataframe(
             [
                 {
-                    "rank": t["rank"],
-                    "configuration": t["config_id"],
-                    "settings": shaping.config_summary(t.get("config")),
-                    "predicted": t.get("predicted_score"),
-                    "status": t["status"],
-                    "dropped after step": None if t.get("dropped_after_step") is None else t["dropped_after_step"] + 1,
-                    "reason": t.get("reason"),
+                    "rank": t.rank,
+                    "configuration": t.config_id,
+                    "settings": shaping.config_summary(t.config),
+                    "predicted": t.predicted_score,
+                    "status": t.status,
+                    "dropped after step": None if t.dropped_after_step is None else t.dropped_after_step + 1,
+                    "reason": t.reason,
                 }
                 for t in trials
             ],

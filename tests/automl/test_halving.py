@@ -93,14 +93,14 @@ def test_fifty_trials_halve_to_one_and_the_winner_gets_27_4_percent(tmp_path):
     start = clock()
     winner = halving.run()
     steps = store.finished_steps(run_id)
-    assert [len(s["active"]) for s in steps] == [50, 25, 12, 6, 3, 1]
-    assert [len(s["survivors"]) for s in steps] == [25, 12, 6, 3, 1, 1]
+    assert [len(s.active) for s in steps] == [50, 25, 12, 6, 3, 1]
+    assert [len(s.survivors) for s in steps] == [25, 12, 6, 3, 1, 1]
     assert clock() - start == pytest.approx(3000.0)
-    results = [r for r in store.step_results(run_id) if r["rank"] == winner["rank"]]
+    results = [r for r in store.step_results(run_id) if r.rank == winner.rank]
     assert len(results) == 6
-    assert results[-1]["total_seconds_trained"] / 3000.0 == pytest.approx(0.2738, abs=1e-3)
+    assert results[-1].total_seconds_trained / 3000.0 == pytest.approx(0.2738, abs=1e-3)
     for step in range(6):  # each step's slices share T / 6 equally
-        slices = [r["seconds_trained"] for r in store.step_results(run_id, step)]
+        slices = [r.seconds_trained for r in store.step_results(run_id, step)]
         assert sum(slices) == pytest.approx(500.0)
         assert max(slices) - min(slices) < 1e-6
 
@@ -111,16 +111,16 @@ def test_survivors_continue_and_the_best_wins(tmp_path):
     store, run_id, halving = _run(tmp_path, backend, clock, top_n=8, budget=400.0)
     winner = halving.run()
     trials = store.trials(run_id)
-    assert winner["rank"] == max(trials, key=lambda t: backend.quality(t["config_id"]))["rank"]
+    assert winner.rank == max(trials, key=lambda t: backend.quality(t.config_id)).rank
     results = store.step_results(run_id)
-    winner_results = [r for r in results if r["rank"] == winner["rank"]]
+    winner_results = [r for r in results if r.rank == winner.rank]
     running = 0.0
     for row in winner_results:  # continued, never restarted: totals accumulate
-        running += row["seconds_trained"]
-        assert row["total_seconds_trained"] == pytest.approx(running)
-    assert {t["status"] for t in trials} == {"winner", "dropped"}
+        running += row.seconds_trained
+        assert row.total_seconds_trained == pytest.approx(running)
+    assert {t.status for t in trials} == {"winner", "dropped"}
     assert not list((tmp_path / run_id / "trials").glob("rank-*/step-[0-2].pt")) or all(
-        p.parent.name == f"rank-{winner['rank']:03d}" for p in (tmp_path / run_id / "trials").glob("*/*.pt")
+        p.parent.name == f"rank-{winner.rank:03d}" for p in (tmp_path / run_id / "trials").glob("*/*.pt")
     )
 
 
@@ -135,7 +135,7 @@ def test_dropped_trials_checkpoints_go_unless_kept(tmp_path, keep):
     if keep:
         assert len(left) == 8  # every trial's last checkpoint
     else:
-        assert list(left) == [f"rank-{winner['rank']:03d}"]
+        assert list(left) == [f"rank-{winner.rank:03d}"]
 
 
 def test_ties_are_broken_by_meta_model_rank(tmp_path):
@@ -143,8 +143,8 @@ def test_ties_are_broken_by_meta_model_rank(tmp_path):
     store, run_id, halving = _run(tmp_path, FakeBackend(clock, flat=True), clock, top_n=8, budget=400.0)
     winner = halving.run()
     steps = store.finished_steps(run_id)
-    assert steps[0]["survivors"] == [1, 2, 3, 4]
-    assert winner["rank"] == 1
+    assert steps[0].survivors == [1, 2, 3, 4]
+    assert winner.rank == 1
 
 
 class ObjectsBackend(FakeBackend):
@@ -161,10 +161,10 @@ def test_survivors_are_chosen_on_the_tasks_score_and_it_is_recorded(tmp_path):
     store, run_id, halving = _run(tmp_path, backend, clock, top_n=8, budget=400.0)
     winner = halving.run()
     trials = store.trials(run_id)
-    assert winner["rank"] == min(trials, key=lambda t: backend.quality(t["config_id"]))["rank"]
+    assert winner.rank == min(trials, key=lambda t: backend.quality(t.config_id)).rank
     first = store.step_results(run_id, 0)
-    assert all(r["validation_score"] == pytest.approx(1.0 - backend.quality(r["config_id"])) for r in first)
-    assert all(r["validation_iou"] is not None for r in first)
+    assert all(r.validation_score == pytest.approx(1.0 - backend.quality(r.config_id)) for r in first)
+    assert all(r.validation_iou is not None for r in first)
 
 
 def test_overheads_count_against_the_budget(tmp_path):
@@ -210,10 +210,10 @@ def test_a_configuration_that_does_not_fit_is_replaced_by_the_next_ranked(tmp_pa
     backend = FakeBackend(clock, too_big=[too_big])
     store, run_id, halving = _run(tmp_path, backend, clock, top_n=8, budget=400.0)
     halving.run()
-    trials = {t["rank"]: t for t in store.trials(run_id)}
-    assert trials[3]["status"] == "does_not_fit" and "9000 MB" in trials[3]["reason"]
-    assert 9 in trials and trials[9]["config_id"] == ranking.configurations[8].id
-    assert len(store.finished_steps(run_id)[0]["active"]) == 8
+    trials = {t.rank: t for t in store.trials(run_id)}
+    assert trials[3].status == "does_not_fit" and "9000 MB" in trials[3].reason
+    assert 9 in trials and trials[9].config_id == ranking.configurations[8].id
+    assert len(store.finished_steps(run_id)[0].active) == 8
 
 
 def test_a_trial_that_fails_mid_training_is_dropped_and_the_run_goes_on(tmp_path):
@@ -221,10 +221,10 @@ def test_a_trial_that_fails_mid_training_is_dropped_and_the_run_goes_on(tmp_path
     failing = fallback_ranking().configurations[0].id
     store, run_id, halving = _run(tmp_path, FakeBackend(clock, fail=[failing]), clock, top_n=4, budget=300.0)
     winner = halving.run()
-    trials = {t["rank"]: t for t in store.trials(run_id)}
-    assert trials[1]["status"] == "failed" and "out of memory" in trials[1]["reason"]
-    assert winner["rank"] != 1
-    assert any("failed" in e["message"] for e in store.events(run_id))
+    trials = {t.rank: t for t in store.trials(run_id)}
+    assert trials[1].status == "failed" and "out of memory" in trials[1].reason
+    assert winner.rank != 1
+    assert any("failed" in e.message for e in store.events(run_id))
 
 
 def test_resuming_after_an_interruption_repeats_no_finished_slice(tmp_path):
@@ -240,9 +240,9 @@ def test_resuming_after_an_interruption_repeats_no_finished_slice(tmp_path):
     halving = SuccessiveHalving(store, run_id, resumed, budget_seconds=400.0, run_dir=tmp_path / run_id, clock=clock)
     winner = halving.run()
     assert len(resumed.trained) == 1 + 2 + 1  # the last trial of step 2, then steps 3 and 4
-    keys = [(r["step"], r["rank"]) for r in store.step_results(run_id)]
+    keys = [(r.step, r.rank) for r in store.step_results(run_id)]
     assert len(keys) == len(set(keys)) == 8 + 4 + 2 + 1
-    assert winner["status"] == "winner"
+    assert winner.status == "winner"
 
 
 def test_a_run_resumed_after_its_race_was_decided_returns_the_winner_without_training(tmp_path):
@@ -251,5 +251,5 @@ def test_a_run_resumed_after_its_race_was_decided_returns_the_winner_without_tra
     winner = halving.run()
     resumed = FakeBackend(clock)  # e.g. killed during the winner's test or export
     again = SuccessiveHalving(store, run_id, resumed, budget_seconds=300.0, run_dir=tmp_path / run_id, clock=clock)
-    assert again.run()["rank"] == winner["rank"]
+    assert again.run().rank == winner.rank
     assert resumed.trained == []

@@ -17,15 +17,13 @@ def test_a_finished_run_adds_one_row_per_validated_slice_once(tmp_path):
     halving.run()
     assert record_run(tmp_path / "data", store, run_id) == 0  # ranked without meta-features: nothing to learn from
     save_features(tmp_path / run_id, FEATURES)
-    validated = [r for r in store.step_results(run_id) if r["validation_iou"] is not None]
+    validated = [r for r in store.step_results(run_id) if r.validation_iou is not None]
     assert record_run(tmp_path / "data", store, run_id) == len(validated) > 4
     assert record_run(tmp_path / "data", store, run_id) == 0  # recorded twice (a resumed export): no duplicates
     rows = read_metabase_rows(tmp_path / "data" / LIVING_METABASE)
     for result in validated:
-        (row,) = [
-            r for r in rows if (r["config_id"], float(r["fidelity_mp"])) == (result["config_id"], result["work_mp"])
-        ]
-        assert float(row["val_iou"]) == pytest.approx(result["validation_iou"])
+        (row,) = [r for r in rows if (r["config_id"], float(r["fidelity_mp"])) == (result.config_id, result.work_mp)]
+        assert float(row["val_iou"]) == pytest.approx(result.validation_iou)
         assert row["device"] == "cpu" and row["source"] == f"run {run_id}" and row["validation_images"] == "2"
         assert float(row["hc_images"]) == 12.0 and float(row["eng_patches_per_image"]) > 0
     finals = {r["config_id"]: float(r["run_fidelity_mp"]) for r in rows}

@@ -1,6 +1,7 @@
 import pytest
 
 from appliance.automl.schedule import HalvingSchedule, select_survivors, selection_score, survivors
+from appliance.store.rows import StepResult
 
 
 def test_fifty_configurations_follow_the_paper():
@@ -55,9 +56,8 @@ def test_a_tiebreak_score_comes_before_the_rank():
 
 
 def test_a_slice_is_selected_on_its_task_score_else_its_iou():
-    assert selection_score({"validation_iou": 0.6, "validation_score": 0.2}) == 0.2
-    assert selection_score({"validation_iou": 0.6, "validation_score": None}) == 0.6
-    assert selection_score({"validation_iou": 0.6}) == 0.6  # a row from before scores were recorded
+    assert selection_score(StepResult(validation_iou=0.6, validation_score=0.2)) == 0.2
+    assert selection_score(StepResult(validation_iou=0.6)) == 0.6  # a semantic set, or a row from before scores
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,7 @@ def test_the_store_keeps_one_value_per_group_device_and_code_version(tmp_path):
     store.record_throughput("gpu B", "v1", R18_SMALL, 5.0, source=PROBE)
     store.record_throughput("gpu A", "v1", MemoryGroup(512, 1, "resnet18"), 20.0, source=PROBE, kind="predict")
     rows = store.throughput("gpu A", "v1")
-    assert [(r["kind"], r["steps_per_second"], r["source"]) for r in rows] == [
+    assert [(r.kind, r.steps_per_second, r.source) for r in rows] == [
         ("predict", 20.0, PROBE),
         ("train", 12.0, TRAINING),
     ]
@@ -119,7 +119,7 @@ def test_a_training_slice_replaces_the_probe_but_a_tiny_one_does_not(tmp_path):
     assert table.get(config).steps_per_second == 4.0
     record_training_throughput(store, table, config, steps=30, seconds=10.0)
     assert table.get(config).steps_per_second == 3.0 and table.get(config).source == TRAINING
-    assert store.throughput("cpu x", "v1")[0]["steps_per_second"] == 3.0
+    assert store.throughput("cpu x", "v1")[0].steps_per_second == 3.0
 
 
 def test_a_slice_slowed_by_load_lowers_its_group_only_halfway_and_a_faster_one_raises_it_fully(tmp_path):
@@ -130,7 +130,7 @@ def test_a_slice_slowed_by_load_lowers_its_group_only_halfway_and_a_faster_one_r
     assert table.get(config).steps_per_second == 4.0
     record_training_throughput(store, table, config, steps=10, seconds=10.0)  # 1 step/s under load
     assert table.get(config).steps_per_second == pytest.approx(2.0)
-    assert store.throughput("cpu x", "v1")[0]["steps_per_second"] == pytest.approx(2.0)
+    assert store.throughput("cpu x", "v1")[0].steps_per_second == pytest.approx(2.0)
     record_training_throughput(store, table, config, steps=10, seconds=10.0)  # still slow: it keeps coming down
     assert table.get(config).steps_per_second == pytest.approx(2.0**0.5)
     record_training_throughput(store, table, config, steps=50, seconds=10.0)  # the load went: back up at once

@@ -224,12 +224,12 @@ def test_a_hostile_campaign_crashes_nothing_leaves_nothing_stuck_and_loses_no_re
         if note.is_file():
             assert reason in note.read_text(errors="replace") and note.stat().st_size < 20_000, name
         else:  # a folder whose name cannot be written back as text is reported as an event instead
-            assert any(reason in e["message"] for e in store.events()), name
+            assert any(reason in e.message for e in store.events()), name
     ((train_job,),) = [store.jobs(kind="train")]
-    assert train_job["status"] == "done" and train_job["attempts"] in (2, 3)  # the first kill spent one
-    assert "resuming run" in (data / "logs" / f"train-job-{train_job['id']}.log").read_text()
+    assert train_job.status == "done" and train_job.attempts in (2, 3)  # the first kill spent one
+    assert "resuming run" in (data / "logs" / f"train-job-{train_job.id}.log").read_text()
     assert done_before < len(good)  # the second kill did interrupt inference
-    assert any("frame_" in e["message"] and "rename the file" in e["message"] for e in store.events())
+    assert any("frame_" in e.message and "rename the file" in e.message for e in store.events())
     # results: one row set per good image path, none for the bad ones, outputs unique per input
     rows = _csv_rows(data)
     assert Counter(r["image"] for r in rows) == Counter(good)  # one class: one row per image

@@ -277,8 +277,8 @@ def _segment(store: Store, data_dir: Path, project: str, stem: str, model_id: st
         files, image, result, class_names=["cell"], image_name=relpath, pixel_size_um=0.65, min_object_px=10
     )
     store.finish_image(
-        job["key"],
-        job["id"],
+        job.key,
+        job.id,
         owner,
         rows=rows,
         model_id=model_id,
@@ -305,8 +305,8 @@ def seed_typical(data_dir: str | Path) -> Path:
                 project=PROJECT,
                 model_id=model_id,
                 previous_model_id=previous,
-                new_score=model["test_iou"],
-                previous_score=None if previous is None else store.model(previous)["test_iou"],
+                new_score=model.test_iou,
+                previous_score=None if previous is None else store.model(previous).test_iou,
                 activated=True,
                 reason=reason,
             )
@@ -315,7 +315,7 @@ def seed_typical(data_dir: str | Path) -> Path:
             project=PROJECT,
             model_id=rushed,
             previous_model_id=new_model,
-            new_score=store.model(rushed)["test_iou"],
+            new_score=store.model(rushed).test_iou,
             previous_score=None,
             activated=False,
             reason=(
@@ -354,7 +354,7 @@ def seed_typical(data_dir: str | Path) -> Path:
                 job_id, _ = store.enqueue("train", f"hash-{name}", payload={"set_dir": name}, project=project)
                 job = store.claim("train", "training@seed:1", lease_seconds=600)
                 if name == SET_NAME:
-                    store.complete(job["id"], "training@seed:1", {"model_id": new_model})
+                    store.complete(job.id, "training@seed:1", {"model_id": new_model})
             store.record_intake(
                 name=name,
                 inbox_path=str(data_dir / "inbox" / "labelled" / name),
@@ -385,7 +385,7 @@ def seed_typical(data_dir: str | Path) -> Path:
         job_id, _ = store.enqueue("segment", "broken", payload={"image_id": "broken"}, project=PROJECT)
         store.update_image("broken", job_id=job_id)
         job = store.claim("segment", owner, lease_seconds=60, projects=[PROJECT])
-        store.give_up(job["id"], owner, store.image("broken")["error"])
+        store.give_up(job.id, owner, store.image("broken").error)
         store.event(None, f"image {PROJECT}/2026-11-21/scan_0042.tif not segmented: truncated TIFF", level="error")
         store.enqueue("segment", "waiting-1", payload={}, project=OTHER_PROJECT)
         store.enqueue("segment", "waiting-2", payload={}, project=OTHER_PROJECT)

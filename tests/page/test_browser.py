@@ -67,10 +67,10 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
 def beat_like_the_service(store_path: Path, stop: threading.Event) -> None:
     """Renew the seeded components' heartbeats every second, as ``appliance run`` does (the scanner stays stale)."""
     store = Store(store_path)
-    rows = {r["name"]: r for r in store.components() if r["name"] != "scanner"}
+    rows = {r.name: r for r in store.components() if r.name != "scanner"}
     while not stop.wait(1.0):
         for name, row in rows.items():
-            store.component_beat(name, state=row["state"], detail=row["detail"], interval=1, pid=row["pid"])
+            store.component_beat(name, state=row.state, detail=row.detail, interval=1, pid=row.pid)
     store.close()
 
 

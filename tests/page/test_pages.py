@@ -154,8 +154,8 @@ def test_roll_back_with_confirmation(page_env, tmp_path):
     seed_typical(tmp_path)
     page_env(tmp_path, password="pw")
     store = Store(tmp_path / "appliance.sqlite")
-    active = store.active_model(PROJECT)["id"]
-    previous = next(a for a in store.activations(PROJECT) if a["model_id"] == active)["previous_model_id"]
+    active = store.active_model(PROJECT).id
+    previous = next(a for a in store.activations(PROJECT) if a.model_id == active).previous_model_id
     app = AppTest.from_file(str(APP), default_timeout=60).run()
     app.text_input(key="login_password").input("pw")
     app.button[0].click().run()
@@ -169,22 +169,22 @@ def test_roll_back_with_confirmation(page_env, tmp_path):
     password.input("pw")
     submit.click().run()  # not confirmed
     assert "Tick the confirmation first." in [w.value for w in app.warning]
-    assert store.active_model(PROJECT)["id"] == active
+    assert store.active_model(PROJECT).id == active
 
     next(c for c in app.checkbox if c.label.startswith("Yes,")).check()
     next(t for t in app.text_input if t.label.startswith("Page password")).input("wrong")
     next(b for b in app.button if b.label == "Activate").click().run()
     assert "Wrong password; nothing changed." in [e.value for e in app.error]
-    assert store.active_model(PROJECT)["id"] == active
+    assert store.active_model(PROJECT).id == active
 
     next(c for c in app.checkbox if c.label.startswith("Yes,")).check()
     next(t for t in app.text_input if t.label.startswith("Page password")).input("pw")
     next(b for b in app.button if b.label == "Activate").click().run()
     assert not app.exception
-    assert store.active_model(PROJECT)["id"] == previous
+    assert store.active_model(PROJECT).id == previous
     decision = store.activations(PROJECT)[-1]
-    assert (decision["model_id"], decision["previous_model_id"], decision["activated"]) == (previous, active, 1)
-    assert decision["reason"].startswith("roll back on the status page")
+    assert (decision.model_id, decision.previous_model_id, decision.activated) == (previous, active, 1)
+    assert decision.reason.startswith("roll back on the status page")
 
 
 def test_a_failed_job_can_be_retried_from_the_problems_page(page_env, tmp_path):
@@ -197,16 +197,14 @@ def test_a_failed_job_can_be_retried_from_the_problems_page(page_env, tmp_path):
     app.button[0].click().run()
     app.switch_page("views/problems.py").run()
     assert not app.exception
-    assert next(s for s in app.selectbox if s.label == "Failed job to run again").value.startswith(
-        f"job {failed['id']}"
-    )
+    assert next(s for s in app.selectbox if s.label == "Failed job to run again").value.startswith(f"job {failed.id}")
     next(t for t in app.text_input if t.label.startswith("Page password")).input("pw")
     next(b for b in app.button if b.label == "Retry with fresh attempts").click().run()
     assert not app.exception
-    assert f"Job {failed['id']} is queued again." in [s.value for s in app.success]
-    job = store.job(failed["id"])
-    assert job["status"] == "queued" and job["attempts"] == 0
-    assert store.events()[0]["message"].startswith(f"job {failed['id']} (segment, ")
+    assert f"Job {failed.id} is queued again." in [s.value for s in app.success]
+    job = store.job(failed.id)
+    assert job.status == "queued" and job.attempts == 0
+    assert store.events()[0].message.startswith(f"job {failed.id} (segment, ")
 
 
 def test_password_guessing_is_slowed_down_for_every_session(page_env, typical_store, monkeypatch):
@@ -324,7 +322,7 @@ def test_models_builds_a_bioimageio_package_on_request_and_says_why_it_cannot(pa
     assert not app.exception
     assert any("are gone from" in e.value and "--test-image" in e.value for e in app.error), app.error
 
-    (Path(active["path"]) / "bioimageio.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # built earlier
+    (Path(active.path) / "bioimageio.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # built earlier
     app = open_page("views/models.py")
     labels = [button.proto.label for button in app.get("download_button")]
     assert any(label.startswith("Download the BioImage.IO package") for label in labels), labels

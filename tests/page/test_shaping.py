@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from appliance.pipeline.config import PAPER_DEFAULT
+from appliance.store.rows import Activation, Component, Event, Intake, Run, StepResult, Trial
 from streamlit_app import shaping
 
 
 def test_component_health_uses_the_health_rule():
     rows = shaping.component_health(
         [
-            {
-                "name": "inference",
-                "state": "running",
-                "detail": "3 image(s) segmented",
-                "interval": 1,
-                "heartbeat": 98.0,
-            },
-            {"name": "scanner", "state": "running", "detail": "", "interval": 1, "heartbeat": 50.0},
-            {"name": "training", "state": "stopped", "detail": "", "interval": 1, "heartbeat": 99.0},
-            {"name": "slow", "state": "running", "detail": "", "interval": 10, "heartbeat": 75.0},
+            Component(name="inference", state="running", detail="3 image(s) segmented", interval=1, heartbeat=98.0),
+            Component(name="scanner", state="running", detail="", interval=1, heartbeat=50.0),
+            Component(name="training", state="stopped", detail="", interval=1, heartbeat=99.0),
+            Component(name="slow", state="running", detail="", interval=10, heartbeat=75.0),
         ],
         clock=100.0,
     )
@@ -58,17 +52,16 @@ def test_disk_state_flags_the_reserve():
 
 
 def test_halving_chart_rows_mark_survivors():
-    config = json.dumps(PAPER_DEFAULT.to_dict())
     trials = [
-        {"rank": 1, "status": "winner", "config": config},
-        {"rank": 4, "status": "dropped"},
-        {"rank": 9, "status": "active"},
+        Trial(rank=1, status="winner", config=PAPER_DEFAULT.to_dict()),
+        Trial(rank=4, status="dropped"),
+        Trial(rank=9, status="active"),
     ]
     results = [
-        {"rank": 4, "step": 0, "config_id": "c-b", "validation_iou": 0.4},
-        {"rank": 1, "step": 1, "config_id": "c-a", "validation_iou": 0.7},
-        {"rank": 1, "step": 0, "config_id": "c-a", "validation_iou": 0.5},
-        {"rank": 9, "step": 0, "config_id": "c-c", "validation_iou": 0.45, "validation_score": 0.2},
+        StepResult(rank=4, step=0, config_id="c-b", validation_iou=0.4),
+        StepResult(rank=1, step=1, config_id="c-a", validation_iou=0.7),
+        StepResult(rank=1, step=0, config_id="c-a", validation_iou=0.5),
+        StepResult(rank=9, step=0, config_id="c-c", validation_iou=0.45, validation_score=0.2),
     ]
     rows = shaping.halving_chart_rows(results, trials)
     assert [r["validation_score"] for r in rows] == [0.5, 0.7, 0.4, 0.2]  # what the race selected on
@@ -96,24 +89,24 @@ def test_race_plan_reads_the_recorded_plan_and_tolerates_runs_without_one():
     plan = plan_race(
         [candidate(fast, 10.0), candidate(PAPER_DEFAULT, 1.0)], budget_seconds=300.0, overhead=lambda c: 0.0
     )
-    summary = shaping.race_plan({"plan": json.dumps(plan.to_dict())})
+    summary = shaping.race_plan(Run(plan=plan.to_dict()))
     assert summary["n"] == 2 and summary["search"] and summary["active"] == "2 → 1"
     # step budgets 60 s and 240 s (growth 4): the default's first slice of 30 s gives it exactly the 30-step floor
     assert summary["race_budget"] == "5 min 00 s" and summary["winner_share"] == pytest.approx(0.9)
     assert summary["step_budgets"] == "1 min 00 s, 4 min 00 s"
     assert [row["first-slice steps (planned)"] for row in summary["trials"]] == [300, 30]
     tiny = plan_race([candidate(fast, 10.0), candidate(PAPER_DEFAULT, 1.0)], budget_seconds=50.0, overhead=lambda c: 0)
-    assert shaping.race_plan({"plan": json.dumps(tiny.to_dict())})["search"] is False
-    assert shaping.race_plan({"plan": None}) is None and shaping.race_plan({}) is None
-    assert shaping.race_plan({"plan": "not json"}) is None
+    assert shaping.race_plan(Run(plan=tiny.to_dict()))["search"] is False
+    assert shaping.race_plan(Run(plan=None)) is None
+    assert shaping.race_plan(Run.from_row({"plan": "not json"})) is None
 
 
 def test_budget_progress_of_a_running_run_counts_time_since_the_last_slice():
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    run = {"budget_seconds": 600.0, "status": "halving", "started_at": (now - timedelta(seconds=200)).isoformat()}
+    run = Run(budget_seconds=600.0, status="halving", started_at=(now - timedelta(seconds=200)).isoformat())
     results = [
-        {"step": 0, "rank": 1, "wall_seconds": 100.0, "finished_at": (now - timedelta(seconds=90)).isoformat()},
-        {"step": 0, "rank": 2, "wall_seconds": 80.0, "finished_at": (now - timedelta(seconds=10)).isoformat()},
+        StepResult(step=0, rank=1, wall_seconds=100.0, finished_at=(now - timedelta(seconds=90)).isoformat()),
+        StepResult(step=0, rank=2, wall_seconds=80.0, finished_at=(now - timedelta(seconds=10)).isoformat()),
     ]
     progress = shaping.budget_progress(run, results, 8, now=now)
     assert progress["used_seconds"] == pytest.approx(190.0)  # 180 recorded + 10 since the last slice
@@ -124,22 +117,22 @@ def test_budget_progress_of_a_running_run_counts_time_since_the_last_slice():
 
 
 def test_budget_progress_of_a_finished_run_uses_its_measured_halving_time():
-    run = {"budget_seconds": 240.0, "status": "finished", "halving_seconds": 238.5}
-    progress = shaping.budget_progress(run, [{"step": 2, "rank": 1, "wall_seconds": 10}], 4, now=datetime.now(UTC))
+    run = Run(budget_seconds=240.0, status="finished", halving_seconds=238.5)
+    progress = shaping.budget_progress(run, [StepResult(step=2, rank=1, wall_seconds=10)], 4, now=datetime.now(UTC))
     assert (progress["used_seconds"], progress["left_seconds"], progress["eta"]) == (238.5, 0.0, None)
     assert progress["step_reached"] == 3 and not progress["running"]
 
 
 def test_predicted_vs_realised_takes_each_trials_last_score():
     trials = [
-        {"rank": 1, "config_id": "c-a", "predicted_score": 0.8, "status": "winner"},
-        {"rank": 2, "config_id": "c-b", "predicted_score": 0.7, "status": "dropped"},
-        {"rank": 3, "config_id": "c-c", "predicted_score": 0.6, "status": "active"},  # no result yet
+        Trial(rank=1, config_id="c-a", predicted_score=0.8, status="winner"),
+        Trial(rank=2, config_id="c-b", predicted_score=0.7, status="dropped"),
+        Trial(rank=3, config_id="c-c", predicted_score=0.6, status="active"),  # no result yet
     ]
     results = [
-        {"rank": 1, "step": 0, "validation_iou": 0.5},
-        {"rank": 1, "step": 1, "validation_iou": 0.72},
-        {"rank": 2, "step": 0, "validation_iou": 0.41},
+        StepResult(rank=1, step=0, validation_iou=0.5),
+        StepResult(rank=1, step=1, validation_iou=0.72),
+        StepResult(rank=2, step=0, validation_iou=0.41),
     ]
     assert shaping.predicted_vs_realised(trials, results) == [
         {"rank": 1, "configuration": "c-a", "predicted": 0.8, "realised": 0.72, "after step": 2, "status": "winner"},
@@ -165,8 +158,8 @@ def test_config_summary():
         "brightness_blur": 0.0,
         "grid_distortion": 0.5,
     }
-    assert shaping.config_summary(json.dumps(config)) == "patch 128, batch 16, lr 0.001, resnet18, flip 0.5, grid 0.5"
-    assert shaping.config_summary("not json") == ""
+    assert shaping.config_summary(config) == "patch 128, batch 16, lr 0.001, resnet18, flip 0.5, grid 0.5"
+    assert shaping.config_summary(None) == ""
 
 
 def test_per_class_scores_names_classes_from_the_model():
@@ -181,12 +174,12 @@ def test_per_class_scores_names_classes_from_the_model():
 
 def test_activation_history_and_rollback_target():
     decisions = [
-        {"id": 1, "model_id": "m1", "previous_model_id": None, "activated": 1, "new_score": 0.7, "previous_score": None,
-         "reason": "first", "decided_at": "t1"},
-        {"id": 2, "model_id": "m2", "previous_model_id": "m1", "activated": 0, "new_score": 0.6, "previous_score": 0.7,
-         "reason": "worse", "decided_at": "t2"},
-        {"id": 3, "model_id": "m3", "previous_model_id": "m1", "activated": 1, "new_score": 0.8, "previous_score": 0.7,
-         "reason": "better", "decided_at": "t3"},
+        Activation(id=1, model_id="m1", previous_model_id=None, activated=1, new_score=0.7, previous_score=None,
+                   reason="first", decided_at="t1"),
+        Activation(id=2, model_id="m2", previous_model_id="m1", activated=0, new_score=0.6, previous_score=0.7,
+                   reason="worse", decided_at="t2"),
+        Activation(id=3, model_id="m3", previous_model_id="m1", activated=1, new_score=0.8, previous_score=0.7,
+                   reason="better", decided_at="t3"),
     ]  # fmt: skip
     history = shaping.activation_history(decisions)
     assert [(h["model"], h["activated"], h["new score"], h["its score"]) for h in history] == [
@@ -206,8 +199,8 @@ def test_measurement_table_and_csv():
             "relpath": "d/a.tif",
             "model_id": "m",
             "processed_at": "2026-01-01T00:00:00+00:00",
-            "row": json.dumps({"image": "d/a.tif", "class_index": 1, "class_name": "cell", "pixel_fraction": 0.25,
-                               "object_count": 3, "area_mean_px": None}),
+            "row": {"image": "d/a.tif", "class_index": 1, "class_name": "cell", "pixel_fraction": 0.25,
+                    "object_count": 3, "area_mean_px": None},
         }
     ]  # fmt: skip
     table = shaping.measurement_table(rows)
@@ -232,15 +225,15 @@ def test_measurement_table_and_csv():
 
 def test_rejected_set_rows_one_per_problem():
     intakes = [
-        {"name": "ok", "status": "accepted", "problems": []},
-        {
-            "name": "bad",
-            "status": "rejected",
-            "inbox_path": "/in/bad",
-            "detected_at": "t",
-            "problems": [{"file": "masks/x.png", "message": "no image"}, {"file": "", "message": "empty"}],
-        },
-        {"name": "odd", "status": "rejected", "inbox_path": "/in/odd", "detected_at": "t", "problems": []},
+        Intake(name="ok", status="accepted", problems=[]),
+        Intake(
+            name="bad",
+            status="rejected",
+            inbox_path="/in/bad",
+            detected_at="t",
+            problems=[{"file": "masks/x.png", "message": "no image"}, {"file": "", "message": "empty"}],
+        ),
+        Intake(name="odd", status="rejected", inbox_path="/in/odd", detected_at="t", problems=[]),
     ]
     rows = shaping.rejected_set_rows(intakes)
     assert [(r["set"], r["file"], r["problem"]) for r in rows] == [
@@ -255,14 +248,13 @@ def test_formatting():
     assert shaping.format_bytes(2048) == "2.0 KB"
     assert shaping.parse_time("2026-01-01T00:00:00") == datetime(2026, 1, 1, tzinfo=UTC)
     assert shaping.parse_time("garbage") is None
-    assert shaping.decoded('{"a": 1}') == {"a": 1} and shaping.decoded([1]) == [1] and shaping.decoded("oops") is None
 
 
 def test_local_time_and_event_rows():
     assert shaping.local_time("2026-01-01T12:00:00+00:00", tz=UTC) == "2026-01-01 12:00:00"
-    rows = shaping.event_rows([{"at": None, "level": "info", "run_id": None, "message": "service started"}])
+    rows = shaping.event_rows([Event(level="info", message="service started")])
     assert rows == [{"at": "", "level": "info", "run": "service", "message": "service started"}]
-    assert "run" not in shaping.event_rows([{"at": None, "level": "info", "message": "m"}], with_run=False)[0]
+    assert "run" not in shaping.event_rows([Event(level="info", message="m")], with_run=False)[0]
 
 
 def test_doctests_of_the_module():

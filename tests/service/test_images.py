@@ -24,9 +24,9 @@ def test_a_file_is_registered_once_after_it_stopped_changing(settings, store, de
     assert detector.tick(clock=0.5) == []  # not yet stable for 1 s
     (identifier,) = detector.tick(clock=1.2)
     image = store.image(identifier)
-    assert (image["project"], image["relpath"], image["status"]) == ("phase-demo", "day1/set20.tif", "queued")
+    assert (image.project, image.relpath, image.status) == ("phase-demo", "day1/set20.tif", "queued")
     (job,) = store.jobs("segment")
-    assert job["key"] == identifier and job["project"] == "phase-demo"
+    assert job.key == identifier and job.project == "phase-demo"
     detector.rescan()
     assert detector.tick(clock=5.0) == [] and detector.tick(clock=10.0) == []
     os.utime(target)  # touched, same content: nothing new
@@ -54,7 +54,7 @@ def test_a_tiff_written_in_chunks_is_registered_only_when_complete(settings, sto
             assert detector.tick(clock=clock) == []
             clock += 0.8  # pauses shorter than stable_seconds
     (identifier,) = [*detector.tick(clock=clock), *detector.tick(clock=clock + 1.1)]
-    assert store.image(identifier)["size"] == len(payload)
+    assert store.image(identifier).size == len(payload)
 
 
 def test_a_changed_file_is_a_new_version(settings, store, demo_images_dir):
@@ -70,7 +70,7 @@ def test_a_changed_file_is_a_new_version(settings, store, demo_images_dir):
     detector.tick(clock=2.0)
     (second,) = detector.tick(clock=3.5)
     assert first != second and len(store.jobs("segment")) == 2
-    assert store.latest_image("phase-demo", "a.tif")["id"] == second
+    assert store.latest_image("phase-demo", "a.tif").id == second
 
 
 def test_hidden_temporary_and_misplaced_files_are_not_images(settings, store, demo_images_dir):
@@ -85,7 +85,7 @@ def test_hidden_temporary_and_misplaced_files_are_not_images(settings, store, de
     detector.rescan()
     detector.tick(clock=0.0)
     assert detector.tick(clock=5.0) == [] and store.jobs() == []
-    messages = " | ".join(event["message"] for event in store.events())
+    messages = " | ".join(event.message for event in store.events())
     assert "no-project.tif: images must be in a project folder" in messages
     assert "'bad project!' is not a valid project name" in messages
 
@@ -99,11 +99,11 @@ def test_a_name_that_is_not_utf8_is_reported_once_and_the_other_images_go_on(set
     detector.rescan()
     detector.tick(clock=0.0)
     (identifier,) = detector.tick(clock=5.0)
-    assert store.image(identifier)["relpath"] == "plain.tif"
+    assert store.image(identifier).relpath == "plain.tif"
     detector.rescan()
     detector.tick(clock=10.0)
-    (event,) = [e for e in store.events() if "UTF-8" in e["message"]]
-    assert "caf\\xe9.tif: the name 'caf\\xe9.tif' is not valid UTF-8 text" in event["message"]
+    (event,) = [e for e in store.events() if "UTF-8" in e.message]
+    assert "caf\\xe9.tif: the name 'caf\\xe9.tif' is not valid UTF-8 text" in event.message
 
 
 def test_a_file_that_cannot_be_checked_does_not_stop_the_others(settings, store, demo_images_dir, monkeypatch):
@@ -123,5 +123,5 @@ def test_a_file_that_cannot_be_checked_does_not_stop_the_others(settings, store,
     detector.rescan()
     detector.tick(clock=0.0)
     (identifier,) = detector.tick(clock=5.0)
-    assert store.image(identifier)["relpath"] == "b.tif"
-    assert any("a.tif: could not be checked (OSError: input/output error)" in e["message"] for e in store.events())
+    assert store.image(identifier).relpath == "b.tif"
+    assert any("a.tif: could not be checked (OSError: input/output error)" in e.message for e in store.events())

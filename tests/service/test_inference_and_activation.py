@@ -107,7 +107,7 @@ def test_waiting_images_are_segmented_once_when_a_model_activates(
     rows = _csv_rows(settings)
     assert [row["image"] for row in rows] == [f"plate1/{n}.tif" for n in ("set20", "set21", "set22")]
     assert {row["model_id"] for row in rows} == {model_id} and {row["class_name"] for row in rows} == {"cell"}
-    assert {image["status"] for image in store.images()} == {"done"}
+    assert {image.status for image in store.images()} == {"done"}
 
 
 def test_an_interrupted_image_is_done_again_without_a_duplicate_row(
@@ -119,7 +119,7 @@ def test_an_interrupted_image_is_done_again_without_a_duplicate_row(
     worker.run_once()
     store.claim("segment", "a worker that died", lease_seconds=3600)  # killed mid-image
     (settings.results / "phase-demo" / "plate1" / "set21_mask.tif").write_bytes(b"half a file")
-    assert [job["status"] for job in store.recover_jobs()] == ["queued"]
+    assert [job.status for job in store.recover_jobs()] == ["queued"]
     while worker.run_once():
         pass
     assert len(_csv_rows(settings)) == 2
@@ -139,7 +139,7 @@ def test_a_changed_image_replaces_its_rows(settings, store, demo_images_dir, dem
     (new_version,) = detector.tick(clock=2.0)
     worker.run_once()
     (row,) = _csv_rows(settings)
-    assert row["image"] == "plate1/set20.tif" and store.image(new_version)["status"] == "done"
+    assert row["image"] == "plate1/set20.tif" and store.image(new_version).status == "done"
     assert len(store.images(status="done")) == 2  # both versions are on record
 
 
@@ -161,11 +161,11 @@ def test_an_unreadable_image_fails_with_its_reason_unless_it_may_still_be_writte
     worker.run_once()
     worker.run_once()
     old = store.latest_image("phase-demo", "old.tif")
-    assert old["status"] == "failed" and "cannot be decoded" in old["error"]
-    assert store.job(old["job_id"])["status"] == "failed"
-    fresh = store.job(store.latest_image("phase-demo", "fresh.tif")["job_id"])
-    assert fresh["status"] == "queued" and fresh["attempts"] == 0 and fresh["not_before"] > 0
-    assert any("old.tif not segmented" in event["message"] for event in store.events())
+    assert old.status == "failed" and "cannot be decoded" in old.error
+    assert store.job(old.job_id).status == "failed"
+    fresh = store.job(store.latest_image("phase-demo", "fresh.tif").job_id)
+    assert fresh.status == "queued" and fresh.attempts == 0 and fresh.not_before > 0
+    assert any("old.tif not segmented" in event.message for event in store.events())
 
 
 def test_a_better_or_equal_model_activates_a_worse_one_does_not(
@@ -182,9 +182,9 @@ def test_a_better_or_equal_model_activates_a_worse_one_does_not(
     decision = decide_activation(store, model_id=worse, project="p", quality_gate=False)
     assert not decision.activated and decision.new_score < decision.previous_score
     assert "new 0.000 < active" in decision.reason and f"appliance activate p {worse}" in decision.reason
-    assert store.active_model("p")["id"] == same
-    assert [(a["model_id"], a["activated"]) for a in store.activations("p")] == [(first, 1), (same, 1), (worse, 0)]
-    assert [m["id"] for m in store.models() if m["active"]] == [same]
+    assert store.active_model("p").id == same
+    assert [(a.model_id, a.activated) for a in store.activations("p")] == [(first, 1), (same, 1), (worse, 0)]
+    assert [m.id for m in store.models() if m.active] == [same]
     assert decide_activation(store, model_id=worse, project="p") == decision  # decided once
 
 
@@ -198,12 +198,12 @@ def test_a_model_that_does_not_beat_otsu_is_registered_not_activated_until_an_ad
     assert decision.reason.startswith("not better than Otsu thresholding: test mean IoU with background")
     assert f"`appliance activate p {model_id}`" in decision.reason and "larger budget" in decision.reason
     (row,) = store.activations("p")
-    assert row["activated"] == 0 and row["baseline_score"] == pytest.approx(decision.baseline_score)
-    assert any("not activated" in e["message"] and e["level"] == "warning" for e in store.events())
+    assert row.activated == 0 and row.baseline_score == pytest.approx(decision.baseline_score)
+    assert any("not activated" in e.message and e.level == "warning" for e in store.events())
 
     activate_by_hand(store, project="p", model_id=model_id, note="activated by hand")
-    assert store.active_model("p")["id"] == model_id
-    assert store.activations("p")[-1]["reason"].startswith("activated by hand")
+    assert store.active_model("p").id == model_id
+    assert store.activations("p")[-1].reason.startswith("activated by hand")
     with pytest.raises(ActivationError, match="already the active model of project p"):
         activate_by_hand(store, project="p", model_id=model_id, note="again")
     with pytest.raises(ActivationError, match="not in the registry"):
@@ -213,7 +213,7 @@ def test_a_model_that_does_not_beat_otsu_is_registered_not_activated_until_an_ad
 def test_a_model_that_beats_otsu_is_activated_with_both_numbers(store, demo_set_dir, trained_model, tmp_path):
     own_set = labelled_by(trained_model, demo_set_dir, tmp_path / "labelled-by-the-model")
     decision = decide_activation(store, model_id=register(store, trained_model, own_set), project="p")
-    assert decision.activated and store.active_model("p")["id"] == decision.model_id
+    assert decision.activated and store.active_model("p").id == decision.model_id
     assert decision.model_mean_iou == pytest.approx(1.0) and decision.baseline_score < 1.0
     assert decision.reason.startswith("first model of the project (beats Otsu thresholding: mean IoU with background")
 
@@ -225,8 +225,8 @@ def test_training_waits_while_the_disk_is_below_the_reserve(settings, store):
     supervisor = TrainingSupervisor(settings, store, log=lambda m: None)
     assert not supervisor.run_once(threading.Event()) and not supervisor.run_once(threading.Event())
     assert supervisor.state == "waiting for disk" and "below the reserve of 1e+09 GB" in supervisor.detail
-    assert store.jobs("train")[0]["status"] == "queued"
-    assert [e["message"] for e in store.events()].count(f"training waits: {supervisor.detail}") == 1
+    assert store.jobs("train")[0].status == "queued"
+    assert [e.message for e in store.events()].count(f"training waits: {supervisor.detail}") == 1
 
 
 def test_an_unforeseen_error_spends_an_attempt_and_a_poison_image_ends_failed(
@@ -246,11 +246,11 @@ def test_an_unforeseen_error_spends_an_attempt_and_a_poison_image_ends_failed(
         clock[0] += settings.stable_seconds + 1  # past the retry delay
         assert runs <= settings.max_attempts
     (job,) = store.jobs("segment")
-    assert runs == settings.max_attempts == job["attempts"] and job["status"] == "failed"
-    assert job["error"] == "ZeroDivisionError: division by zero"
+    assert runs == settings.max_attempts == job.attempts and job.status == "failed"
+    assert job.error == "ZeroDivisionError: division by zero"
     (image,) = store.images()
-    assert image["status"] == "failed" and "ZeroDivisionError" in image["error"]
-    assert any("not segmented: ZeroDivisionError" in e["message"] for e in store.events())
+    assert image.status == "failed" and "ZeroDivisionError" in image.error
+    assert any("not segmented: ZeroDivisionError" in e.message for e in store.events())
 
 
 def test_two_images_with_one_stem_keep_separate_results(settings, store, demo_images_dir, demo_set_dir, trained_model):
@@ -307,9 +307,9 @@ def test_an_image_overwritten_a_b_a_ends_with_the_results_of_a(
     assert np.array_equal(tifffile.imread(settings.results / "phase-demo" / "a_mask.tif"), expected)
     (row,) = _csv_rows(settings)
     latest = store.latest_image("phase-demo", "a.tif")
-    assert latest["status"] == "done" and row["image"] == "a.tif"
-    assert latest["content_hash"] == store.images()[0]["content_hash"]  # the first version is the latest again
-    assert [job["attempts"] for job in store.jobs("segment")] == [1, 1]
+    assert latest.status == "done" and row["image"] == "a.tif"
+    assert latest.content_hash == store.images()[0].content_hash  # the first version is the latest again
+    assert [job.attempts for job in store.jobs("segment")] == [1, 1]
 
 
 def test_a_file_written_on_while_it_is_segmented_gets_the_results_of_its_final_content(
@@ -338,7 +338,7 @@ def test_a_file_written_on_while_it_is_segmented_gets_the_results_of_its_final_c
     monkeypatch.setattr(predictor, "segment", segment_while_the_writer_finishes)
     assert worker.run_once()
     monkeypatch.setattr(predictor, "segment", real_segment)
-    assert store.images()[0]["status"] == "superseded"
+    assert store.images()[0].status == "superseded"
     assert not (settings.results / "phase-demo" / "a_mask.tif").exists()
     detector.rescan()
     detector.tick(clock=10.0)
@@ -364,8 +364,8 @@ def test_training_that_fills_the_disk_is_paused_without_spending_an_attempt(sett
     supervisor = _supervisor_with_child(settings, store, script)
     assert supervisor.run_once(threading.Event())
     (job,) = store.jobs("train")
-    assert job["status"] == "queued" and job["attempts"] == 0 and "paused for disk space" in job["error"]
-    assert "paused, no attempt spent: the disk filled up" in store.events()[0]["message"]
+    assert job.status == "queued" and job.attempts == 0 and "paused for disk space" in job.error
+    assert "paused, no attempt spent: the disk filled up" in store.events()[0].message
 
 
 def test_running_training_stops_resumably_when_the_disk_runs_low(settings, store, monkeypatch):
@@ -378,7 +378,7 @@ def test_running_training_stops_resumably_when_the_disk_runs_low(settings, store
     # the child was interrupted, not waited for (a loaded machine once took 31 s to start and stop it)
     assert time.monotonic() - started < 300
     (job,) = store.jobs("train")
-    assert job["status"] == "queued" and job["attempts"] == 0 and "only 0.1 GB free" in job["error"]
+    assert job.status == "queued" and job.attempts == 0 and "only 0.1 GB free" in job.error
 
 
 def test_intake_pauses_while_the_disk_is_below_the_reserve_and_resumes(settings, store, demo_set_dir):
@@ -389,7 +389,7 @@ def test_intake_pauses_while_the_disk_is_below_the_reserve_and_resumes(settings,
     intake.scan()
     assert intake.tick(clock=0.0) == [] and intake.tick(clock=100.0) == [] and store.jobs() == []
     assert "below the reserve of 1e+09 GB" in intake.paused
-    assert [e["message"] for e in store.events()].count(f"intake of labelled sets paused: {intake.paused}") == 1
+    assert [e.message for e in store.events()].count(f"intake of labelled sets paused: {intake.paused}") == 1
     intake.settings = settings
     intake.tick(clock=200.0)
     (decision,) = intake.tick(clock=210.0)

@@ -1,6 +1,5 @@
 """Intake of labelled sets: completeness, validation of a hashed copy, REJECTED.txt, no retraining of the same set."""
 
-import json
 import shutil
 import time
 
@@ -23,9 +22,9 @@ def test_a_complete_set_is_copied_with_hashes_and_queued_once(settings, store, d
     copied = sorted(p.relative_to(decision.store_dir).as_posix() for p in decision.store_dir.rglob("*.png"))
     assert copied == sorted(p.relative_to(dropped_set).as_posix() for p in dropped_set.rglob("*.png"))
     (job,) = store.jobs("train")
-    payload = json.loads(job["payload"])
+    payload = job.payload
     assert payload["set_dir"] == str(decision.store_dir.resolve()) and payload["budget"] == 40.0
-    assert job["key"].startswith(decision.store_dir.name.rsplit("-", 1)[1])
+    assert job.key.startswith(decision.store_dir.name.rsplit("-", 1)[1])
     assert not (dropped_set / REJECTED_FILE).exists()
     # nothing changed: never decided again
     intake.scan()
@@ -59,7 +58,7 @@ def test_the_same_set_again_does_not_retrain_a_changed_one_does(settings, store,
     first = intake.decide(dropped_set)
     again = intake.decide(shutil.copytree(dropped_set, settings.labelled_inbox / "phase_cells_copy"))
     assert again.status == "accepted" and not again.new_job and again.job_id == first.job_id
-    assert "already known" in store.events()[0]["message"]
+    assert "already known" in store.events()[0].message
     (dropped_set / "images" / "set1.png").write_bytes((dropped_set / "images" / "set2.png").read_bytes())
     changed = intake.decide(dropped_set)
     assert changed.new_job and changed.job_id != first.job_id and changed.store_dir != first.store_dir
@@ -88,11 +87,11 @@ def test_each_kind_of_bad_set_is_rejected_with_its_reason_and_the_inbox_untouche
     assert decision.status == "rejected"
     text = (folder / REJECTED_FILE).read_text()
     assert expected in text, text
-    assert len(text) < 20_000 and all(len(event["message"]) < 2_200 for event in store.events())
+    assert len(text) < 20_000 and all(len(event.message) < 2_200 for event in store.events())
     assert tree_digest(settings.labelled_inbox, ignore_name=REJECTED_FILE) == before
     (row,) = store.intakes()
-    assert row["status"] == "rejected" and any(expected in f"{p['file']}: {p['message']}" for p in row["problems"])
-    assert "rejected" in store.events()[0]["message"] and store.jobs() == []
+    assert row.status == "rejected" and any(expected in f"{p['file']}: {p['message']}" for p in row.problems)
+    assert "rejected" in store.events()[0].message and store.jobs() == []
     assert [p.name for p in settings.sets_dir.iterdir()] == []  # the staging copy is gone
     # writing REJECTED.txt is no change to the set: it is not looked at again
     intake.notice(folder / REJECTED_FILE)
@@ -116,7 +115,7 @@ def test_a_folder_that_cannot_be_checked_does_not_stop_the_others(settings, stor
         intake.scan()
         decisions = intake.tick(clock=clock)
     assert [d.folder.name for d in decisions] == ["phase_cells"]
-    errors = [e["message"] for e in store.events() if e["level"] == "error"]
+    errors = [e.message for e in store.events() if e.level == "error"]
     assert errors == ["labelled set broken: could not be checked (OSError: input/output error)"]
 
 
@@ -124,12 +123,12 @@ def test_the_same_set_dropped_again_after_its_job_failed_is_queued_again(setting
     intake = Intake(settings, store, log=lambda m: None)
     first = intake.decide(dropped_set)
     job = store.claim("train", "w", lease_seconds=60)
-    store.give_up(job["id"], "w", "CUDA out of memory")
+    store.give_up(job.id, "w", "CUDA out of memory")
     again = intake.decide(shutil.copytree(dropped_set, settings.labelled_inbox / "phase_cells_again"))
     assert again.job_id == first.job_id and again.new_job
     job = store.job(first.job_id)
-    assert job["status"] == "queued" and job["attempts"] == 0 and job["error"] is None
-    assert "failed before" in store.events()[0]["message"]
+    assert job.status == "queued" and job.attempts == 0 and job.error is None
+    assert "failed before" in store.events()[0].message
 
 
 def test_a_ready_file_that_came_first_does_not_make_a_partial_set_complete(settings, store, dropped_set):
@@ -152,6 +151,6 @@ def test_a_newer_version_of_a_set_cancels_the_queued_job_of_the_older_one(settin
     older = intake.decide(dropped_set)
     (dropped_set / "images" / "set1.png").write_bytes((dropped_set / "images" / "set2.png").read_bytes())
     newer = intake.decide(dropped_set)
-    assert newer.new_job and store.job(older.job_id)["status"] == "superseded"
-    assert f"queued job(s) {older.job_id} of its earlier version cancelled" in store.events()[0]["message"]
-    assert store.claim("train", "w", lease_seconds=60)["id"] == newer.job_id
+    assert newer.new_job and store.job(older.job_id).status == "superseded"
+    assert f"queued job(s) {older.job_id} of its earlier version cancelled" in store.events()[0].message
+    assert store.claim("train", "w", lease_seconds=60).id == newer.job_id

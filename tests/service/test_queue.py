@@ -32,28 +32,28 @@ def test_two_workers_never_get_the_same_job(settings):
     def worker(name: str) -> None:
         store = Store(settings.store_path)
         while (job := store.claim("segment", name, lease_seconds=60)) is not None:
-            claimed.append(job["id"])
-            store.complete(job["id"], name)
+            claimed.append(job.id)
+            store.complete(job.id, name)
 
     threads = [threading.Thread(target=worker, args=(f"w{n}",)) for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(claimed) == [job["id"] for job in setup.jobs()]
-    assert {job["status"] for job in setup.jobs()} == {"done"}
+    assert sorted(claimed) == [job.id for job in setup.jobs()]
+    assert {job.status for job in setup.jobs()} == {"done"}
 
 
 def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_finish(settings):
     clock = FakeClock()
     store = Store(settings.store_path, clock=clock)
     job_id, _ = store.enqueue("train", "k")
-    assert store.claim("train", "a", lease_seconds=30)["id"] == job_id
+    assert store.claim("train", "a", lease_seconds=30).id == job_id
     clock.advance(29.9)
     assert store.claim("train", "b", lease_seconds=60) is None  # still leased
     clock.advance(0.2)
     taken = store.claim("train", "b", lease_seconds=60)
-    assert taken["id"] == job_id and taken["attempts"] == 2 and taken["lease_owner"] == "b"
+    assert taken.id == job_id and taken.attempts == 2 and taken.lease_owner == "b"
     assert not store.heartbeat(job_id, "a", lease_seconds=60)
     assert not store.complete(job_id, "a")
     assert store.heartbeat(job_id, "b", lease_seconds=60) and store.complete(job_id, "b")
@@ -69,7 +69,7 @@ def test_a_heartbeat_keeps_the_lease(settings):
         assert store.heartbeat(job_id, "a", lease_seconds=20)
     assert store.claim("train", "b", lease_seconds=60) is None
     clock.advance(21)  # no heartbeat for longer than the lease
-    assert store.claim("train", "b", lease_seconds=60)["lease_owner"] == "b"
+    assert store.claim("train", "b", lease_seconds=60).lease_owner == "b"
 
 
 def test_failures_are_retried_up_to_max_attempts_then_failed(settings):
@@ -84,10 +84,10 @@ def test_failures_are_retried_up_to_max_attempts_then_failed(settings):
     store.claim("train", "w", lease_seconds=60)
     assert store.fail(job_id, "w", "boom 2") == "failed"
     job = store.job(job_id)
-    assert job["attempts"] == 2 and job["error"] == "boom 2" and job["finished_at"]
+    assert job.attempts == 2 and job.error == "boom 2" and job.finished_at
     assert store.claim("train", "w", lease_seconds=60) is None
     store.retry(job_id)
-    assert store.claim("train", "w", lease_seconds=60)["attempts"] == 1
+    assert store.claim("train", "w", lease_seconds=60).attempts == 1
 
 
 def test_release_gives_the_job_back_without_counting_the_attempt(store):
@@ -95,7 +95,7 @@ def test_release_gives_the_job_back_without_counting_the_attempt(store):
     store.claim("train", "w", lease_seconds=60)
     store.release(job_id, "w", note="shutdown")
     job = store.claim("train", "w", lease_seconds=60)
-    assert job["id"] == job_id and job["attempts"] == 1
+    assert job.id == job_id and job.attempts == 1
 
 
 def test_recovery_after_a_crash_requeues_running_jobs_within_their_attempts(store):
@@ -103,16 +103,16 @@ def test_recovery_after_a_crash_requeues_running_jobs_within_their_attempts(stor
     exhausted, _ = store.enqueue("train", "b", max_attempts=1)
     store.claim("train", "dead", lease_seconds=3600)
     store.claim("train", "dead", lease_seconds=3600)
-    touched = {job["id"]: job["status"] for job in store.recover_jobs()}
+    touched = {job.id: job.status for job in store.recover_jobs()}
     assert touched == {survivor: "queued", exhausted: "failed"}
-    assert "interrupted" in store.job(exhausted)["error"]
+    assert "interrupted" in store.job(exhausted).error
 
 
 def test_claims_can_be_limited_to_projects_with_a_model(store):
     store.enqueue("segment", "x", project="waiting")
     ready, _ = store.enqueue("segment", "y", project="ready")
     assert store.claim("segment", "w", lease_seconds=60, projects=[]) is None
-    assert store.claim("segment", "w", lease_seconds=60, projects=["ready"])["id"] == ready
+    assert store.claim("segment", "w", lease_seconds=60, projects=["ready"]).id == ready
     assert store.claim("segment", "w", lease_seconds=60, projects=["ready"]) is None
 
 
@@ -120,8 +120,8 @@ def test_a_job_whose_worker_keeps_dying_ends_failed_at_its_attempt_limit(store):
     job_id, _ = store.enqueue("segment", "poison", max_attempts=3)
     for attempt in (1, 2, 3):
         job = store.claim("segment", f"w{attempt}", lease_seconds=-1)  # the worker dies: its lease lapses
-        assert job["id"] == job_id and job["attempts"] == attempt
+        assert job.id == job_id and job.attempts == attempt
     assert store.claim("segment", "w4", lease_seconds=60) is None
     job = store.job(job_id)
-    assert job["status"] == "failed" and job["attempts"] == 3 and job["finished_at"]
-    assert "stopped responding 3 time(s); no attempts left" in job["error"]
+    assert job.status == "failed" and job.attempts == 3 and job.finished_at
+    assert "stopped responding 3 time(s); no attempts left" in job.error

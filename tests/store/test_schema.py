@@ -35,13 +35,13 @@ def test_a_store_from_before_schema_versions_is_upgraded_in_place_with_its_rows(
     for name, (columns, _) in SCHEMA.items():
         assert set(columns) <= set(store.db[name].columns_dict), name
     assert store.db.execute("pragma integrity_check").fetchall() == [("ok",)]
-    assert [r["status"] for r in store.runs()].count("finished") == 2
+    assert [r.status for r in store.runs()].count("finished") == 2
     assert store.projects() == ["nuclei-screen", "phase-demo"]
     assert store.active_model("phase-demo") is not None
     decisions = store.activations("phase-demo")
-    assert decisions and all(d["baseline_score"] is None for d in decisions)  # unknown for old decisions
-    assert all(m["project"] for m in store.models())  # filled in from what the old store knew
-    assert store.model(store.active_model("phase-demo")["id"])["project"] == "phase-demo"
+    assert decisions and all(d.baseline_score is None for d in decisions)  # unknown for old decisions
+    assert all(m.project for m in store.models())  # filled in from what the old store knew
+    assert store.model(store.active_model("phase-demo").id).project == "phase-demo"
     store.close()
     assert Store(path).schema_version() == SCHEMA_VERSION  # the second open changes nothing
 
@@ -78,5 +78,5 @@ def test_upgrading_to_4_gives_each_model_its_project_from_its_decision_then_its_
     store.db.execute("PRAGMA user_version = 3")
     store.close()
     upgraded = Store(path)
-    assert {m["set_name"]: m["project"] for m in upgraded.models()} == {"a": "phase", "b": "plates", "c": "c"}
-    assert upgraded.run(runs["b"])["project"] == "plates"
+    assert {m.set_name: m.project for m in upgraded.models()} == {"a": "phase", "b": "plates", "c": "c"}
+    assert upgraded.run(runs["b"]).project == "plates"

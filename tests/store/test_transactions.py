@@ -12,10 +12,10 @@ def test_entering_a_race_is_all_or_nothing(tmp_path):
     trials = [(1, "c-a", {"patch_size": 64}, 0.9), (2, "c-b", {"patch_size": 128}, 0.5)]
     with pytest.raises(TypeError):
         store.enter_race(run_id, ranking, trials, {"n": 2, "bad": object()})  # the plan cannot be written
-    assert store.ranking(run_id) == [] and store.trials(run_id) == [] and store.run(run_id)["plan"] is None
+    assert store.ranking(run_id) == [] and store.trials(run_id) == [] and store.run(run_id).plan is None
     store.enter_race(run_id, ranking, trials, {"n": 2})
-    assert [t["config_id"] for t in store.trials(run_id)] == ["c-a", "c-b"]
-    assert len(store.ranking(run_id)) == 2 and store.run(run_id)["plan"] == {"n": 2}
+    assert [t.config_id for t in store.trials(run_id)] == ["c-a", "c-b"]
+    assert len(store.ranking(run_id)) == 2 and store.run(run_id).plan == {"n": 2}
 
 
 def test_a_finished_step_and_its_dropped_trials_are_one_write(tmp_path):
@@ -25,7 +25,7 @@ def test_a_finished_step_and_its_dropped_trials_are_one_write(tmp_path):
     with pytest.raises(TypeError):
         store.finish_step(run_id, 0, active=[1, 2], survivors=[object()], seconds=1.0)
     assert store.finished_steps(run_id) == []
-    assert {t["status"] for t in store.trials(run_id)} == {"active"}
+    assert {t.status for t in store.trials(run_id)} == {"active"}
 
 
 def test_a_model_whose_export_never_finished_is_replaced_not_kept_beside_the_new_one(tmp_path):
@@ -35,7 +35,7 @@ def test_a_model_whose_export_never_finished_is_replaced_not_kept_beside_the_new
     other = store.create_run(set_name="t", budget_seconds=60.0, top_n=2, seed=0)
     kept = store.register_model(run_id=other, set_name="t", config_id="c-b", path="/models/b")
     new = store.register_model(run_id=run_id, set_name="s", config_id="c-a", path="")
-    assert sorted(m["id"] for m in store.models()) == sorted([kept, new])
+    assert sorted(m.id for m in store.models()) == sorted([kept, new])
 
 
 def test_a_write_transaction_waits_for_another_writer_instead_of_failing(tmp_path):
@@ -66,4 +66,4 @@ def test_a_write_transaction_waits_for_another_writer_instead_of_failing(tmp_pat
         store.db.execute("insert into events (at, level, message) values ('now', 'info', 'ours')")
     thread.join()
     assert other_errors == []
-    assert sorted(e["message"] for e in store.events()) == ["other", "ours"]
+    assert sorted(e.message for e in store.events()) == ["other", "ours"]
