@@ -146,6 +146,20 @@ def test_a_fixed_n_races_exactly_that_many_and_can_leave_the_default_out():
     assert plan.schedule.active == [3, 1]
 
 
+def test_a_fixed_n_passes_over_configurations_that_cannot_take_one_step_in_their_first_slice():
+    table = cpu_like_table()
+    slow = PipelineConfig(patch_size=256, batch_size=32, encoder="resnet50")  # ~5 s a step on this table
+    order = time_aware_order(scored_ranking(lambda c: 2.0 if c == slow else -c.learning_rate), table)
+    assert order[0].config == slow
+    plan = plan_race(order, budget_seconds=24.0, overhead=no_overhead, trials=3, include_default=False)
+    first = plan.schedule.slice_seconds[0]
+    assert first < 1 / table.get(slow).steps_per_second  # its first step alone would overrun the slice
+    assert slow not in [c.config for c in plan.trials] and len(plan.trials) == 3
+    assert "1 configuration(s) passed over" in plan.reason
+    roomy = plan_race(order, budget_seconds=3600.0, overhead=no_overhead, trials=3, include_default=False)
+    assert roomy.trials[0].config == slow and roomy.reason == "n = 3 as asked"  # a step fits: no floor applies
+
+
 def test_the_plan_is_recorded_as_plain_data():
     _, plan = _plan(900.0)
     data = plan.to_dict()
