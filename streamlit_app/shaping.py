@@ -189,6 +189,20 @@ def race_plan(run: Run) -> dict | None:
     }
 
 
+def living_metabase_line(rows: int, runs: int, sets: Sequence[str], devices: Sequence[str]) -> str:
+    """What the data dir's living meta-base holds, for people.
+
+    >>> living_metabase_line(0, 0, (), ())
+    "This appliance's meta-base: no learning curves yet (each finished, ranked run adds its own)."
+    >>> living_metabase_line(14, 2, ("hela",), ("cpu",))
+    "This appliance's meta-base: 14 learning-curve points from 2 run(s) on hela (cpu)."
+    """
+    if not rows:
+        return "This appliance's meta-base: no learning curves yet (each finished, ranked run adds its own)."
+    where = ", ".join(sets) + (f" ({', '.join(devices)})" if devices else "")
+    return f"This appliance's meta-base: {rows} learning-curve points from {runs} run(s) on {where}."
+
+
 def test_image_count(run: Run | None) -> int | None:
     """How many test images a run's test IoU rests on (None when its split is unknown).
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from appliance.automl.metafeatures import engineered_features
 from appliance.data.io import atomic_write
+from appliance.metalearning.base import LIVING_METABASE
 from appliance.metalearning.builder import write_rows
 from appliance.pipeline.config import PipelineConfig
 from appliance.store import Store
 from appliance.version import code_version
 
-LIVING_METABASE = "metabase.csv"
 FEATURES_FILE = "meta-features.json"
 
 

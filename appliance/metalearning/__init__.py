@@ -35,12 +35,15 @@ shows mean +- std over seeds.
 
 from appliance.metalearning.base import (
     HYPERPARAMETERS,
+    LIVING_METABASE,
     META_FILE,
     MODEL_FILE,
     TARGET,
     MetaBase,
     MetaBaseError,
+    MetabaseSummary,
     load_metabase,
+    summarise_metabase,
 )
 from appliance.metalearning.evaluation import EvaluationTable, evaluate, set_metrics, top_count
 from appliance.metalearning.features import parse_variant
@@ -50,6 +53,7 @@ from appliance.metalearning.model import MetaModel, rank_configurations, work_do
 __all__ = [
     "DEFAULT_MODELS",
     "HYPERPARAMETERS",
+    "LIVING_METABASE",
     "META_FILE",
     "MODELS",
     "MODEL_FILE",
@@ -58,12 +62,14 @@ __all__ = [
     "MetaBase",
     "MetaBaseError",
     "MetaModel",
+    "MetabaseSummary",
     "ModelSpec",
     "evaluate",
     "load_metabase",
     "parse_variant",
     "rank_configurations",
     "set_metrics",
+    "summarise_metabase",
     "top_count",
     "work_doubling_gain",
 ]

@@ -183,3 +183,34 @@ def load_metabase(path: str | Path) -> MetaBase:
             f"it needs {', '.join(REQUIRED_COLUMNS)} (rebuild it with the meta-base builder)"
         )
     return MetaBase.from_rows(rows, source=str(path))
+
+
+LIVING_METABASE = "metabase.csv"
+"""The living meta-base's file in the data dir (:mod:`appliance.automl.living`): what this appliance's runs measured."""
+
+
+@dataclass(frozen=True)
+class MetabaseSummary:
+    """How much a meta-base CSV holds: rows (curve points), runs, and the sets and devices they came from."""
+
+    rows: int
+    runs: int
+    sets: tuple[str, ...]
+    devices: tuple[str, ...]
+
+
+def summarise_metabase(path: str | Path) -> MetabaseSummary:
+    """Count a meta-base CSV without loading it as a table (cheap enough for the status page); an absent file holds
+    nothing. A run is one ``source`` (the living meta-base's ``run <id>``), else one (set, configuration, seed)."""
+    path = Path(path)
+    if not path.is_file():
+        return MetabaseSummary(0, 0, (), ())
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    runs = {row.get("source") or (row.get("set"), row.get("config_id"), row.get("seed")) for row in rows}
+    return MetabaseSummary(
+        rows=len(rows),
+        runs=len(runs),
+        sets=tuple(sorted({row["set"] for row in rows if row.get("set")})),
+        devices=tuple(sorted({row["device"] for row in rows if row.get("device")})),
+    )

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from appliance.automl.schedule import step_count
+from appliance.metalearning.base import LIVING_METABASE, summarise_metabase
 from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
 from appliance.store import RUNNING_RUN, Run, RunStatus, StepResult, Trial, TrialStatus
 from streamlit_app import common, shaping
@@ -49,7 +50,7 @@ def halving_chart(rows: list[dict], steps_total: int, metric: str) -> alt.LayerC
     return alt.layer(dropped, alive).properties(height=320)
 
 
-def run_label(run: dict) -> str:
+def run_label(run: Run) -> str:
     return f"{run.id} · {run.set_name or '?'} · {run.status}"
 
 
@@ -79,7 +80,16 @@ def budget(run: Run, results: list[StepResult], trials: list[Trial]) -> None:
         st.error(run.error)
 
 
-def plan(run: dict) -> None:
+def ranking_source(run: Run) -> None:
+    """Which meta-model ranked the run, and what this appliance's own runs have taught the living meta-base."""
+    local = summarise_metabase(common.settings().data_dir / LIVING_METABASE)
+    st.caption(
+        f"Ranked by: {run.ranking_source or 'not ranked yet'}. "
+        + shaping.living_metabase_line(local.rows, local.runs, local.sets, local.devices)
+    )
+
+
+def plan(run: Run) -> None:
     summary = shaping.race_plan(run)
     if summary is None:
         return
@@ -170,6 +180,7 @@ def body() -> None:
     trials = store.trials(run_id)
     results = store.step_results(run_id)
     common.guarded("Budget", lambda: budget(run, results, trials))
+    common.guarded("Ranking", lambda: ranking_source(run))
     common.guarded("Halving", lambda: race(run, results, trials))
     common.guarded("Predictions", lambda: predictions(results, trials))
     common.guarded("Trials", lambda: trial_table(trials))

@@ -2,8 +2,9 @@
 
 import pytest
 
-from appliance.automl.living import LIVING_METABASE, record_run, save_features
+from appliance.automl.living import record_run, save_features
 from appliance.metalearning import load_metabase
+from appliance.metalearning.base import LIVING_METABASE, summarise_metabase
 from appliance.metalearning.builder import read_metabase_rows
 from tests.automl.test_halving import FakeBackend, FakeClock, _run
 
@@ -28,6 +29,9 @@ def test_a_finished_run_adds_one_row_per_validated_slice_once(tmp_path):
         assert float(row["hc_images"]) == 12.0 and float(row["eng_patches_per_image"]) > 0
     finals = {r["config_id"]: float(r["run_fidelity_mp"]) for r in rows}
     assert all(float(r["fidelity_mp"]) <= finals[r["config_id"]] for r in rows)
+    summary = summarise_metabase(tmp_path / "data" / LIVING_METABASE)  # what the Training page shows
+    assert (summary.rows, summary.runs, summary.sets, summary.devices) == (len(validated), 1, ("fake",), ("cpu",))
+    assert summarise_metabase(tmp_path / "nothing.csv").rows == 0
     base = load_metabase(tmp_path / "data" / LIVING_METABASE)  # reads as a meta-base the meta-model tools accept
     assert set(base.columns["set"].tolist()) == {"fake"}
     assert len({(r["config_id"], r["fidelity_mp"]) for r in rows}) == len(rows)
