@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ import torch
 from appliance.automl.memory import MemoryGroup, memory_groups
 from appliance.errors import ApplianceError
 from appliance.pipeline.config import PAPER_DEFAULT, PipelineConfig
-from appliance.pipeline.device import device_name, synchronize
+from appliance.pipeline.device import device_name
 from appliance.store import Store
 from appliance.version import code_version
 
@@ -177,6 +177,24 @@ def _log_interpolate(points: list[tuple[int, float]], pixels: int) -> float:
     return float(math.exp(ys[i if x < xs[0] else j] + slope * (x - xs[i if x < xs[0] else j])))
 
 
+def probe_trainer(group: MemoryGroup, device: torch.device, *, augmentation: bool = False, speedups=None):
+    """A fresh trainer of ``group`` (every augmentation at p = 0.5 when ``augmentation``) and random training
+    patches for it: two one-channel images of twice the patch size. Close the trainer after use."""
+    from appliance.pipeline.patches import make_training_patches
+    from appliance.pipeline.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    side = 2 * group.patch_size
+    images = [rng.random((side, side, 1), dtype=np.float32) for _ in range(2)]
+    masks = [rng.integers(0, 2, (side, side), dtype=np.uint8) for _ in range(2)]
+    patches = make_training_patches(images, masks, patch_size=group.patch_size, num_classes=1)
+    config = group.config()
+    if augmentation:
+        config = replace(config, flip=0.5, brightness_blur=0.5, grid_distortion=0.5)
+    trainer = Trainer(config, in_channels=1, num_classes=1, seed=0, device=device, speedups=speedups)
+    return trainer, patches
+
+
 def measure_group(
     group: MemoryGroup,
     device: torch.device,
@@ -186,23 +204,62 @@ def measure_group(
     clock: Callable[[], float] = time.perf_counter,
 ) -> float:
     """Steps per second of ``group``'s trainer on random patches: one warm-up step, then timed steps."""
-    from appliance.pipeline.patches import make_training_patches
-    from appliance.pipeline.trainer import Trainer
-
-    rng = np.random.default_rng(0)
-    side = 2 * group.patch_size
-    images = [rng.random((side, side, 1), dtype=np.float32) for _ in range(2)]
-    masks = [rng.integers(0, 2, (side, side), dtype=np.uint8) for _ in range(2)]
-    patches = make_training_patches(images, masks, patch_size=group.patch_size, num_classes=1)
-    trainer = Trainer(group.config(), in_channels=1, num_classes=1, seed=0, device=device)
-    trainer.train(patches, max_steps=1)
-    synchronize(device)
-    started, steps = clock(), 0
-    while steps < 2 or (clock() - started < min_seconds and steps < max_steps):
+    trainer, patches = probe_trainer(group, device)
+    with trainer:
         trainer.train(patches, max_steps=1)
-        steps += 1
-    synchronize(device)
-    return steps / (clock() - started)
+        started, steps = clock(), 0
+        while steps < 2 or (clock() - started < min_seconds and steps < max_steps):
+            trainer.train(patches, max_steps=1)  # each slice ends waiting for the device
+            steps += 1
+        return steps / (clock() - started)
+
+
+@dataclass(frozen=True)
+class RealAndResident:
+    """Training speed of one memory group with batches prepared as in training (``real``: sampling, crop,
+    augmentation, the copy to the device) and on one batch already on the device (``resident``), in steps/s."""
+
+    group: MemoryGroup
+    real: float
+    resident: float
+
+    @property
+    def ratio(self) -> float:
+        return self.real / self.resident
+
+    def mpix_per_second(self, steps_per_second: float) -> float:
+        return steps_per_second * _pixels(self.group) / 1e6
+
+
+def measure_real_and_resident(
+    group: MemoryGroup,
+    device: torch.device,
+    *,
+    min_seconds: float = 1.0,
+    chunk_seconds: float = 0.5,
+    max_steps: int = 200,
+    speedups=None,
+) -> RealAndResident:
+    """Real against device-resident training speed of ``group`` with every augmentation on, from one trainer:
+    a warm-up step, then alternating chunks of real steps (:meth:`~appliance.pipeline.trainer.Trainer.train`, so
+    batch preparation, its workers and the slice's final synchronisation count) and as many resident ones
+    (:meth:`~appliance.pipeline.trainer.Trainer.train_resident` on random tensors of the batch's shape), until each
+    side has at least ``min_seconds`` or ``max_steps``. Alternating lets a passing load hit both alike."""
+    trainer, patches = probe_trainer(group, device, augmentation=True, speedups=speedups)
+    with trainer:
+        warm_up = trainer.train(patches, max_steps=1).seconds
+        chunk = max(1, min(max_steps, round(chunk_seconds / warm_up)))
+        generator = torch.Generator().manual_seed(0)
+        shape = (group.batch_size, 1, group.patch_size, group.patch_size)
+        images = torch.randn(shape, generator=generator)
+        masks = torch.randint(0, 2, (shape[0], *shape[2:]), generator=generator)
+        real_seconds = resident_seconds = 0.0
+        steps = 0
+        while steps == 0 or (min(real_seconds, resident_seconds) < min_seconds and steps < max_steps):
+            real_seconds += trainer.train(patches, max_steps=chunk).seconds
+            resident_seconds += trainer.train_resident(images, masks, steps=chunk)
+            steps += chunk
+    return RealAndResident(group, steps / real_seconds, steps / resident_seconds)
 
 
 def measure_prediction(encoder: str, device: torch.device, *, repeats: int = 2) -> float:

@@ -4,6 +4,10 @@ The image is normalised (:func:`appliance.data.io.normalise`) as a whole, padded
 bottom/right to a multiple of 32 (and to at least one tile), cut into overlapping tiles, and the tile
 logits are blended with a Gaussian weight (σ = tile / 8, as nnU-Net) that trusts tile centres more
 than tile borders. The tile size is an inference setting, independent of the training patch size.
+
+Two implementations of the same blend: :func:`sliding_window_logits` over any :data:`BatchRunner` (NumPy on the
+host; ONNX Runtime uses it) and :func:`torch_sliding_window_logits` for a PyTorch model, which cuts, batches and
+blends the tiles on the model's device and copies only the finished logits back.
 """
 
 from __future__ import annotations
@@ -117,6 +121,53 @@ def segment(image: np.ndarray, run_batch: BatchRunner, *, tiles: TileSettings = 
     """Label image ``(H, W)`` (uint8) for a raw ``(H, W, C)`` image: normalise, tile, argmax."""
     logits = sliding_window_logits(normalise(image), run_batch, tiles=tiles)
     return logits.argmax(axis=0).astype(np.uint8)
+
+
+def torch_sliding_window_logits(
+    normalised: np.ndarray,
+    model,
+    *,
+    device=None,
+    tiles: TileSettings = DEFAULT_TILES,
+    amp_dtype=None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Logits ``(K + 1, H, W)`` for a normalised ``(H, W, C)`` float32 image, as :func:`sliding_window_logits`
+    with :func:`torch_runner`, but with the tiles cut, batched and blended on ``device`` (default: the model's).
+
+    ``amp_dtype`` runs the model under autocast (CUDA: bf16 or fp16; blending stays float32); ``channels_last``
+    hands it channels-last batches. The model is put in eval mode for the call and back afterwards.
+    """
+    import torch
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    height, width = normalised.shape[:2]
+    (padded_h, padded_w), (tile_h, tile_w), corners = tile_layout(height, width, tiles=tiles)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            image = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)).to(device)
+            image = torch.nn.functional.pad(image.permute(2, 0, 1), (0, padded_w - width, 0, padded_h - height))
+            weight = torch.from_numpy(gaussian_weight(tile_h, tile_w)).to(device)
+            weight_sum = torch.zeros((padded_h, padded_w), dtype=torch.float32, device=device)
+            logits_sum = None
+            for start in range(0, len(corners), tiles.batch_size):
+                chunk = corners[start : start + tiles.batch_size]
+                batch = torch.stack([image[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    out = model(batch.contiguous(memory_format=memory_format)).float()
+                if logits_sum is None:
+                    logits_sum = torch.zeros((out.shape[1], padded_h, padded_w), dtype=torch.float32, device=device)
+                for (y, x), tile_logits in zip(chunk, out, strict=True):
+                    logits_sum[:, y : y + tile_h, x : x + tile_w].addcmul_(tile_logits, weight)
+                    weight_sum[y : y + tile_h, x : x + tile_w] += weight
+            assert logits_sum is not None
+            logits = (logits_sum[:, :height, :width] / weight_sum[:height, :width]).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return logits
 
 
 def torch_runner(model, *, device=None) -> BatchRunner:

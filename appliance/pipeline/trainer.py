@@ -5,7 +5,13 @@ shuffled epoch after another) and the counters (optimiser steps, seconds trained
 :meth:`Trainer.train` continues from wherever the trainer is, so successive halving can give a
 configuration several slices. A checkpoint holds all of it, so that training ``a`` steps, saving,
 loading and training ``b`` more gives the same weights as training ``a + b`` steps in one go (on the
-CPU with the same seed; augmentations are seeded per step and sample).
+CPU with the same seed; augmentations are seeded per sample, and batches prepared ahead by background workers are
+planned from the sampler state the checkpoint saves: :mod:`appliance.pipeline.loader`).
+
+A step never waits for the host: the loss is summed on the device and read back at the end of a slice (every
+:data:`LOSS_EVERY` steps too while a progress bar shows it), and the slice's seconds include the final
+synchronisation. :class:`Speedups` holds the device-dependent choices (background workers, channels-last, mixed
+precision, fused Adam); :meth:`Speedups.for_device` gives CUDA all of them and the CPU none but its plain path.
 """
 
 from __future__ import annotations
@@ -21,19 +27,51 @@ from tqdm.auto import tqdm
 from appliance import __version__
 from appliance.data.io import atomic_write, normalise
 from appliance.errors import CheckpointError
-from appliance.pipeline.augment import augment, build_augmentation
+from appliance.pipeline.augment import build_augmentation
 from appliance.pipeline.config import PipelineConfig
-from appliance.pipeline.device import amp_dtype, resolve_device
+from appliance.pipeline.device import amp_dtype, is_cuda, resolve_device, synchronize
 from appliance.pipeline.inference import (
     DEFAULT_TILES,
     BatchRunner,
     TileSettings,
-    sliding_window_logits,
     torch_runner,
+    torch_sliding_window_logits,
 )
+from appliance.pipeline.loader import PREFETCH, BatchLoader, PatchSampler, SamplerState, default_workers
 from appliance.pipeline.model import build_model, focal_loss
 from appliance.pipeline.patches import TrainingPatches
-from appliance.pipeline.sampling import epoch_order
+
+LOSS_EVERY = 20
+"""With a progress bar, the mean loss is read back (a host synchronisation) every this many steps."""
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """How a trainer uses its device; none of it changes what is learned beyond floating-point rounding.
+
+    ``workers`` background processes prepare ``prefetch`` batches each ahead (0: in the training thread);
+    ``channels_last`` memory format, ``mixed_precision`` (bf16 where the GPU has it, else fp16) and the
+    ``fused_adam`` kernel help on CUDA only and are refused on the CPU, whose path is plain fp32.
+    """
+
+    workers: int = 0
+    prefetch: int = PREFETCH
+    channels_last: bool = False
+    mixed_precision: bool = False
+    fused_adam: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> Speedups:
+        """Every speed-up on CUDA; on the CPU the plain path (no workers: see :func:`default_workers`)."""
+        cuda = is_cuda(device)
+        return cls(workers=default_workers(device), channels_last=cuda, mixed_precision=cuda, fused_adam=cuda)
+
+    def check(self, device: torch.device) -> None:
+        cuda_only = [name for name in ("channels_last", "mixed_precision", "fused_adam") if getattr(self, name)]
+        if cuda_only and not is_cuda(device):
+            raise ValueError(f"{', '.join(cuda_only)} need a CUDA device, got {device}; use Speedups.for_device")
+        if self.workers < 0 or self.prefetch < 1:
+            raise ValueError(f"workers must be >= 0 and prefetch >= 1, got {self.workers} and {self.prefetch}")
 
 
 @dataclass
@@ -57,7 +95,12 @@ class Trainer:
     seed : int
         Seeds the weight initialisation, the patch sampler and the augmentations.
     device : str or torch.device, optional
-        Default: CUDA when available, else CPU. Mixed precision is used on CUDA only.
+        Default: CUDA when available, else CPU.
+    speedups : Speedups, optional
+        Default: :meth:`Speedups.for_device` (mixed precision, channels-last, fused Adam and background batch
+        workers on CUDA; none on the CPU).
+
+    A trainer with background workers holds processes: :meth:`close` (or dropping the trainer) stops them.
     """
 
     def __init__(
@@ -68,26 +111,46 @@ class Trainer:
         num_classes: int,
         seed: int = 0,
         device: str | torch.device | None = None,
+        speedups: Speedups | None = None,
     ):
         self.config = config
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.seed = seed
         self.device = resolve_device(device)
+        self.speedups = speedups or Speedups.for_device(self.device)
+        self.speedups.check(self.device)
         torch.manual_seed(seed)
         self.model = build_model(config, in_channels=in_channels, num_classes=num_classes).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
-        self.amp_dtype = amp_dtype(self.device)
+        if self.speedups.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # fused Adam: one kernel for all parameters' updates instead of several per tensor (CUDA)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.learning_rate, fused=True if self.speedups.fused_adam else None
+        )
+        self.amp_dtype = amp_dtype(self.device) if self.speedups.mixed_precision else None
+        # fp16 only (GPUs without bf16): the scaler's inf check reads a flag back every step; bf16 needs no scaler
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.augmentation = build_augmentation(config)
-        self.rng = np.random.default_rng(seed)
+        self.sampler = PatchSampler(seed)
+        self._loader: BatchLoader | None = None
         self.steps = 0
         self.seconds = 0.0
         self.pixels_seen = 0
-        self.epoch = 0
-        self.epoch_order = np.zeros(0, dtype=np.int64)
-        self.position = 0
         self.patch_count: int | None = None
+
+    # -- sampler position (as of the last batch trained on, whatever the workers prepared ahead) -------------------
+
+    def sampler_state(self) -> SamplerState:
+        return self._loader.consumed_state() if self._loader is not None else self.sampler.state()
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler_state().epoch
+
+    @property
+    def position(self) -> int:
+        return self.sampler_state().position
 
     # -- training -----------------------------------------------------------------------------
 
@@ -102,7 +165,8 @@ class Trainer:
         """Train until ``seconds`` of wall-clock time are spent or ``max_steps`` more steps are done.
 
         The time limit is checked before each step against the mean step time so far, so a slice
-        ends within about one step of its budget instead of overrunning by one.
+        ends within about one step of its budget instead of overrunning by one. On CUDA the host queues steps
+        ahead of the GPU; the slice waits for them at its end, and its seconds include that wait.
         """
         if seconds is None and max_steps is None:
             raise ValueError("give seconds, max_steps or both")
@@ -110,7 +174,9 @@ class Trainer:
             raise ValueError(f"patches are {patches.patch_size} px but the configuration says {self.config.patch_size}")
         self._check_patch_count(len(patches))
         self.model.train()
-        start, steps, pixels, losses = time.perf_counter(), 0, 0, []
+        start, steps, pixels = time.perf_counter(), 0, 0
+        loader = self._batches(patches)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         bar = tqdm(
             total=seconds,
             unit="s",
@@ -124,12 +190,14 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 if seconds is not None and steps > 0 and elapsed + elapsed / steps > seconds:
                     break
-                images, masks = self._next_batch(patches)
-                losses.append(self._step(images, masks))
+                images, masks = loader.next()
+                loss_sum += self._step(images, masks)
                 steps += 1
                 pixels += images.shape[0] * images.shape[2] * images.shape[3]
-                bar.n = min(time.perf_counter() - start, seconds or 0)
-                bar.set_postfix_str(f"step {self.steps + steps} loss {losses[-1]:.4f}", refresh=True)
+                if progress and (steps % LOSS_EVERY == 0 or steps == 1):
+                    bar.n = min(time.perf_counter() - start, seconds or 0)
+                    bar.set_postfix_str(f"step {self.steps + steps} loss {float(loss_sum) / steps:.4f}", refresh=True)
+            synchronize(self.device)
         finally:
             bar.close()
         spent = time.perf_counter() - start
@@ -137,10 +205,27 @@ class Trainer:
         self.seconds += spent
         self.pixels_seen += pixels
         return SliceResult(
-            steps=steps, seconds=spent, pixels=pixels, mean_loss=float(np.mean(losses)) if losses else None
+            steps=steps, seconds=spent, pixels=pixels, mean_loss=float(loss_sum) / steps if steps else None
         )
 
-    def _step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
+    def train_resident(self, images: torch.Tensor, masks: torch.Tensor, *, steps: int) -> float:
+        """Seconds for ``steps`` optimiser steps on one batch already on the device: the same step as
+        :meth:`train` without preparing batches, the reference that real training is measured against
+        (``benchmarks/throughput.py``). The counters and the sampler do not move."""
+        self.model.train()
+        memory_format = torch.channels_last if self.speedups.channels_last else torch.preserve_format
+        images = images.to(self.device, memory_format=memory_format)
+        masks = masks.to(self.device)
+        synchronize(self.device)
+        start = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        for _ in range(steps):
+            loss_sum += self._step(images, masks)
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+    def _step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """One optimiser step; returns the loss as a float32 tensor on the device (reading it would wait for it)."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(images)
@@ -148,24 +233,37 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss.detach())
+        return loss.detach().float()
 
-    def _next_batch(self, patches: TrainingPatches) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = [], []
-        for _ in range(self.config.batch_size):
-            if self.position >= len(self.epoch_order):
-                self.epoch_order = epoch_order(patches.factors, self.rng)
-                self.position = 0
-                self.epoch += 1
-            index = int(self.epoch_order[self.position])
-            sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, self.position]).generate_state(1)[0])
-            self.position += 1
-            image, mask = augment(self.augmentation, *patches.crop(index), seed=sample_seed)
-            images.append(image.transpose(2, 0, 1))
-            masks.append(mask)
-        batch_images = torch.from_numpy(np.ascontiguousarray(np.stack(images))).to(self.device, non_blocking=True)
-        batch_masks = torch.from_numpy(np.stack(masks)).to(self.device, non_blocking=True)
-        return batch_images, batch_masks
+    def _batches(self, patches: TrainingPatches) -> BatchLoader:
+        """The batch loader of these patches: kept across slices (its workers too), rebuilt for other patches."""
+        if self._loader is not None and self._loader.patches is not patches:
+            self.close()
+        if self._loader is None:
+            self._loader = BatchLoader(
+                patches,
+                self.augmentation,
+                self.sampler,
+                batch_size=self.config.batch_size,
+                device=self.device,
+                workers=self.speedups.workers,
+                prefetch=self.speedups.prefetch,
+                channels_last=self.speedups.channels_last,
+            )
+        return self._loader
+
+    def close(self) -> None:
+        """Stop the background batch workers (if any); the sampler goes back to the last batch trained on, and
+        the next :meth:`train` starts new ones. Safe to call more than once."""
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _check_patch_count(self, count: int) -> None:
         if self.patch_count is None:
@@ -187,12 +285,20 @@ class Trainer:
         return self.logits(image, tiles=tiles).argmax(axis=0).astype(np.uint8)
 
     def logits(self, image: np.ndarray, *, tiles: TileSettings = DEFAULT_TILES) -> np.ndarray:
-        """``(K + 1, H, W)`` logits for a raw ``(H, W, C)`` image."""
-        return sliding_window_logits(normalise(image), self.runner(), tiles=tiles)
+        """``(K + 1, H, W)`` logits for a raw ``(H, W, C)`` image (tiles batched and blended on the device)."""
+        return torch_sliding_window_logits(
+            normalise(image),
+            self.model,
+            device=self.device,
+            tiles=tiles,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.speedups.channels_last,
+        )
 
     # -- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        sampler = self.sampler_state()
         return {
             "format": 1,
             "code_version": __version__,
@@ -207,12 +313,12 @@ class Trainer:
                 "steps": self.steps,
                 "seconds": self.seconds,
                 "pixels_seen": self.pixels_seen,
-                "epoch": self.epoch,
-                "position": self.position,
+                "epoch": sampler.epoch,
+                "position": sampler.position,
                 "patch_count": self.patch_count,
             },
-            "epoch_order": torch.from_numpy(self.epoch_order.copy()),
-            "sampler_rng": self.rng.bit_generator.state,
+            "epoch_order": torch.from_numpy(sampler.order.copy()),
+            "sampler_rng": sampler.rng_state,
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -222,8 +328,11 @@ class Trainer:
         return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> Trainer:
-        """Rebuild a trainer from :meth:`save`'s file, ready to continue training."""
+    def load(
+        cls, path: str | Path, *, device: str | torch.device | None = None, speedups: Speedups | None = None
+    ) -> Trainer:
+        """Rebuild a trainer from :meth:`save`'s file, ready to continue training (on any device, with any
+        :class:`Speedups`)."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -234,9 +343,14 @@ class Trainer:
             num_classes=state["num_classes"],
             seed=state["seed"],
             device=device,
+            speedups=speedups,
         )
         trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        kernel = {key: trainer.optimizer.param_groups[0][key] for key in ("fused", "foreach", "capturable")}
+        for group in optimizer["param_groups"]:  # the saved options name the saving trainer's Adam kernel
+            group.update(kernel)
+        trainer.optimizer.load_state_dict(optimizer)
         trainer.scaler.load_state_dict(state["scaler"])
         counters = state["counters"]
         trainer.steps, trainer.seconds, trainer.pixels_seen = (
@@ -244,12 +358,14 @@ class Trainer:
             counters["seconds"],
             counters["pixels_seen"],
         )
-        trainer.epoch, trainer.position, trainer.patch_count = (
-            counters["epoch"],
-            counters["position"],
-            counters["patch_count"],
+        trainer.patch_count = counters["patch_count"]
+        trainer.sampler.restore(
+            SamplerState(
+                epoch=counters["epoch"],
+                order=state["epoch_order"].numpy().copy(),
+                position=counters["position"],
+                rng_state=state["sampler_rng"],
+            )
         )
-        trainer.epoch_order = state["epoch_order"].numpy().copy()
-        trainer.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
         return trainer

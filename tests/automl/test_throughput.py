@@ -173,3 +173,10 @@ def test_an_encoder_measured_on_small_groups_takes_the_large_end_of_its_curve_fr
     table = ThroughputTable("cpu x", "v1", {g: (1 / s, PROBE) for g, s in {**r18, **r50}.items()})
     default_r50 = MemoryGroup(128, 16, "resnet50")
     assert 1 / table.get(default_r50).steps_per_second == pytest.approx(1.17 * 2.0 / 0.45)
+
+
+def test_real_and_resident_training_speed_of_a_group_on_the_cpu():
+    measured = tp.measure_real_and_resident(R18_SMALL, torch.device("cpu"), min_seconds=0.0, chunk_seconds=0.0)
+    assert measured.group == R18_SMALL and measured.real > 0 and measured.resident > 0
+    assert measured.ratio == pytest.approx(measured.real / measured.resident)
+    assert measured.mpix_per_second(measured.real) == pytest.approx(measured.real * 64 * 64 * 4 / 1e6)

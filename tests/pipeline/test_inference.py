@@ -47,3 +47,22 @@ def test_segment_returns_labels_of_the_image_size():
 def test_tile_settings_are_validated(kwargs):
     with pytest.raises(ValueError):
         TileSettings(**kwargs)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(97, 130, 1), (300, 64, 3)])
+def test_blending_on_the_device_equals_blending_on_the_host(shape, channels_last):
+    import torch
+
+    from appliance.pipeline.inference import torch_runner, torch_sliding_window_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(shape[2], 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+    model.train()
+    image = normalise(np.random.default_rng(1).integers(0, 255, shape).astype(np.uint8))
+    tiles = TileSettings(tile_size=64, overlap=0.5, batch_size=3)
+    expected = sliding_window_logits(image, torch_runner(model, device="cpu"), tiles=tiles)
+    actual = torch_sliding_window_logits(image, model, tiles=tiles, channels_last=channels_last)
+    assert actual.shape == expected.shape == (3, *shape[:2]) and actual.dtype == np.float32
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    assert model.training  # put back as it was

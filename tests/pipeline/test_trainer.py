@@ -1,3 +1,6 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -5,7 +8,7 @@ from appliance.errors import CheckpointError
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.model import focal_loss
 from appliance.pipeline.patches import IGNORE_LABEL, make_training_patches
-from appliance.pipeline.trainer import Trainer
+from appliance.pipeline.trainer import Speedups, Trainer
 
 CONFIG = PipelineConfig(patch_size=64, batch_size=4, flip=0.5, brightness_blur=0.5, grid_distortion=0.5)
 
@@ -92,3 +95,90 @@ def test_training_reduces_the_loss_on_real_data(patches):
     for _ in range(3):
         last = trainer.train(patches, max_steps=3).mean_loss
     assert last < first
+
+
+PREFETCHING = Speedups(workers=2, prefetch=2)
+
+
+def test_resumed_training_with_prefetching_workers_equals_uninterrupted_training(patches, tmp_path):
+    straight = Trainer(CONFIG, in_channels=1, num_classes=1, seed=7, device="cpu")
+    straight.train(patches, max_steps=3)
+    position_after_three = (straight.epoch, straight.position)
+    straight.train(patches, max_steps=3)
+
+    with Trainer(CONFIG, in_channels=1, num_classes=1, seed=7, device="cpu", speedups=PREFETCHING) as first:
+        first.train(patches, max_steps=3)  # the workers have planned batches beyond these three
+        assert (first.epoch, first.position) == position_after_three
+        first.save(tmp_path / "checkpoint.pt")
+    with Trainer.load(tmp_path / "checkpoint.pt", device="cpu", speedups=Speedups(workers=1)) as resumed:
+        assert (resumed.epoch, resumed.position) == position_after_three
+        resumed.train(patches, max_steps=3)
+        expected, actual = _weights(straight), _weights(resumed)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_slices_of_one_trainer_with_workers_equal_one_long_slice(patches):
+    straight = Trainer(CONFIG, in_channels=1, num_classes=1, seed=3, device="cpu")
+    straight.train(patches, max_steps=5)
+    with Trainer(CONFIG, in_channels=1, num_classes=1, seed=3, device="cpu", speedups=PREFETCHING) as sliced:
+        for steps in (2, 1, 2):  # the batches prepared ahead carry over to the next slice
+            sliced.train(patches, max_steps=steps)
+        expected, actual = _weights(straight), _weights(sliced)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_a_slice_reads_the_loss_back_once_and_waits_for_the_device_once(patches, monkeypatch):
+    import appliance.pipeline.trainer as trainer_module
+
+    """Reading a device value back waits for the device; the appliance's code does it once per slice (torch's own
+    CPU Adam reads its step counters, which live on the host; CUDA runs the fused Adam, which does not)."""
+    trainer = Trainer(CONFIG, in_channels=1, num_classes=1, seed=0, device="cpu")
+    trainer.train(patches, max_steps=1)
+    reads, waits = [], []
+
+    def counted(read):
+        def call(self):
+            if "appliance" in Path(sys._getframe(1).f_code.co_filename).parts:
+                reads.append(read.__name__)
+            return read(self)
+
+        return call
+
+    monkeypatch.setattr(torch.Tensor, "__float__", counted(torch.Tensor.__float__))
+    monkeypatch.setattr(torch.Tensor, "item", counted(torch.Tensor.item))
+    monkeypatch.setattr(trainer_module, "synchronize", lambda device: waits.append(device))
+    result = trainer.train(patches, max_steps=4)
+    assert result.steps == 4 and result.mean_loss > 0
+    assert reads == ["__float__"] and waits == [torch.device("cpu")]
+
+
+def test_device_resident_steps_leave_the_counters_and_the_sampler_alone(patches):
+    trainer = Trainer(CONFIG, in_channels=1, num_classes=1, seed=0, device="cpu")
+    trainer.train(patches, max_steps=1)
+    before = (trainer.steps, trainer.pixels_seen, trainer.epoch, trainer.position)
+    weight = trainer.model.encoder.conv1.weight.detach().clone()
+    seconds = trainer.train_resident(torch.randn(4, 1, 64, 64), torch.zeros(4, 64, 64, dtype=torch.int64), steps=2)
+    assert seconds > 0 and not torch.equal(weight, trainer.model.encoder.conv1.weight)
+    assert (trainer.steps, trainer.pixels_seen, trainer.epoch, trainer.position) == before
+
+
+def test_speedups_by_device():
+    assert Speedups.for_device(torch.device("cpu")) == Speedups()
+    cuda = Speedups.for_device(torch.device("cuda", 0))
+    assert cuda.workers >= 1 and cuda.channels_last and cuda.mixed_precision and cuda.fused_adam
+    with pytest.raises(ValueError, match="channels_last, fused_adam need a CUDA device"):
+        Trainer(
+            CONFIG, in_channels=1, num_classes=1, device="cpu", speedups=Speedups(channels_last=True, fused_adam=True)
+        )
+
+
+def test_a_checkpoint_of_a_fused_adam_trainer_resumes_on_the_cpu(patches, tmp_path):
+    trainer = Trainer(CONFIG, in_channels=1, num_classes=1, seed=0, device="cpu")
+    trainer.train(patches, max_steps=1)
+    state = trainer.state_dict()
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True  # as a CUDA trainer's Adam saves it
+    torch.save(state, tmp_path / "cuda.pt")
+    resumed = Trainer.load(tmp_path / "cuda.pt", device="cpu")
+    assert all(not group["fused"] for group in resumed.optimizer.param_groups)
+    assert resumed.train(patches, max_steps=1).steps == 1
