@@ -65,7 +65,7 @@ def test_train_keeps_the_budget_and_exports_a_working_model(tmp_path, demo_set, 
     rows = read_metabase_rows(settings.data_dir / "metabase.csv")
     validated = [r for r in Store(settings.store_path).step_results(result.run_id) if r.validation_iou is not None]
     assert len(rows) == len(validated) and {r["set"] for r in rows} == {demo_set.name}
-    assert all(r["opt_firstorder_Mean"] and r.eng_batches_per_epoch for r in rows)
+    assert all(r["opt_firstorder_Mean"] and r["eng_batches_per_epoch"] for r in rows)
 
 
 def _rows(path, query):

@@ -241,6 +241,6 @@ def test_a_hostile_campaign_crashes_nothing_leaves_nothing_stuck_and_loses_no_re
         mask = tifffile.imread(data / "results" / PROJECT / name.replace(".tif", "_mask.tif"))
         assert np.array_equal(mask, predictor.predict(read_image(content))), name  # the results of what is there
     failed = store.jobs(status="failed")  # only the image that is not an image
-    assert len(failed) == 1 and "broken.tif" in failed[0]["error"], failed
+    assert len(failed) == 1 and "broken.tif" in failed[0].error, failed
     assert not store.jobs(status="queued") and not store.jobs(status="running")
     assert not list(data.rglob("*.tmp"))  # no temporary file left behind
