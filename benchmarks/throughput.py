@@ -46,7 +46,12 @@ def main() -> None:
     parser.add_argument("--groups", nargs="*", help="only these PATCHxBATCH groups, e.g. 64x4 128x16")
     parser.add_argument("--encoders", nargs="*", default=["resnet18", "resnet50"])
     parser.add_argument("--workers", type=int, help="background batch workers (default: the device's, Speedups)")
-    parser.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per side and group, at least")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=3.0,
+        help="timed seconds per side and group, at least (1 s left the small groups at +-10 %% noise)",
+    )
     parser.add_argument("--set", type=Path, default=DEFAULT_SET, help="labelled set whose first image is cropped")
     parser.add_argument("--rounds", type=int, default=3, help="inference rounds")
     parser.add_argument("--skip-inference", action="store_true")
