@@ -24,7 +24,6 @@ from appliance.pipeline.device import (
     release_cached_memory,
     reset_peak_memory,
     resolve_device,
-    synchronize,
 )
 from appliance.pipeline.evaluation import score_predictions
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings, tile_pixels
@@ -106,8 +105,8 @@ class TorchBackend:
     def train(self, trainer: Trainer, seconds: float) -> TrainedSlice:
         self._reset_peak()
         try:
+            # Trainer.train waits for the device at the slice's end, inside the seconds it reports
             result = trainer.train(self.patches(trainer.config.patch_size), seconds=max(seconds, 1e-3))
-            synchronize(self.device)
         except torch.cuda.OutOfMemoryError as error:
             self._release(trainer)
             raise TrialFailed(

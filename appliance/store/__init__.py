@@ -497,7 +497,15 @@ class Store(PageReads):
             cursor = self.db.execute(
                 "insert or ignore into jobs (kind, key, project, payload, status, attempts, max_attempts, not_before,"
                 " created_at) values (?, ?, ?, ?, ?, 0, ?, 0, ?)",
-                [kind, key, project, json.dumps(dict(payload or {})), QUEUED, max_attempts, now()],
+                [
+                    kind,
+                    key,
+                    project,
+                    _encoded("jobs", {"payload": dict(payload or {})})["payload"],
+                    QUEUED,
+                    max_attempts,
+                    now(),
+                ],
             )
             created = cursor.rowcount == 1
         job_id = self.db.execute("select id from jobs where kind = ? and key = ?", [kind, key]).fetchone()[0]
@@ -561,7 +569,7 @@ class Store(PageReads):
             cursor = self.db.execute(
                 "update jobs set status = 'done', result = ?, error = null, finished_at = ?, lease_owner = null"
                 " where id = ? and lease_owner = ? and status = 'running'",
-                [json.dumps(result or {}), now(), job_id, owner],
+                [_encoded("jobs", {"result": dict(result or {})})["result"], now(), job_id, owner],
             )
         return cursor.rowcount == 1
 
