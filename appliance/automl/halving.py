@@ -12,6 +12,12 @@ foreground IoU continues (ties and missing scores broken by the meta-model rank)
 from their checkpoints, nothing is retrained. A last step with a single trial decides nothing, so it is
 not validated inside the budget (the job validates and tests the winner afterwards).
 
+Where slices run: one after another in this process (:class:`~appliance.automl.executors.LocalExecutor`), or one
+per device on a Ray cluster (:mod:`appliance.automl.cluster`): a trial's share is then the equal share that lets the
+step's remaining slices end by its deadline on the executor's slots (:func:`~appliance.automl.executors.fair_share`).
+Either way this process alone writes the store; a slice whose worker dies runs again from the trial's last
+checkpoint, and only a slice that ended is recorded, so nothing is lost or counted twice.
+
 Memory rule (GPU): before its first slice each trial runs one probe step with peak-memory tracking
 under the process's memory cap. A trial that does not fit is marked ``does_not_fit`` and replaced by
 the next-ranked configuration that is not yet a trial (in step 1 only). A CUDA out-of-memory error
@@ -26,13 +32,24 @@ previous step's checkpoint, with the step's budget minus what its recorded slice
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
+from appliance.automl.executors import (  # noqa: F401  (re-exported: the backends' and tests' names for them)
+    DoesNotFit,
+    LocalExecutor,
+    SliceOutcome,
+    SliceStatus,
+    SliceTask,
+    TrainedSlice,
+    TrialBackend,
+    TrialExecutor,
+    TrialFailed,
+    Validation,
+    fair_share,
+)
 from appliance.automl.schedule import HalvingSchedule, select_survivors, selection_score
-from appliance.errors import ApplianceError
 from appliance.faults import fault_point
 from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
@@ -42,53 +59,9 @@ if TYPE_CHECKING:
     from appliance.automl.race import Candidate, RacePlan
 
 
-class DoesNotFit(ApplianceError):
-    """The probe step ran out of memory under the cap."""
-
-    def __init__(self, peak_memory_mb: float | None, message: str):
-        self.peak_memory_mb = peak_memory_mb
-        super().__init__(message)
-
-
-class TrialFailed(ApplianceError):
-    """Training stopped for a reason that drops the trial (e.g. CUDA out of memory mid-training)."""
-
-
-@dataclass(frozen=True)
-class TrainedSlice:
-    seconds: float  # trained in this slice
-    total_seconds: float
-    optimizer_steps: int  # in total
-    work_mp: float  # megapixels of patches in total
-
-
 IOU_METRIC = SELECTION_METRICS[SEMANTIC]
-
-
-@dataclass(frozen=True)
-class Validation:
-    """A trial's validation: the network classes' mean foreground IoU and, for a set whose task has its own metric
-    (objects: AP@0.5), that metric as ``score``. Survivors are chosen by ``score``, ties by ``mean_iou``."""
-
-    mean_iou: float | None  # None: not validated (a last step with one trial)
-    per_class: list[float | None] | None
-    score: float | None = None  # None: the task's metric is the mean IoU itself
-
-    @property
-    def selection_score(self) -> float | None:
-        return self.mean_iou if self.score is None else self.score
-
-
-class TrialBackend(Protocol):
-    """What successive halving needs from training; :class:`~appliance.automl.backend.TorchBackend` is the real one."""
-
-    def start(self, config: PipelineConfig) -> Any: ...
-    def load(self, path: Path) -> Any: ...
-    def save(self, trainer: Any, path: Path) -> None: ...
-    def probe(self, trainer: Any) -> float | None: ...
-    def train(self, trainer: Any, seconds: float) -> TrainedSlice: ...
-    def validate(self, trainer: Any) -> Validation: ...
-    def peak_memory_mb(self) -> float | None: ...
+MAX_SLICE_ATTEMPTS = 3
+"""Times a slice is tried when its workers die under it; then its trial fails (the run goes on without it)."""
 
 
 class SuccessiveHalving:
@@ -107,6 +80,7 @@ class SuccessiveHalving:
         on_slice: Callable[[dict], None] | None = None,
         overhead_estimate: Callable[[PipelineConfig], tuple[float, float]] | None = None,
         keep_dropped_checkpoints: bool = False,
+        executor: TrialExecutor | None = None,
     ):
         self.store = store
         self.run_id = run_id
@@ -123,6 +97,7 @@ class SuccessiveHalving:
         self.overhead_estimate = overhead_estimate
         self.keep_dropped_checkpoints = keep_dropped_checkpoints  # a dropped trial's last checkpoint stays
         self.schedule: HalvingSchedule | None = None  # set by run()
+        self.executor = executor or LocalExecutor(backend, clock=clock)
 
     def run(self) -> dict:
         """Run every step not recorded yet; return the winning trial (at once when a resumed run has one)."""
@@ -157,13 +132,30 @@ class SuccessiveHalving:
         queue = [t for t in self.store.trials(self.run_id, status=TrialStatus.ACTIVE) if t.rank not in done]
         self.store.event(self.run_id, f"step {step + 1}/{schedule.steps}: {len(queue)} trial(s) to train")
         decides = not (step == schedule.steps - 1 and len(queue) + len(done) == 1)
-        while queue:
-            trial = queue.pop(0)
-            share = (deadline - self.clock()) / (len(queue) + 1)
-            if not self._slice(trial, step, share, validate=decides) and step == 0:
-                replacement = self._replacement()
-                if replacement is not None:
-                    queue.append(replacement)
+        running: dict[Hashable, tuple[Trial, SliceTask, float]] = {}  # handle -> trial, task, expected end
+        attempts: dict[int, int] = {}
+        while queue or running:
+            while queue and len(running) < self.executor.slots:
+                trial = queue.pop(0)
+                now = self.clock()
+                share = fair_share(
+                    deadline - now,
+                    trials=len(queue) + 1,
+                    slots=self.executor.slots,
+                    busy=[end - now for _, _, end in running.values()],
+                )
+                task = self._task(trial, step, share, validate=decides, attempt=attempts.get(trial.rank, 0))
+                running[self.executor.submit(task)] = (trial, task, now + share)
+            for handle, outcome in self.executor.wait():
+                trial, task, _ = running.pop(handle)
+                if outcome.status == SliceStatus.LOST:
+                    attempts[trial.rank] = task.attempt + 1
+                    if self._lost(trial, task, outcome):
+                        queue.insert(0, trial)
+                elif not self._record(trial, task, outcome) and step == 0:
+                    replacement = self._replacement()
+                    if replacement is not None:
+                        queue.append(replacement)
         active = self.store.trials(self.run_id, status=TrialStatus.ACTIVE)
         results = {row.rank: row for row in self.store.step_results(self.run_id, step)}
         keep = schedule.active[step + 1] if step + 1 < schedule.steps else 1
@@ -190,50 +182,67 @@ class SuccessiveHalving:
             ),
         )
 
-    def _slice(self, trial: Trial, step: int, share: float, *, validate: bool = True) -> bool:
-        """Train one trial for its share of the step (then validate it when the step decides something);
-        False when it did not fit or failed."""
-        rank, config = trial.rank, PipelineConfig.from_dict(trial.config)
-        started = self.clock()
+    def _task(self, trial: Trial, step: int, share: float, *, validate: bool, attempt: int) -> SliceTask:
+        """What a worker needs to train ``trial``'s slice: where to continue from, for how long, where to save."""
+        config = PipelineConfig.from_dict(trial.config)
         previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
-        checkpoint = next((row.checkpoint for row in previous if row.rank == rank), None)
-        try:
-            trainer = self.backend.load(Path(checkpoint)) if checkpoint else self.backend.start(config)
-            if step == 0:
-                peak = self.backend.probe(trainer)
-                self.store.update_trial(self.run_id, rank, probe_peak_memory_mb=peak)
-            overhead = self._expected_overhead(rank, config, validate)
-            budget = max(0.0, share - overhead - (self.clock() - started))
-            trained = self.backend.train(trainer, budget)
-            validation_started = self.clock()
-            validation = self.backend.validate(trainer) if validate else Validation(None, None)
-            validation_seconds = self.clock() - validation_started
-        except DoesNotFit as error:
-            self.store.update_trial(
+        checkpoint = next((row.checkpoint for row in previous if row.rank == trial.rank), None)
+        return SliceTask(
+            run_id=self.run_id,
+            rank=trial.rank,
+            config=trial.config,
+            step=step,
+            checkpoint=checkpoint,
+            share=share,
+            overhead=self._expected_overhead(trial.rank, config, validate),
+            validate=validate,
+            path=str(self.run_dir / "trials" / f"rank-{trial.rank:03d}" / f"step-{step}.pt"),
+            attempt=attempt,
+        )
+
+    def _lost(self, trial: Trial, task: SliceTask, outcome: SliceOutcome) -> bool:
+        """A worker died (or hung) mid-slice: nothing of the slice was recorded, so it runs again from the trial's
+        last checkpoint on another worker, up to :data:`MAX_SLICE_ATTEMPTS` times; True when it goes back in the
+        queue."""
+        config_id, attempts = trial.config_id, task.attempt + 1
+        if attempts < MAX_SLICE_ATTEMPTS:
+            self.store.event(
                 self.run_id,
-                rank,
-                status=TrialStatus.DOES_NOT_FIT,
-                reason=str(error),
-                probe_peak_memory_mb=error.peak_memory_mb,
+                f"{config_id} (rank {trial.rank}): {outcome.reason}; step {task.step + 1} slice runs again "
+                f"from its last checkpoint (attempt {attempts + 1} of {MAX_SLICE_ATTEMPTS})",
+                level="warning",
             )
-            self.store.event(self.run_id, f"{config.id} (rank {rank}) does not fit: {error}", level="warning")
+            return True
+        reason = f"lost with its worker {attempts} times in step {task.step + 1} ({outcome.reason})"
+        self.store.update_trial(
+            self.run_id, trial.rank, status=TrialStatus.FAILED, reason=reason, dropped_after_step=task.step
+        )
+        self.store.event(self.run_id, f"{config_id} (rank {trial.rank}) failed: {reason}", level="error")
+        return False
+
+    def _record(self, trial: Trial, task: SliceTask, outcome: SliceOutcome) -> bool:
+        """Record a slice's outcome in the store (the only writer); False when the trial did not fit or failed."""
+        rank, step, config_id = trial.rank, task.step, trial.config_id
+        if step == 0:
+            self.store.update_trial(self.run_id, rank, probe_peak_memory_mb=outcome.probe_peak_memory_mb)
+        if outcome.status == SliceStatus.DOES_NOT_FIT:
+            self.store.update_trial(self.run_id, rank, status=TrialStatus.DOES_NOT_FIT, reason=outcome.reason)
+            self.store.event(self.run_id, f"{config_id} (rank {rank}) does not fit: {outcome.reason}", level="warning")
             return False
-        except TrialFailed as error:
+        if outcome.status == SliceStatus.FAILED:
             self.store.update_trial(
-                self.run_id, rank, status=TrialStatus.FAILED, reason=str(error), dropped_after_step=step
+                self.run_id, rank, status=TrialStatus.FAILED, reason=outcome.reason, dropped_after_step=step
             )
             self.store.event(
-                self.run_id, f"{config.id} (rank {rank}) failed in step {step + 1}: {error}", level="error"
+                self.run_id, f"{config_id} (rank {rank}) failed in step {step + 1}: {outcome.reason}", level="error"
             )
             return False
-        path = self.run_dir / "trials" / f"rank-{rank:03d}" / f"step-{step}.pt"
-        self.backend.save(trainer, path)
-        wall = self.clock() - started
-        self.overheads[rank] = max(0.0, wall - trained.seconds - validation_seconds)
-        if validate:
-            self.validation_seconds[rank] = validation_seconds
+        trained, validation = outcome.trained, outcome.validation
+        self.overheads[rank] = max(0.0, outcome.wall_seconds - trained.seconds - outcome.validation_seconds)
+        if task.validate:
+            self.validation_seconds[rank] = outcome.validation_seconds
         result = {
-            "config_id": config.id,
+            "config_id": config_id,
             "seconds_trained": trained.seconds,
             "total_seconds_trained": trained.total_seconds,
             "optimizer_steps": trained.optimizer_steps,
@@ -241,14 +250,15 @@ class SuccessiveHalving:
             "validation_iou": validation.mean_iou,
             "validation_iou_per_class": validation.per_class,
             "validation_score": validation.score,
-            "peak_memory_mb": self.backend.peak_memory_mb(),
-            "wall_seconds": wall,
-            "checkpoint": str(path),
+            "peak_memory_mb": outcome.peak_memory_mb,
+            "wall_seconds": outcome.wall_seconds,
+            "checkpoint": task.path,
+            "node": outcome.node,
         }
         self.store.record_step_result(self.run_id, step, rank, **result)
         fault_point(f"halving-step-{step}-slice")
-        if checkpoint and Path(checkpoint) != path:
-            Path(checkpoint).unlink(missing_ok=True)
+        if task.checkpoint and Path(task.checkpoint) != Path(task.path):
+            Path(task.checkpoint).unlink(missing_ok=True)
         self.on_slice(
             {"step": step, "steps": self.schedule.steps, "racing": self.schedule.active[step], "rank": rank, **result}
         )

@@ -32,6 +32,7 @@ yet, so a comparison says nothing) in 42 % of curve points reached with fewer th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,8 +84,10 @@ class RacePlan:
                 f"no search: {self.reason}; {self.trials[0].config.id} trains for all {schedule.budget_seconds:.0f} s"
             )
         steps = ", ".join(f"{s:.0f}" for s in schedule.step_seconds)
+        workers = f" on {schedule.slots} workers at once" if schedule.slots > 1 else ""
+        active = " → ".join(map(str, schedule.active))
         return (
-            f"race of {self.n} configurations in {schedule.steps} steps ({' → '.join(map(str, schedule.active))}), "
+            f"race of {self.n} configurations{workers} in {schedule.steps} steps ({active}), "
             f"step budgets {steps} s (growth {schedule.growth:g}); the winner trains "
             f"{schedule.winner_share:.0%} of {schedule.budget_seconds:.0f} s; first slices "
             f"≥ {min(self.first_slice_steps):.0f} optimiser steps; {self.reason}"
@@ -136,14 +139,16 @@ def time_aware_order(ranking: Ranking, table: ThroughputTable) -> list[Candidate
     return [Candidate(ranking.configurations[i], float(scores[i]), float(values[i]), throughputs[i]) for i in order]
 
 
-def schedule_for(trials: int, budget_seconds: float, *, min_winner_share: float = MIN_WINNER_SHARE) -> HalvingSchedule:
-    """The schedule of ``trials`` over ``budget_seconds`` with the smallest step growth (0.05 grid, at most 4) that
-    gives the winner ``min_winner_share`` of the budget (growth 4 when none does)."""
+def schedule_for(
+    trials: int, budget_seconds: float, *, min_winner_share: float = MIN_WINNER_SHARE, slots: int = 1
+) -> HalvingSchedule:
+    """The schedule of ``trials`` over ``budget_seconds`` on ``slots`` devices with the smallest step growth (0.05
+    grid, at most 4) that gives the winner ``min_winner_share`` of the budget (growth 4 when none does)."""
     for hundredths in range(100, int(MAX_GROWTH * 100) + 1, 5):
-        schedule = HalvingSchedule(trials, budget_seconds, hundredths / 100)
+        schedule = HalvingSchedule(trials, budget_seconds, hundredths / 100, slots)
         if schedule.winner_share >= min_winner_share:
             return schedule
-    return HalvingSchedule(trials, budget_seconds, MAX_GROWTH)
+    return HalvingSchedule(trials, budget_seconds, MAX_GROWTH, slots)
 
 
 def plan_race(
@@ -157,21 +162,22 @@ def plan_race(
     trials: int | None = None,
     growth: float | None = None,
     include_default: bool = True,
+    slots: int = 1,
 ) -> RacePlan:
     """Choose n, the trials and the step budgets for ``budget_seconds`` (see the module docstring).
 
     ``overhead(candidate)`` estimates the seconds of one slice spent outside training. ``trials`` fixes n, and
     ``growth`` with it the step budgets (then there is no floor: benchmarks race other configurations under the
-    same plan).
+    same plan). ``slots``: trials that train at once (a cluster's devices), so more of them fit the floor.
     """
     if not candidates:
         raise ValueError("the race needs at least one candidate configuration")
     overhead = _memoised(overhead)
     if trials is not None:
         return _fixed_n(candidates, trials, budget_seconds, overhead, floor_steps, min_winner_share, growth,
-                        include_default)  # fmt: skip
+                        include_default, slots)  # fmt: skip
     for n in range(min(max_trials, len(candidates)), 1, -1):
-        schedule = schedule_for(n, budget_seconds, min_winner_share=min_winner_share)
+        schedule = schedule_for(n, budget_seconds, min_winner_share=min_winner_share, slots=slots)
         first = schedule.slice_seconds[0]
         eligible = [c for c in candidates if _steps(c, first, overhead) >= floor_steps]
         chosen = _with_default(eligible, n, include_default)
@@ -183,7 +189,7 @@ def plan_race(
                 reason += f" ({passed_over} better-valued configuration(s) passed over as too slow for that)"
             return _plan(schedule, chosen, overhead, floor_steps, True, reason)
     best = _fallback(candidates, include_default)
-    schedule = HalvingSchedule(1, budget_seconds)
+    schedule = HalvingSchedule(1, budget_seconds, slots=slots)
     reason = (
         f"{budget_seconds:.0f} s cannot give two configurations {floor_steps} optimiser steps each in a first "
         "step and still leave the winner its share"
@@ -191,16 +197,18 @@ def plan_race(
     return _plan(schedule, [best], overhead, floor_steps, False, reason)
 
 
-def _fixed_n(candidates, trials, budget_seconds, overhead, floor_steps, min_winner_share, growth, include_default):
+def _fixed_n(
+    candidates, trials, budget_seconds, overhead, floor_steps, min_winner_share, growth, include_default, slots
+):
     """Exactly ``trials`` configurations, in the candidates' order, without the floor; but one whose first slice
     cannot hold a single optimiser step is passed over while enough others can, since a slice never stops before its
     first step: racing it would overrun the budget by that step (on a 2-core CPU a patch-256 / batch-32 resnet50
     step takes half a minute against a 10-s slice of a 60-s race of three)."""
     n = min(trials, len(candidates))
     if growth is None:
-        schedule = schedule_for(n, budget_seconds, min_winner_share=min_winner_share)
+        schedule = schedule_for(n, budget_seconds, min_winner_share=min_winner_share, slots=slots)
     else:
-        schedule = HalvingSchedule(n, budget_seconds, growth)
+        schedule = HalvingSchedule(n, budget_seconds, growth, slots)
     able = [c for c in candidates if _steps(c, schedule.slice_seconds[0], overhead) >= 1]
     chosen = _with_default(able, n, include_default) if len(able) >= n else None
     reason = f"n = {n} as asked"
@@ -218,7 +226,7 @@ def _grow_while_the_floor_holds(
     slice still reaches the floor: what the decision does not need goes to the configurations that go on."""
     growth = schedule.growth
     while growth + 0.05 <= MAX_GROWTH + 1e-9:
-        grown = HalvingSchedule(schedule.configurations, schedule.budget_seconds, round(growth + 0.05, 2))
+        grown = dataclasses.replace(schedule, growth=round(growth + 0.05, 2))
         if min(_steps(c, grown.slice_seconds[0], overhead) for c in chosen) < floor_steps:
             break
         schedule, growth = grown, grown.growth

@@ -9,6 +9,9 @@ counts are 50, 25, 12, 6, 3, 1 and the winner has received
 With ``growth`` g > 1 step ``s`` (from 0) gets a budget proportional to ``g**s``, so later steps, where
 fewer and better configurations train, get more of ``T``: the budget-aware race
 (:mod:`appliance.automl.race`) chooses g so that the winner receives a guaranteed share of ``T``.
+
+With ``slots`` > 1 (trials training side by side on a cluster's devices, :mod:`appliance.automl.executors`) a step's
+``a`` active configurations train in ``⌈a / slots⌉`` rounds, each slice lasting the step's budget divided by that.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ class HalvingSchedule:
     configurations: int
     budget_seconds: float
     growth: float = 1.0
+    slots: int = 1  # trials that train at once (one per device of a cluster)
 
     def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"successive halving needs at least 1 slot to train on, got {self.slots}")
         if self.configurations < 1:
             raise ValueError(f"successive halving needs at least 1 configuration, got {self.configurations}")
         if not self.budget_seconds > 0:
@@ -73,7 +79,10 @@ class HalvingSchedule:
     @property
     def slice_seconds(self) -> list[float]:
         """Seconds each active configuration trains in each step."""
-        return [seconds / count for seconds, count in zip(self.step_seconds, self.active, strict=True)]
+        return [
+            seconds / math.ceil(count / self.slots)
+            for seconds, count in zip(self.step_seconds, self.active, strict=True)
+        ]
 
     @property
     def winner_share(self) -> float:
@@ -85,6 +94,7 @@ class HalvingSchedule:
             "configurations": self.configurations,
             "budget_seconds": self.budget_seconds,
             "growth": self.growth,
+            "slots": self.slots,
             "active": self.active,
             "step_seconds": self.step_seconds,
             "slice_seconds": self.slice_seconds,
@@ -93,7 +103,12 @@ class HalvingSchedule:
 
     @classmethod
     def from_dict(cls, data: dict) -> HalvingSchedule:
-        return cls(int(data["configurations"]), float(data["budget_seconds"]), float(data.get("growth", 1.0)))
+        return cls(
+            int(data["configurations"]),
+            float(data["budget_seconds"]),
+            float(data.get("growth", 1.0)),
+            int(data.get("slots", 1)),
+        )
 
 
 def survivors(active: int) -> int:

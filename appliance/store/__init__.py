@@ -51,6 +51,7 @@ from appliance.errors import ApplianceError, readable
 from appliance.store.reads import PageReads, measurement_row
 from appliance.store.rows import (
     Activation,
+    ClusterNode,
     Component,
     Event,
     Image,
@@ -70,12 +71,13 @@ from appliance.store.rows import (
 SCHEMA: dict[str, tuple[dict[str, type], str | tuple[str, ...]]] = schema()
 """``{table: ({column: SQL type}, primary key)}``, derived from the row classes of :mod:`appliance.store.rows`."""
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bumped with every change to :data:`SCHEMA` (``tests/store/test_schema.py`` holds the fingerprint of each). 1: the
 store before versions were recorded (``PRAGMA user_version`` 0); 2: activation decisions keep the quality gate's
 numbers; 3: components report their ONNX Runtime providers; 4: a run records the validation metric it selects on
 and each slice its score in that metric (objects' AP@0.5 for an instances set); runs and models record their project
-(an older store's are filled in on upgrade). Opening an older store adds what it
+(an older store's are filled in on upgrade); 5: each slice records the cluster node that trained it, and the
+cluster's nodes have a table. Opening an older store adds what it
 lacks, in place; a newer one is refused."""
 
 
@@ -886,6 +888,27 @@ class Store(PageReads):
 
     def components(self) -> list[Component]:
         return [Component.from_row(row) for row in self.db["components"].rows_where(order_by="name")]
+
+    # -- cluster --------------------------------------------------------------------------------
+
+    def see_nodes(self, nodes: Sequence[Mapping]) -> None:
+        """Record the cluster's nodes as Ray reports them now (``node_id``, ``address``, ``alive`` and what else is
+        known); a node Ray no longer lists stays, marked not alive."""
+        with self.transaction():
+            self.db.execute("update cluster_nodes set alive = 0")
+            for node in nodes:
+                self.db["cluster_nodes"].upsert(
+                    {**_columns("cluster_nodes", node), "seen_at": now()}, pk="node_id", alter=False
+                )
+
+    def update_node(self, node_id: str, **fields) -> None:
+        """Change what is known of one node (``running``, ``free_memory_mb``, ``device``, ``alive`` …)."""
+        self.db["cluster_nodes"].upsert(
+            {**_columns("cluster_nodes", fields), "node_id": node_id, "seen_at": now()}, pk="node_id", alter=False
+        )
+
+    def cluster_nodes(self) -> list[ClusterNode]:
+        return [ClusterNode.from_row(row) for row in self.db["cluster_nodes"].rows_where(order_by="address, node_id")]
 
     def give_up(self, job_id: int, owner: str, error: str) -> None:
         """Fail a job at once, attempts left or not (its input can never work, e.g. an unreadable image)."""

@@ -135,6 +135,7 @@ class StepResult(Row):
     wall_seconds: float | None = None
     checkpoint: str | None = None
     finished_at: str | None = None
+    node: str | None = None  # the cluster node that trained the slice (None: the appliance's own process)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +347,23 @@ class Component(Row):
         return [name for name in (self.onnx_providers or "").split(",") if name]
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterNode(Row):
+    """A node of the Ray cluster that trains trials (``executor = "ray"``), as the head last saw it."""
+
+    table: ClassVar[str] = "cluster_nodes"
+    primary_key: ClassVar[str] = "node_id"
+
+    node_id: str | None = None
+    address: str | None = None
+    device: str | None = None  # what a trial trains on there: the GPU's name, or the CPU and its threads
+    slots: int | None = None  # trials it trains at once (one per GPU, or per cpus_per_trial CPUs)
+    free_memory_mb: float | None = None  # of the device (GPU), else of the machine, when last reported
+    running: str | None = None  # the slice it trains now ("run … rank … step …"), None when idle
+    alive: int | None = None  # 1 while Ray reports it alive
+    seen_at: str | None = None
+
+
 ROWS: tuple[type[Row], ...] = (
     Run,
     RankedConfig,
@@ -362,6 +380,7 @@ ROWS: tuple[type[Row], ...] = (
     Activation,
     Project,
     Component,
+    ClusterNode,
 )
 """Every table, in the order they are created."""
 
