@@ -73,6 +73,7 @@ def parse_bool(text: str | bool) -> bool:
 
 
 KEEP_CHECKPOINTS = ("winner", "all", "none")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,14 @@ class Settings:
         Which training checkpoints (``.pt``) stay after a run: ``winner`` (each step deletes the checkpoints of the
         trials it drops; the winner's stays), ``all`` (every trial's last checkpoint stays) or ``none`` (the
         winner's goes too once its ONNX export is registered). The exported model folder always stays.
+    executor : str
+        Where halving trains its trials: ``local`` (this process, one trial after another) or ``ray`` (one trial per
+        device of a Ray cluster at once; docs/cluster.md).
+    ray_address : str
+        The Ray cluster's head (``host:port``) when ``executor`` is ``ray``; empty: the appliance starts a Ray
+        instance on this machine and trains one trial per GPU of it.
+    ray_cpus_per_trial : int
+        On a cluster without GPUs, the CPU cores each trial trains with.
     """
 
     data_dir: Path = Path("appliance-data")
@@ -155,8 +164,15 @@ class Settings:
     min_object_px: int = 10
     quality_gate: bool = True
     keep_checkpoints: str = "winner"
+    executor: str = "local"
+    ray_address: str = ""
+    ray_cpus_per_trial: int = 1
 
     def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.ray_cpus_per_trial < 1:
+            raise ConfigError(f"ray_cpus_per_trial must be at least 1, got {self.ray_cpus_per_trial}")
         if self.top_n < 1:
             raise ConfigError(f"top_n must be at least 1, got {self.top_n}")
         if self.race_floor_steps < 1:
@@ -320,9 +336,9 @@ _DURATIONS = (
     "rescan_interval",
     "lease_seconds",
 )
-_INTS = ("top_n", "race_floor_steps", "seed", "page_port", "max_attempts", "min_object_px")
+_INTS = ("top_n", "race_floor_steps", "seed", "page_port", "max_attempts", "min_object_px", "ray_cpus_per_trial")
 _FLOATS = ("gpu_memory_gb", "disk_reserve_gb", "race_min_winner_share")
-_STRINGS = ("page_address", "page_password", "keep_checkpoints")
+_STRINGS = ("page_address", "page_password", "keep_checkpoints", "executor", "ray_address")
 _BOOLS = ("polling", "quality_gate")
 
 

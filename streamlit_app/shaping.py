@@ -11,7 +11,18 @@ from datetime import UTC, datetime
 from appliance.automl.schedule import selection_score, step_count
 from appliance.service.health import component_alive
 from appliance.store import RUNNING_RUN, JobStatus, RunStatus
-from appliance.store.rows import Activation, Component, Event, Intake, Job, Model, Run, StepResult, Trial
+from appliance.store.rows import (
+    Activation,
+    ClusterNode,
+    Component,
+    Event,
+    Intake,
+    Job,
+    Model,
+    Run,
+    StepResult,
+    Trial,
+)
 
 SURVIVING = ("active", "winner")
 
@@ -102,6 +113,43 @@ def component_health(components: Iterable[Component], *, clock: float) -> list[d
             }
         )
     return rows
+
+
+def short_node(node_id: str | None) -> str:
+    """A Ray node id (56 hex digits) as the page shows it; "here" for a slice the appliance trained itself."""
+    return node_id[:8] if node_id else "here"
+
+
+def cluster_node_rows(nodes: Iterable[ClusterNode], step_results: Iterable[StepResult] = ()) -> list[dict]:
+    """One row per cluster node as the head last saw it, with how many of the shown run's slices it trained."""
+    trained: dict[str, int] = {}
+    for result in step_results:
+        if result.node:
+            trained[result.node] = trained.get(result.node, 0) + 1
+    return [
+        {
+            "node": short_node(node.node_id),
+            "address": node.address or "",
+            "alive": bool(node.alive),
+            "device": node.device or "(no worker yet)",
+            "trials at once": node.slots or 0,
+            "free memory": format_bytes(node.free_memory_mb * 2**20) if node.free_memory_mb is not None else "",
+            "running": node.running or ("idle" if node.alive else "-"),
+            "slices of this run": trained.get(node.node_id, 0),
+            "last seen": local_time(node.seen_at),
+        }
+        for node in nodes
+    ]
+
+
+def trial_nodes(step_results: Iterable[StepResult]) -> dict[int, str]:
+    """Each trial's node, as ``rank -> short node id`` (its slices in step order, "→" where it moved)."""
+    nodes: dict[int, list[str]] = {}
+    for result in sorted(step_results, key=lambda r: (r.rank, r.step)):
+        name = short_node(result.node)
+        if not nodes.get(result.rank) or nodes[result.rank][-1] != name:
+            nodes.setdefault(result.rank, []).append(name)
+    return {rank: " → ".join(names) for rank, names in nodes.items()}
 
 
 def queue_summary(counts: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, int]]:

@@ -119,6 +119,7 @@ def train_set(
         log(f"resuming run {run_id} on {labelled_set.name} (status {run.status})")
         store.event(run_id, "resumed")
     run_dir = Path(store.run(run_id).run_dir)
+    executor = None
     try:
         backend = TorchBackend(
             labelled_set,
@@ -131,8 +132,9 @@ def train_set(
             ),
             min_object_px=settings.min_object_px,
         )
+        executor = _executor(store, run_id, labelled_set, split, seed, settings, backend, log)
         measuring = time.perf_counter()
-        table = ensure_reference_measurements(store, backend.device, log=log)
+        table = ensure_reference_measurements(store, executor.probe if executor else backend.device, log=log)
         if time.perf_counter() - measuring > 0.5:  # a new device or code version: once, and not the set's budget
             timings["device_measurement_seconds"] = time.perf_counter() - measuring
             job_started += timings["device_measurement_seconds"]
@@ -153,6 +155,7 @@ def train_set(
                     trials=trials,
                     growth=growth,
                     include_default=include_default,
+                    slots=executor.slots if executor else 1,
                 )
 
             # Whether any race fits does not depend on the order (race.py), so a budget that allows none is known
@@ -170,7 +173,10 @@ def train_set(
             store.event(run_id, plan.describe(), level="info" if plan.search else "warning")
         schedule = _recorded_schedule(store.run(run_id), len(store.trials(run_id)))
         store.update_run(
-            run_id, status=RunStatus.HALVING, device=str(backend.device), selection_metric=backend.selection_metric
+            run_id,
+            status=RunStatus.HALVING,
+            device=f"ray: {executor.probe.name}" if executor else str(backend.device),
+            selection_metric=backend.selection_metric,
         )
         started = time.perf_counter()
         halving = SuccessiveHalving(
@@ -185,8 +191,11 @@ def train_set(
                 config, validation_pixels=backend.validation_tile_pixels, table=table
             ),
             keep_dropped_checkpoints=settings.keep_checkpoints == "all",
+            executor=executor,
         )
         winner = halving.run()
+        if executor:  # testing and exporting the winner happen here
+            executor.close()
         timings["halving_seconds"] = time.perf_counter() - started
         store.update_run(run_id, status=RunStatus.EXPORTING, halving_seconds=timings["halving_seconds"])
         started = time.perf_counter()
@@ -195,6 +204,8 @@ def train_set(
         if labelled_set.task == SEMANTIC:  # an instances run validates interior/boundary, not the meta-base's IoU
             _remember(store, run_id, settings, log)
     except BaseException as error:
+        if executor:
+            executor.close()
         if not isinstance(error, KeyboardInterrupt | SystemExit):
             store.update_run(
                 run_id, status=RunStatus.FAILED, error=f"{type(error).__name__}: {error}", finished_at=now()
@@ -205,6 +216,25 @@ def train_set(
     return JobResult(
         run_id, store.run(run_id), store.trials(run_id), store.step_results(run_id), test, model_dir, timings
     )
+
+
+def _executor(store, run_id, labelled_set, split, seed, settings: Settings, backend: TorchBackend, log):
+    """The Ray executor when the settings ask for one (its workers measure their own device), else None: the trials
+    train here, one after another."""
+    if settings.executor != "ray":
+        return None
+    from appliance.automl.cluster import BackendSpec, RayExecutor
+
+    executor = RayExecutor(
+        BackendSpec(str(labelled_set.root), split.to_dict(), seed, settings.gpu_memory_gb, settings.min_object_px),
+        store=store,
+        run_id=run_id,
+        cpus_per_trial=settings.ray_cpus_per_trial,
+        on_throughput=backend.on_throughput,
+        address=settings.ray_address,
+    )
+    log(f"training on the Ray cluster: {executor.slots} worker(s), device {executor.probe.name}")
+    return executor
 
 
 def _recorded_schedule(run: Run, trials: int) -> HalvingSchedule:

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -89,8 +90,11 @@ class ThroughputTable:
         self.measured[group] = (steps_per_second, source)
 
     @classmethod
-    def load(cls, store: Store, device: torch.device, *, version: str | None = None) -> ThroughputTable:
-        name, version = device_name(device), version or code_version()
+    def load(cls, store: Store, device: torch.device | str, *, version: str | None = None) -> ThroughputTable:
+        """The table of ``device`` (or a device's name, e.g. a cluster worker's) for ``version`` (default: this
+        code's)."""
+        name = device if isinstance(device, str) else device_name(device)
+        version = version or code_version()
         rows = store.throughput(name, version)
         return cls(
             name,
@@ -300,20 +304,47 @@ def reference_groups(table: ThroughputTable, encoder: str) -> Iterable[MemoryGro
 
 
 def measure_every_group(
-    store: Store, device: torch.device, *, log: Callable[[str], None] = lambda message: None
+    store: Store, device: torch.device | DeviceProbe, *, log: Callable[[str], None] = lambda message: None
 ) -> ThroughputTable:
     """Probe every memory group this device and code version has no measured value for (slow on a CPU: the largest
     resnet50 group takes about a minute there; seconds on a GPU)."""
-    table = ThroughputTable.load(store, device)
+    probe = _as_probe(device)
+    table = ThroughputTable.load(store, probe.name)
     for group in memory_groups():
         if group not in table.measured:
-            _probe(store, table, group, device, log)
+            _probe(store, table, group, probe, log)
     return table
 
 
-def _probe(store: Store, table: ThroughputTable, group: MemoryGroup, device: torch.device, log) -> None:
+class DeviceProbe(Protocol):
+    """Measures a device's speed where that device is: :class:`LocalProbe` here, a cluster worker's remotely."""
+
+    @property
+    def name(self) -> str: ...  # device_name() of the device
+
+    def training(self, group: MemoryGroup) -> float: ...  # steps per second
+
+    def prediction(self, encoder: str) -> float: ...  # MPix/s of prediction tiles
+
+
+@dataclass(frozen=True)
+class LocalProbe:
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return device_name(self.device)
+
+    def training(self, group: MemoryGroup) -> float:
+        return measure_group(group, self.device)
+
+    def prediction(self, encoder: str) -> float:
+        return measure_prediction(encoder, self.device)
+
+
+def _probe(store: Store, table: ThroughputTable, group: MemoryGroup, probe: DeviceProbe, log) -> None:
     started = time.perf_counter()
-    steps_per_second = measure_group(group, device)
+    steps_per_second = probe.training(group)
     store.record_throughput(table.device, table.version, group, steps_per_second, source=PROBE)
     table.record(group, steps_per_second, PROBE)
     log(
@@ -322,17 +353,23 @@ def _probe(store: Store, table: ThroughputTable, group: MemoryGroup, device: tor
     )
 
 
+def _as_probe(device: torch.device | DeviceProbe) -> DeviceProbe:
+    return LocalProbe(device) if isinstance(device, torch.device) else device
+
+
 def ensure_reference_measurements(
-    store: Store, device: torch.device, *, log: Callable[[str], None] = lambda message: None
+    store: Store, device: torch.device | DeviceProbe, *, log: Callable[[str], None] = lambda message: None
 ) -> ThroughputTable:
-    """Measure the reference groups of both encoders that this device and code version lack; return the table."""
-    table = ThroughputTable.load(store, device)
+    """Measure the reference groups of both encoders that this device (here, or a cluster worker's through its
+    probe) and code version lack; return the table."""
+    probe = _as_probe(device)
+    table = ThroughputTable.load(store, probe.name)
     for encoder in ("resnet18", "resnet50"):
         for group in reference_groups(table, encoder):
             if group not in table.measured:
-                _probe(store, table, group, device, log)
+                _probe(store, table, group, probe, log)
         if encoder not in table.prediction:
-            mpix_per_second = measure_prediction(encoder, device)
+            mpix_per_second = probe.prediction(encoder)
             tiles = MemoryGroup(PREDICT_TILE, 1, encoder)
             store.record_throughput(
                 table.device, table.version, tiles, mpix_per_second * 1e6 / PREDICT_TILE**2, source=PROBE, kind=PREDICT

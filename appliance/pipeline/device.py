@@ -88,6 +88,20 @@ def process_peak_memory_mb(device: torch.device) -> float:
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def free_memory_mb(device: torch.device) -> float | None:
+    """Free memory of the GPU (all processes counted), or the machine's available memory for a CPU device (None
+    where the system does not say)."""
+    if is_cuda(device):
+        free, _total = torch.cuda.mem_get_info(resolve_device(device))
+        return free / 2**20
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 def release_cached_memory(device: torch.device) -> None:
     """Give the CUDA caching allocator's free blocks back (after an out-of-memory error or a dropped trial)."""
     if is_cuda(device):

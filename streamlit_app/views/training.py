@@ -183,11 +183,27 @@ def body() -> None:
     common.guarded("Ranking", lambda: ranking_source(run))
     common.guarded("Halving", lambda: race(run, results, trials))
     common.guarded("Predictions", lambda: predictions(results, trials))
-    common.guarded("Trials", lambda: trial_table(trials))
+    common.guarded("Trials", lambda: trial_table(trials, results))
+    common.guarded("Cluster", lambda: cluster(store, results))
     common.guarded("Events", lambda: run_events(store, run_id))
 
 
-def trial_table(trials: list[Trial]) -> None:
+def cluster(store, results: list[StepResult]) -> None:
+    """The Ray cluster's nodes (``executor = "ray"``): device, free memory, what each trains now."""
+    nodes = store.cluster_nodes()
+    if not nodes:
+        return
+    st.subheader("Cluster")
+    alive = [n for n in nodes if n.alive]
+    st.caption(
+        f"{len(alive)} of {len(nodes)} node(s) alive, {sum(n.slots or 0 for n in alive)} trial(s) at once; "
+        "as the training process last saw them (every few seconds during a race)."
+    )
+    st.dataframe(shaping.cluster_node_rows(nodes, results), hide_index=True, width="stretch")
+
+
+def trial_table(trials: list[Trial], results: list[StepResult]) -> None:
+    trained_on = shaping.trial_nodes(results)
     with st.expander(f"All {len(trials)} trials"):
         st.dataframe(
             [
@@ -199,6 +215,7 @@ def trial_table(trials: list[Trial]) -> None:
                     "status": t.status,
                     "dropped after step": None if t.dropped_after_step is None else t.dropped_after_step + 1,
                     "reason": t.reason,
+                    "trained on": trained_on.get(t.rank, ""),
                 }
                 for t in trials
             ],

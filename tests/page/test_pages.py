@@ -327,3 +327,29 @@ def test_models_builds_a_bioimageio_package_on_request_and_says_why_it_cannot(pa
     app = open_page("views/models.py")
     labels = [button.proto.label for button in app.get("download_button")]
     assert any(label.startswith("Download the BioImage.IO package") for label in labels), labels
+
+
+def test_training_shows_the_cluster_nodes_and_which_node_trained_each_trial(page_env, tmp_path):
+    store = Store(tmp_path / "appliance.sqlite")
+    run_id = store.create_run(set_name="phase", budget_seconds=600.0, top_n=2, seed=0)
+    for rank, config_id in ((1, "c-aaaaaaaaaa"), (2, "c-bbbbbbbbbb")):
+        store.add_trial(run_id, rank, config_id, {"patch_size": 128}, 0.5)
+    node_a, node_b = "a1" * 28, "b2" * 28
+    store.see_nodes(
+        [
+            {"node_id": node_a, "address": "10.0.0.2", "slots": 1, "alive": 1},
+            {"node_id": node_b, "address": "10.0.0.3", "slots": 2, "alive": 1},
+        ]
+    )
+    store.update_node(node_a, device="NVIDIA RTX 4070", free_memory_mb=6144.0, running=f"run {run_id} rank 1 step 2")
+    store.see_nodes([{"node_id": node_a, "address": "10.0.0.2", "slots": 1, "alive": 1}])  # node b died
+    for rank, node in ((1, node_a), (2, node_b)):
+        store.record_step_result(
+            run_id, 0, rank, config_id=f"c-{rank}", validation_iou=0.5, wall_seconds=9.0, node=node
+        )
+    store.close()
+    page_env(tmp_path)
+    shown = texts(open_page("views/training.py"))
+    assert "Cluster" in shown and "1 of 2 node(s) alive, 1 trial(s) at once" in shown
+    assert "NVIDIA RTX 4070" in shown and "6.0 GB" in shown and f"run {run_id} rank 1 step 2" in shown
+    assert "a1a1a1a1" in shown and "b2b2b2b2" in shown  # the trials table's "trained on"

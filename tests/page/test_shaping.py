@@ -261,3 +261,34 @@ def test_doctests_of_the_module():
     import doctest
 
     assert doctest.testmod(shaping).failed == 0
+
+
+def test_cluster_nodes_count_this_runs_slices_and_say_what_each_node_does():
+    from appliance.store.rows import ClusterNode
+
+    nodes = [
+        ClusterNode(node_id="a" * 56, address="10.0.0.2", device="NVIDIA RTX 4070", slots=1, free_memory_mb=2048.0,
+                    running="run r1 rank 3 step 2", alive=1, seen_at="2026-11-29T01:00:00+00:00"),
+        ClusterNode(node_id="b" * 56, address="10.0.0.3", slots=2, alive=1),
+        ClusterNode(node_id="c" * 56, address="10.0.0.4", device="NVIDIA RTX 4070", slots=1, alive=0),
+    ]  # fmt: skip
+    results = [
+        StepResult(run_id="r1", step=0, rank=1, node="a" * 56),
+        StepResult(run_id="r1", step=1, rank=1, node="a" * 56),
+        StepResult(run_id="r1", step=0, rank=2, node="c" * 56),
+    ]
+    rows = shaping.cluster_node_rows(nodes, results)
+    assert [r["node"] for r in rows] == ["aaaaaaaa", "bbbbbbbb", "cccccccc"]
+    assert [r["slices of this run"] for r in rows] == [2, 0, 1]
+    assert [r["running"] for r in rows] == ["run r1 rank 3 step 2", "idle", "-"]
+    assert rows[0]["free memory"] == "2.0 GB" and rows[1]["device"] == "(no worker yet)" and rows[2]["alive"] is False
+
+
+def test_a_trial_that_moved_between_nodes_shows_each_in_order():
+    results = [
+        StepResult(step=1, rank=1, node="b" * 56),
+        StepResult(step=0, rank=1, node="a" * 56),
+        StepResult(step=2, rank=1, node="b" * 56),
+        StepResult(step=0, rank=2, node=None),
+    ]
+    assert shaping.trial_nodes(results) == {1: "aaaaaaaa → bbbbbbbb", 2: "here"}
