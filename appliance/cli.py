@@ -307,6 +307,18 @@ def metabase_build(
     click.echo(f"{count} runs added to {out_csv.resolve()}")
 
 
+_CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML settings file (default: $APPLIANCE_CONFIG, if set).",
+)
+_DATA_DIR_OPTION = click.option(
+    "--data-dir", default=None, type=click.Path(file_okay=False, path_type=Path), help="State folder."
+)
+
+
 @main.group()
 def metamodel() -> None:
     """Evaluate and train the meta-model that ranks configurations for a new set."""
@@ -341,16 +353,32 @@ def _split_names(text: str | None) -> tuple[str, ...] | None:
     return tuple(name.strip() for name in text.split(",") if name.strip()) if text else None
 
 
+def _given(name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not its default)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
 @metamodel.command("evaluate")
 @_METABASE_OPTION
 @_SEEDS_OPTION
 @_FIDELITY_OPTION
 @_MODELS_OPTION
 @_VARIANTS_OPTION
-def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, models, variants):
+@click.option(
+    "--fidelity-aware",
+    is_flag=True,
+    help="Instead: the fidelity-aware model at every curve point vs RF-d7 fitted at that point, and its "
+    "extrapolation from the points ≤ F to those above (seeds 0,1,2 unless --seeds; --variants: its one variant).",
+)
+def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, models, variants, fidelity_aware):
     """Leave-one-dataset-out table of every model and feature variant (mean ± std over seeds)."""
     from appliance.metalearning import DEFAULT_MODELS, evaluate, load_metabase
 
+    if fidelity_aware:
+        _evaluate_fidelity_aware(metabase_path, seeds, fidelity, models, variants)
+        return
     try:
         table = evaluate(
             load_metabase(metabase_path),
@@ -365,6 +393,30 @@ def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, 
     click.echo(f"\n(fitting took {sum(table.fit_seconds.values()):.0f} s in all)", err=True)
 
 
+def _evaluate_fidelity_aware(metabase_path: Path, seeds: str, fidelity, models, variants) -> None:
+    from appliance.metalearning import evaluate_fidelities, load_metabase
+    from appliance.metalearning.fidelity import FIDELITY_SEEDS, FIDELITY_VARIANT
+
+    if fidelity is not None or models:
+        raise click.BadParameter(
+            "--fidelity-aware evaluates every fidelity with its own model: leave out --fidelity/--models"
+        )
+    variant_names = _split_names(variants) or (FIDELITY_VARIANT,)
+    if len(variant_names) != 1:
+        raise click.BadParameter("--fidelity-aware takes one feature variant in --variants")
+    started = time.perf_counter()
+    try:
+        report = evaluate_fidelities(
+            load_metabase(metabase_path),
+            seeds=_parse_seeds(seeds) if _given("seeds") else FIDELITY_SEEDS,
+            variant=variant_names[0],
+        )
+    except ApplianceError as error:
+        _fail(error)
+    click.echo(report.to_markdown())
+    click.echo(f"\n(took {time.perf_counter() - started:.0f} s)", err=True)
+
+
 @metamodel.command("train")
 @_METABASE_OPTION
 @_SEEDS_OPTION
@@ -374,11 +426,27 @@ def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, 
 @click.option("--out", "out_dir", default=Path("models"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--model", default=None, help="Model to ship (default: the best by LODO z-score).")
 @click.option("--variant", default=None, help="Feature variant to ship (with --model).")
-def metamodel_train(metabase_path, seeds, fidelity, models, variants, out_dir, model, variant):
+@click.option(
+    "--living",
+    is_flag=True,
+    help="Instead: fold the data dir's living meta-base (its runs' learning curves) into a new model (default the "
+    "fidelity-aware rf_d7_curve; --model/--variant choose another) and activate it under <data dir>/metamodels only "
+    "when its leave-one-dataset-out z is not below the active model's (seeds 0,1,2 unless --seeds).",
+)
+@_CONFIG_OPTION
+@_DATA_DIR_OPTION
+def metamodel_train(
+    metabase_path, seeds, fidelity, models, variants, out_dir, model, variant, living, config_file, data_dir
+):
     """Evaluate, fit the best model on every set, write models/metamodel.* and the report."""
     from appliance.metalearning import DEFAULT_MODELS
     from appliance.metalearning.report import train_and_report
 
+    if living:
+        _retrain_with_living(metabase_path, seeds, fidelity, models, variants, model, variant, config_file, data_dir)
+        return
+    if config_file is not None or data_dir is not None:
+        raise click.BadParameter("--config and --data-dir apply with --living only")
     if (model is None) != (variant is None):
         raise click.BadParameter("give --model and --variant together, or neither")
     try:
@@ -397,6 +465,40 @@ def metamodel_train(metabase_path, seeds, fidelity, models, variants, out_dir, m
     click.echo(trained.table.comparison_line((trained.model.model, trained.model.variant)))
     click.echo(f"model:  {trained.model_path.resolve()}")
     click.echo(f"report: {trained.report_path.resolve()}")
+
+
+def _retrain_with_living(metabase_path, seeds, fidelity, models, variants, model, variant, config_file, data_dir):
+    from appliance.metalearning import FIDELITY_AWARE_MODEL, retrain_with_living
+    from appliance.metalearning.fidelity import FIDELITY_VARIANT
+    from appliance.metalearning.retrain import RETRAIN_SEEDS
+
+    if (model is None) != (variant is None):
+        raise click.BadParameter("give --model and --variant together, or neither (the fidelity-aware default)")
+    if models or variants or _given("out_dir"):
+        raise click.BadParameter(
+            "--living fits one model (--model/--variant) and keeps it under <data dir>/metamodels: "
+            "leave out --models, --variants and --out"
+        )
+    try:
+        settings = _service_settings(config_file, data_dir=data_dir)
+        result = retrain_with_living(
+            metabase_path,
+            settings.data_dir,
+            settings.metamodel_dir,
+            model=model or FIDELITY_AWARE_MODEL,
+            variant=variant or FIDELITY_VARIANT,
+            fidelity=fidelity,
+            seeds=_parse_seeds(seeds) if _given("seeds") else RETRAIN_SEEDS,
+        )
+    except ApplianceError as error:
+        _fail(error)
+    if result.comparison is not None:
+        labels = {"candidate": result.candidate_label or "", "active": result.active_label}
+        click.echo(result.comparison.to_markdown(labels))
+        click.echo("")
+    click.echo(("activated: " if result.activated else "not activated: ") + result.reason)
+    if result.candidate_dir is not None:
+        click.echo(f"candidate: {result.candidate_dir.resolve()}")
 
 
 @main.command()
@@ -530,17 +632,6 @@ def _echo_summary(result) -> None:
 
 
 # -- the service: appliance run / health / config -------------------------------------------------------------------
-
-_CONFIG_OPTION = click.option(
-    "--config",
-    "config_file",
-    default=None,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="TOML settings file (default: $APPLIANCE_CONFIG, if set).",
-)
-_DATA_DIR_OPTION = click.option(
-    "--data-dir", default=None, type=click.Path(file_okay=False, path_type=Path), help="State folder."
-)
 
 
 def _service_settings(config_file: Path | None, **overrides):

@@ -271,7 +271,11 @@ def _rank(
             ranking, fallback_reason = fallback_ranking(), missing
         else:
             save_features(store.run(run_id).run_dir, features)
-            ranking, fallback_reason = rank_for_set(features, models_dir=settings.metamodel_dir)
+            from appliance.metalearning.retrain import active_metamodel_dir
+
+            # the model `appliance metamodel train --living` activated for this data dir, else the shipped one
+            models_dir = active_metamodel_dir(settings.data_dir, settings.metamodel_dir)
+            ranking, fallback_reason = rank_for_set(features, models_dir=models_dir)
         if fallback_reason:
             store.event(run_id, f"ranked with the {ranking.source}: {fallback_reason}", level="warning")
             log(f"ranking: {ranking.source} ({fallback_reason})")

@@ -62,7 +62,7 @@ def rank_for_set(
     ranking = Ranking(
         tuple(c for c, _ in ranked),
         tuple(float(s) for _, s in ranked),
-        METAMODEL_SOURCE,
+        f"{METAMODEL_SOURCE} {model.label} from {models_dir}",
         work_doubling_gain=model.work_doubling_gain,
         score_correlation=model.score_correlation,
     )

@@ -19,12 +19,21 @@ Modules (everything public is re-exported here):
    IoU, which cannot help ranking inside one set), ``xgb_reg`` / ``xgb_reg_setz`` (gradient-boosted trees, same two
    targets), ``xgb_rank`` (LambdaMART-style ``rank:pairwise`` = RankNet loss, as in the thesis, grouped by set on the
    raw IoU: pairwise needs no integer labels), ``xgb_ndcg`` (``rank:ndcg`` LambdaMART on within-set decile grades
-   0..9, the thesis' "binned IoU") and ``ens`` (mean of the standardised scores of ``rf_d7_setz`` and ``xgb_rank``).
+   0..9, the thesis' "binned IoU"), ``ens`` (mean of the standardised scores of ``rf_d7_setz`` and ``xgb_rank``) and
+   the fidelity-aware ``rf_d7_curve`` (:data:`FIDELITY_AWARE_MODEL`: fitted on every learning-curve point with the
+   training amount as an input, IoU standardised within each set over all its points, so that it answers "how good
+   after X MP": ``MetaModel.predict(rows, fidelity_mp=X)``).
 4. ``evaluation``: :func:`evaluate` runs leave-one-dataset-out over several seeds and returns an
    :class:`EvaluationTable`; ``model``: :class:`MetaModel` is the shipped model (fit on all sets, saved without
    pickle) and :func:`rank_configurations` ranks all 576 configurations for a new set.
 5. ``builder`` trains configurations on the shared sets and writes the meta-base CSV; ``report`` fits, evaluates
    and writes the shipped model and its report (``appliance metamodel train``).
+6. ``fidelity``: :func:`evaluate_fidelities` reports the fidelity-aware model at every curve point against RF-d7
+   fitted at that point alone, and its extrapolation from the points <= F to those above
+   (``appliance metamodel evaluate --fidelity-aware``).
+7. ``retrain``: :func:`retrain_with_living` folds the data dir's living meta-base into a new model and activates it
+   (``<data dir>/metamodels/active.json``) only when its leave-one-dataset-out z is not below the active model's;
+   :func:`active_metamodel_dir` is where ranking finds the active model (``appliance metamodel train --living``).
 
 Metrics per held-out set (thesis 4.7.1): z = (mean true IoU of the predicted top 10 % - mean of all) / std of all
 (population std; top 10 % = ceil(0.1 n), at least 1), the oracle z of the true top 10 %, Pearson r, Kendall tau,
@@ -47,11 +56,20 @@ from appliance.metalearning.base import (
 )
 from appliance.metalearning.evaluation import EvaluationTable, evaluate, set_metrics, top_count
 from appliance.metalearning.features import parse_variant
-from appliance.metalearning.learners import DEFAULT_MODELS, MODELS, ModelSpec
+from appliance.metalearning.fidelity import FidelityReport, evaluate_fidelities
+from appliance.metalearning.learners import DEFAULT_MODELS, FIDELITY_AWARE_MODEL, MODELS, ModelSpec
 from appliance.metalearning.model import MetaModel, rank_configurations, work_doubling_gain
+from appliance.metalearning.retrain import (
+    LivingMetaBaseError,
+    RetrainResult,
+    active_metamodel_dir,
+    load_living_metabase,
+    retrain_with_living,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
+    "FIDELITY_AWARE_MODEL",
     "HYPERPARAMETERS",
     "LIVING_METABASE",
     "META_FILE",
@@ -59,15 +77,22 @@ __all__ = [
     "MODEL_FILE",
     "TARGET",
     "EvaluationTable",
+    "FidelityReport",
+    "LivingMetaBaseError",
     "MetaBase",
     "MetaBaseError",
     "MetaModel",
     "MetabaseSummary",
     "ModelSpec",
+    "RetrainResult",
+    "active_metamodel_dir",
     "evaluate",
+    "evaluate_fidelities",
+    "load_living_metabase",
     "load_metabase",
     "parse_variant",
     "rank_configurations",
+    "retrain_with_living",
     "set_metrics",
     "summarise_metabase",
     "top_count",

@@ -222,6 +222,19 @@ def _groups(base: MetaBase, with_fidelity: bool) -> np.ndarray:
     return np.array([f"{s}@{f:g}" for s, f in zip(base.columns["set"], base.columns["fidelity_mp"], strict=True)])
 
 
+def _fit_groups(spec: ModelSpec, base: MetaBase, with_fidelity: bool) -> np.ndarray:
+    """The groups ``spec`` is fitted with: a fidelity-aware model standardises within each set over all its points."""
+    return base.columns["set"] if spec.fidelity_aware else _groups(base, with_fidelity)
+
+
+def _check_fidelity_aware(spec: ModelSpec, variant: str) -> None:
+    if spec.fidelity_aware and "fid" not in parse_variant(variant):
+        raise ConfigError(
+            f"{spec.name} takes the training amount as an input: give it a variant with +fid "
+            f"(e.g. {variant}+fid), not {variant!r}"
+        )
+
+
 def _resolve_fidelity(base: MetaBase, fidelity: float | None) -> float:
     if fidelity is None:
         return float(max(base.fidelities))
@@ -245,8 +258,11 @@ def _variant_available(base: MetaBase, variant: str) -> str | None:
 class _FoldFits:
     """The models fitted in one leave-one-dataset-out fold, so that an ensemble reuses its members' fits."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, first_seed: int) -> None:
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, first_seed: int, set_groups: np.ndarray | None = None
+    ) -> None:
         self.x, self.y, self.groups, self.first_seed = x, y, groups, first_seed
+        self.set_groups = groups if set_groups is None else set_groups  # for fidelity-aware models
         self.fitted: dict[tuple[str, int], Any] = {}
 
     def get(self, spec: ModelSpec, seed: int) -> Any:
@@ -256,7 +272,8 @@ class _FoldFits:
                 members = [self.get(MODELS[name], seed) for name in spec.members]
                 self.fitted[key] = spec.factory(key[1]).compose(members, self.x)
             else:
-                self.fitted[key] = spec.factory(key[1]).fit(self.x, self.y, self.groups)
+                groups = self.set_groups if spec.fidelity_aware else self.groups
+                self.fitted[key] = spec.factory(key[1]).fit(self.x, self.y, groups)
         return self.fitted[key]
 
 
@@ -293,6 +310,8 @@ def evaluate(
     variants = [v + "+fid" if use_all_fidelities and "fid" not in parse_variant(v) else v for v in variants]
     for variant in variants:
         parse_variant(variant)  # fail early on a bad name
+        for spec in specs:
+            _check_fidelity_aware(spec, variant)
 
     at_fidelity = metabase.at_fidelity(fidelity)
     set_column = metabase.columns["set"]
@@ -325,7 +344,7 @@ def evaluate(
             x_train, x_test = builder.transform(train.columns), builder.transform(test.columns)
             y_train, y_test = train.columns[TARGET], test.columns[TARGET]
             groups = _groups(train, all_fidelities)
-            fits = _FoldFits(x_train, y_train, groups, first_seed=seeds[0])
+            fits = _FoldFits(x_train, y_train, groups, first_seed=seeds[0], set_groups=train.columns["set"])
             for spec in specs:
                 key = (spec.name, variant)
                 for i, seed in enumerate(seeds):

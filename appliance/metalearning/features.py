@@ -5,7 +5,9 @@ training sets only."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,15 @@ PCA_COMPONENTS = 4
 """Principal components of the optical set vectors the meta-model uses."""
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No floating-point or all-NaN warnings: a column every row lacks (e.g. radiomics features missing from the
+    living meta-base's rows) is expected and filled afterwards."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 class OpticalReduction:
     """Set-level radiomics reduced as in the thesis (4.6.3) for the meta-model: z-score feature-wise over the
     *training* sets' vectors (a missing value takes the feature's mean), then the first 4 principal components (the
@@ -48,7 +59,7 @@ class OpticalReduction:
     def fit(self, set_vectors: Mapping[str, np.ndarray]) -> OpticalReduction:
         self.set_names = sorted(set_vectors)
         raw = np.array([np.asarray(set_vectors[s], dtype=float) for s in self.set_names], dtype=float)
-        with np.errstate(all="ignore"):
+        with _quiet():
             mean = np.nanmean(raw, axis=0)
         mean = np.where(np.isfinite(mean), mean, 0.0)
         raw = np.where(np.isfinite(raw), raw, mean)
@@ -209,11 +220,11 @@ class _FeatureBuilder:
             raw = np.column_stack([base.columns[c] for c in self.opt])
             vectors = {}
             for name in sorted(set(sets.tolist())):
-                with np.errstate(all="ignore"):
+                with _quiet():
                     vectors[name] = np.nanmean(raw[sets == name], axis=0)
             self.optical = OpticalReduction().fit(vectors)
         matrix = self._raw_matrix(base.columns)
-        with np.errstate(all="ignore"):
+        with _quiet():
             medians = np.nanmedian(matrix, axis=0) if len(matrix) else np.zeros(matrix.shape[1])
         self.medians = np.where(np.isfinite(medians), medians, 0.0)
         return self

@@ -267,7 +267,10 @@ class ModelSpec:
 
     ``pointwise``: it predicts IoU itself (RMSE is reported). ``deterministic``: the seed does not change it
     (evaluation then fits it once per fold and repeats the result for every seed). ``members``: registered models
-    an ensemble averages (evaluation reuses their fits).
+    an ensemble averages (evaluation reuses their fits). ``fidelity_aware``: it is fitted on every learning-curve
+    point with the training amount as an input (its variant gets ``+fid``) and its target is standardised within
+    each *set* over all of the set's points, so that its scores compare configurations across training amounts
+    (the other models' set-relative targets are standardised within each set *and* fidelity).
     """
 
     name: str
@@ -276,6 +279,7 @@ class ModelSpec:
     deterministic: bool
     description: str = ""
     members: tuple[str, ...] = ()
+    fidelity_aware: bool = False
 
 
 RF_TREES = 100
@@ -354,7 +358,20 @@ _register(
         members=("rf_d7_setz", "xgb_rank"),
     )
 )
+_register(
+    ModelSpec(
+        "rf_d7_curve",
+        lambda seed: _Forest(seed, target="set_z", n_estimators=RF_TREES),
+        pointwise=False,
+        deterministic=False,
+        description=f"random forest, max depth 7, {RF_TREES} trees, on every learning-curve point with log training "
+        "MP as a feature; IoU standardised within each set over all its points (fidelity-aware)",
+        fidelity_aware=True,
+    )
+)
 DEFAULT_MODELS = ("rf_d7", "rf_d7_setz", "xgb_reg", "xgb_rank", "xgb_ndcg", "ens")
+FIDELITY_AWARE_MODEL = "rf_d7_curve"
+"""The fidelity-aware meta-model: it predicts a configuration's score after a given number of MP of training."""
 
 
 def _spec(model: str | ModelSpec) -> ModelSpec:

@@ -25,7 +25,7 @@ from appliance.metalearning.base import (
     TARGET,
     MetaBase,
 )
-from appliance.metalearning.evaluation import _groups, _resolve_fidelity
+from appliance.metalearning.evaluation import _check_fidelity_aware, _fit_groups, _resolve_fidelity
 from appliance.metalearning.features import _FeatureBuilder, parse_variant
 from appliance.metalearning.learners import (
     MODELS,
@@ -46,6 +46,13 @@ class MetaModel:
     ``predict(rows)`` takes the raw input columns (:attr:`input_columns`: hyperparameters, set-level and engineered
     meta-features, as a mapping of name -> value or array, or a list of such dicts) and returns scores: higher is
     better (IoU, within-set standardised IoU or ranking score, depending on the model kind).
+
+    A *fidelity-aware* model (:attr:`fidelity_aware`, e.g. ``rf_d7_curve``) was fitted on every learning-curve point
+    with the training amount as an input: ``predict(rows, fidelity_mp=x)`` scores the configurations after ``x`` MP
+    of training patches (a number, or one per row); without it, rows' own ``fidelity_mp`` or else :attr:`fidelity`
+    (the largest training amount it was fitted on). Its scores are IoU standardised within a set over all the set's
+    curve points, so scores at different training amounts compare. :attr:`fidelity_range` is the span of training
+    amounts it has seen: beyond it, it extrapolates (a forest predicts the value of its last leaf).
     """
 
     def __init__(
@@ -62,6 +69,8 @@ class MetaModel:
         code_version: str = __version__,
         work_doubling_gain: float | None = None,
         score_correlation: float | None = None,
+        fidelity_range: tuple[float, float] | None = None,
+        living_runs: Sequence[str] = (),
     ) -> None:
         self.model = model
         self.variant = variant
@@ -75,6 +84,25 @@ class MetaModel:
         # what the budget-aware race needs to weigh a score against throughput (appliance.automl.race)
         self.work_doubling_gain = work_doubling_gain
         self.score_correlation = score_correlation
+        low, high = (self.fidelity, self.fidelity) if fidelity_range is None else map(float, fidelity_range)
+        self.fidelity_range = (low, high)
+        self.living_runs = tuple(living_runs)  # the living meta-base's runs (``source``) it was trained on
+
+    @property
+    def fidelity_aware(self) -> bool:
+        """Fitted on every curve point with the training amount as an input (``predict(..., fidelity_mp=x)``)."""
+        return MODELS[self.model].fidelity_aware
+
+    @property
+    def label(self) -> str:
+        """One line naming this model, e.g. for what ranked a run."""
+        if self.fidelity_aware:
+            low, high = self.fidelity_range
+            amount = f"fidelity-aware, fitted on {low:.3g}-{high:.3g} MP, ranks at {self.fidelity:.3g} MP"
+        else:
+            amount = f"at {self.fidelity:g} MP"
+        living = f", with {len(self.living_runs)} living run(s)" if self.living_runs else ""
+        return f"{self.model}/{self.variant} ({amount}; {len(self.training_sets)} sets{living})"
 
     @property
     def feature_names(self) -> list[str]:
@@ -93,17 +121,31 @@ class MetaModel:
         seed: int = 0,
         fidelity: float | None = None,
     ) -> MetaModel:
-        """Fit ``model`` on ``variant`` features of every set's rows at ``fidelity`` (all rows for ``+fid``)."""
+        """Fit ``model`` on ``variant`` features of every set's rows at ``fidelity`` (all rows for ``+fid``).
+
+        A fidelity-aware ``model`` gets ``+fid`` added to its variant and is fitted on every row; ``fidelity`` is then
+        only the training amount it scores at when asked without one (default: the largest in the meta-base).
+        """
         spec = _spec(model)
         if spec.name not in MODELS:
             raise ConfigError(f"only registered meta-models can be shipped, not {spec.name!r}")
-        fidelity = _resolve_fidelity(metabase, fidelity)
+        if spec.fidelity_aware:
+            if "fid" not in parse_variant(variant):
+                variant = f"{variant}+fid"
+            if fidelity is not None and not fidelity > 0:
+                raise ConfigError(f"fidelity must be a positive number of MP, not {fidelity!r}")
+            fidelity = float(max(metabase.fidelities) if fidelity is None else fidelity)
+        else:
+            fidelity = _resolve_fidelity(metabase, fidelity)
+        _check_fidelity_aware(spec, variant)
         all_fidelities = "fid" in parse_variant(variant)
         train = metabase if all_fidelities else metabase.subset(metabase.at_fidelity(fidelity))
         builder = _FeatureBuilder(variant).fit(train)
         estimator = spec.factory(seed).fit(
-            builder.transform(train.columns), train.columns[TARGET], _groups(train, all_fidelities)
+            builder.transform(train.columns), train.columns[TARGET], _fit_groups(spec, train, all_fidelities)
         )
+        sources = train.columns.get("source")  # the living meta-base's "run <id>"; text only where some row has one
+        living = sorted({s for s in sources.tolist() if s}) if sources is not None and sources.dtype == object else []
         return cls(
             spec.name,
             variant,
@@ -114,13 +156,28 @@ class MetaModel:
             seed=seed,
             trained_rows=train.n_rows,
             work_doubling_gain=work_doubling_gain(metabase),
+            fidelity_range=(min(train.fidelities), max(train.fidelities)),
+            living_runs=living,
         )
 
-    def predict(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def predict(
+        self,
+        rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        fidelity_mp: float | Sequence[float] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Scores of ``rows`` (higher is better). ``fidelity_mp``: the training amount to score at, for a model that
+        takes it as an input (a ``+fid`` variant); it replaces the rows' own ``fidelity_mp``. A model without that
+        input predicts at :attr:`fidelity` whatever is given."""
         if not isinstance(rows, Mapping):
             rows = {name: np.array([row[name] for row in rows]) for name in rows[0]} if len(rows) else {}
             if not rows:
                 return np.zeros(0)
+        if "fidelity_mp" in self.input_columns:
+            if fidelity_mp is not None:
+                rows = {**rows, "fidelity_mp": np.asarray(fidelity_mp, dtype=float)}
+            elif "fidelity_mp" not in rows:
+                rows = {**rows, "fidelity_mp": self.fidelity}
         return self.predictor.predict(self.builder.transform(rows))
 
     def meta(self) -> dict[str, Any]:
@@ -141,6 +198,10 @@ class MetaModel:
             "code_version": self.code_version,
             "work_doubling_gain": self.work_doubling_gain,
             "score_correlation": self.score_correlation,
+            "fidelity_aware": self.fidelity_aware,
+            "fidelity_range": list(self.fidelity_range),
+            "living_runs": list(self.living_runs),
+            "label": self.label,
         }
 
     def save(self, directory: str | Path) -> Path:
@@ -190,6 +251,8 @@ class MetaModel:
             code_version=meta["code_version"],
             work_doubling_gain=meta.get("work_doubling_gain"),
             score_correlation=meta.get("score_correlation"),
+            fidelity_range=meta.get("fidelity_range"),  # absent in files written before fidelity-aware models
+            living_runs=meta.get("living_runs", ()),
         )
 
 
