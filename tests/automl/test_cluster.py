@@ -111,7 +111,7 @@ def test_a_worker_killed_mid_step_loses_only_its_slice_which_runs_again_on_the_o
     markers.mkdir()
     store = Store(tmp_path / "state.sqlite")
     run_id = _new_run(store, top_n=4, budget=400.0)
-    factory = FakeBackendFactory(delay=1.0, markers=str(markers))
+    factory = FakeBackendFactory(delay=0.5, markers=str(markers))
     executor = RayExecutor(factory, store=store, run_id=run_id, address=head.address)
     killed = {}
 
@@ -152,7 +152,7 @@ def test_a_worker_killed_mid_step_loses_only_its_slice_which_runs_again_on_the_o
 
 def test_a_head_killed_mid_race_resumes_it_on_restart_with_nothing_lost_or_counted_twice(cluster, tmp_path):
     head, _ = cluster
-    command = [sys.executable, "-m", "tests.automl.cluster_fakes", head.address, str(tmp_path), "1.0"]
+    command = [sys.executable, "-m", "tests.automl.cluster_fakes", head.address, str(tmp_path), "0.5"]
     first = subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     store_path = tmp_path / "state.sqlite"
     deadline = time.monotonic() + 120
@@ -214,7 +214,7 @@ def test_a_worker_trains_a_real_slice_of_the_real_backend_and_reports_its_throug
         address=cluster[0].address,
     )
     config = PipelineConfig(patch_size=64, batch_size=4)
-    task = SliceTask(run_id, 1, config.to_dict(), 0, None, 6.0, 0.0, True, str(tmp_path / "rank-001" / "step-0.pt"))
+    task = SliceTask(run_id, 1, config.to_dict(), 0, None, 4.0, 0.0, True, str(tmp_path / "rank-001" / "step-0.pt"))
     try:
         executor.submit(task)
         [(_, outcome)] = executor.wait()
