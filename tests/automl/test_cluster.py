@@ -15,7 +15,9 @@ import pytest
 
 from appliance.automl.executors import LocalExecutor
 from appliance.automl.halving import SuccessiveHalving, enter_trials
+from appliance.automl.memory import MemoryGroup
 from appliance.automl.ranking import fallback_ranking
+from appliance.data.labelled_set import load_labelled_set
 from appliance.store import Store, TrialStatus
 from tests.automl.cluster_fakes import FakeBackendFactory
 
@@ -65,7 +67,7 @@ def test_a_race_on_two_workers_makes_the_decisions_of_the_local_executor(cluster
     from appliance.automl.cluster import RayExecutor
 
     factory = FakeBackendFactory()
-    decisions = {}
+    decisions, observed = {}, []
     for name in ("local", "ray"):
         store = Store(tmp_path / name / "state.sqlite")
         run_id = _new_run(store, top_n=8, budget=400.0)
@@ -73,8 +75,17 @@ def test_a_race_on_two_workers_makes_the_decisions_of_the_local_executor(cluster
         executor = (
             LocalExecutor(backend, clock=FrozenClock())
             if name == "local"
-            else RayExecutor(factory, store=store, run_id=run_id, address=cluster[0].address)
+            else RayExecutor(
+                factory,
+                store=store,
+                run_id=run_id,
+                address=cluster[0].address,
+                on_throughput=lambda config, steps, seconds: observed.append(config.id),
+            )
         )
+        if name == "ray":  # the throughput table of a worker's device is measured there, with its one thread
+            assert executor.probe.name.endswith("(1 threads)")
+            assert executor.probe.training(MemoryGroup(64, 4, "resnet18")) > 0
         halving = SuccessiveHalving(
             store,
             run_id,
@@ -90,6 +101,7 @@ def test_a_race_on_two_workers_makes_the_decisions_of_the_local_executor(cluster
         if name == "ray":
             results = store.step_results(run_id)
             assert len({r.node for r in results}) == 2  # both workers trained
+            assert sorted(observed) == sorted(r.config_id for r in results)  # each slice's speed reached the head
             for rank in {r.rank for r in results}:  # continued from its checkpoint on whichever worker: totals add up
                 rows = sorted((r for r in results if r.rank == rank), key=lambda r: r.step)
                 assert rows[-1].total_seconds_trained == pytest.approx(sum(r.seconds_trained for r in rows))
@@ -193,37 +205,49 @@ def test_a_cluster_with_gpus_trains_one_trial_per_gpu_and_none_on_its_cpu_nodes(
     assert cluster_module.cluster_slots(4) == (16, {"num_cpus": 4})
 
 
-def test_a_worker_trains_a_real_slice_of_the_real_backend_and_reports_its_throughput(cluster, tmp_path):
-    from appliance.automl.cluster import BackendSpec, RayExecutor
-    from appliance.automl.executors import SliceStatus, SliceTask
-    from appliance.automl.memory import MemoryGroup
-    from appliance.data.labelled_set import load_labelled_set
-    from appliance.data.splits import split_stems
-    from appliance.pipeline.config import PipelineConfig
+@pytest.mark.slow
+def test_a_training_job_with_executor_ray_races_on_the_workers_and_exports_on_the_head(
+    cluster, tmp_path, demo_set_dir, measured_cpu_throughput
+):
+    from appliance.automl.job import train_set
+    from appliance.automl.throughput import ThroughputTable
+    from appliance.pipeline.predictor import OnnxPredictor
+    from appliance.settings import Settings
 
-    set_dir = REPOSITORY / "appliance" / "demo_data" / "labelled" / "usiigaci_phase_cells_demo"
-    split = split_stems(load_labelled_set(set_dir).stems, seed=0)
-    store = Store(tmp_path / "state.sqlite")
-    run_id = store.create_run(set_name="demo", budget_seconds=60.0, top_n=1, seed=0)
-    observed = []
-    executor = RayExecutor(
-        BackendSpec(str(set_dir), split.to_dict(), 0, 8.0),
-        store=store,
-        run_id=run_id,
-        on_throughput=lambda config, steps, seconds: observed.append((config, steps)),
-        address=cluster[0].address,
+    torch = pytest.importorskip("torch")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        default_budget=16.0,
+        top_n=4,
+        race_floor_steps=2,
+        executor="ray",
+        ray_address=cluster[0].address,
     )
-    config = PipelineConfig(patch_size=64, batch_size=4)
-    task = SliceTask(run_id, 1, config.to_dict(), 0, None, 4.0, 0.0, True, str(tmp_path / "rank-001" / "step-0.pt"))
-    try:
-        executor.submit(task)
-        [(_, outcome)] = executor.wait()
-        probe = executor.probe  # the throughput table of a worker's device is measured there
-        assert probe.name.startswith("cpu") and "(1 threads)" in probe.name
-        assert probe.training(MemoryGroup(64, 4, "resnet18")) > 0
-    finally:
-        executor.close()
-    assert outcome.status == SliceStatus.TRAINED and outcome.trained.optimizer_steps >= 3
-    assert 0.0 <= outcome.validation.mean_iou <= 1.0 and Path(task.path).is_file()
-    assert observed and observed[0][0] == config and observed[0][1] == outcome.trained.optimizer_steps
-    assert outcome.node in {n.node_id for n in store.cluster_nodes()}
+    measured_cpu_throughput(settings.store_path)  # this machine's table, copied for the workers' one-thread device
+    store = Store(settings.store_path)
+    here = ThroughputTable.load(store, torch.device("cpu"))
+    worker_device = here.device.rsplit("(", 1)[0] + "(1 threads)"
+    for row in store.throughput(here.device, here.version):
+        group = MemoryGroup(row.patch_size, row.batch_size, row.encoder)
+        store.record_throughput(worker_device, row.code_version, group, row.steps_per_second, source=row.source,
+                                kind=row.kind)  # fmt: skip
+    assert ThroughputTable.load(store, worker_device).measured
+    result = train_set(demo_set_dir, settings, ranking=fallback_ranking(), store=store)
+    assert result.run.status == "finished" and result.run.device == f"ray: {worker_device}"
+    assert "device_measurement_seconds" not in result.timings  # the workers' device was known: nothing probed
+    assert result.run.plan["schedule"]["slots"] == 2 and result.run.plan["n"] >= 2
+    nodes = {n.node_id for n in store.cluster_nodes()}
+    assert {r.node for r in result.step_results} <= nodes and None not in {r.node for r in result.step_results}
+    assert all(n.running is None for n in store.cluster_nodes())  # the run's workers stopped after its race
+    assert all(r.optimizer_steps >= 1 for r in result.step_results if r.step == 0)  # real slices on the workers
+    assert OnnxPredictor(result.model_dir).predict(load_labelled_set(demo_set_dir).read(0)[0]).ndim == 2
+
+
+def test_with_no_ray_address_the_appliance_starts_a_ray_instance_of_its_own(tmp_path):
+    script = (
+        "from appliance.automl.cluster import connect; import ray; connect(''); "
+        "print(int(ray.cluster_resources()['CPU'])); ray.shutdown()"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == os.cpu_count()
