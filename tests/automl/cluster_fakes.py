@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ def quality(config_id: str) -> float:
 @dataclass(frozen=True)
 class FakeBackendFactory:
     """Builds :class:`FakeBackend` on a worker. ``delay``: real seconds each training slice takes; ``markers``: a
-    folder where each slice writes ``rank-R-step-S`` (holding the worker's node id) when its training starts."""
+    folder where each slice writes ``rank-R-step-S`` (holding the worker's node id and process id) when its training
+    starts."""
 
     delay: float = 0.0
     markers: str | None = None
@@ -64,7 +66,9 @@ class FakeBackend:
 
             step = trainer["steps"]
             marker = Path(self.spec.markers) / f"rank-{trainer['config_id']}-step-{step}"
-            marker.write_text(ray.get_runtime_context().get_node_id())
+            partial = marker.with_suffix(".partial")
+            partial.write_text(f"{ray.get_runtime_context().get_node_id()} {os.getpid()}")
+            partial.rename(marker)  # whole, for the test that watches the folder
         time.sleep(self.spec.delay)
         trainer["seconds"] += seconds
         trainer["steps"] += 1

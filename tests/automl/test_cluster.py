@@ -39,7 +39,12 @@ def cluster():
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            # a killed node is declared dead within about a second (Ray's default: tens of seconds)
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 2},
+        },
     )
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -131,8 +136,9 @@ def test_a_worker_killed_mid_step_loses_only_its_slice_which_runs_again_on_the_o
         while not killed:
             started = sorted(markers.glob("*-step-0"))
             if started:
-                node_id = started[0].read_text()
+                node_id, pid = started[0].read_text().split()
                 node = next(w for w in workers if w.node_id == node_id)
+                os.kill(int(pid), signal.SIGKILL)  # the worker process mid-slice, then its machine
                 head.remove_node(node, allow_graceful=False)
                 killed.update(node=node_id, slice=started[0].name)
             time.sleep(0.05)
