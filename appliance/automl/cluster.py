@@ -81,6 +81,7 @@ class TrialWorker:
     """One device of the cluster (a Ray actor): trains the slices it is handed, measures its device when asked."""
 
     def __init__(self, backend_factory: Callable[..., TrialBackend], cpus: int):
+        import ray
         import torch
 
         from appliance.pipeline.device import resolve_device
@@ -89,6 +90,7 @@ class TrialWorker:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, cpus))
         self.backend_factory = backend_factory
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.backend: TrialBackend | None = None
         self.observed: list[tuple[dict, int, float]] = []
 
@@ -98,7 +100,7 @@ class TrialWorker:
         from appliance.pipeline.device import device_name, free_memory_mb
 
         return {
-            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_id": self.node_id,
             "address": f"{socket.gethostname()} ({ray.util.get_node_ip_address()})",
             "device": device_name(self.device),
             "free_memory_mb": free_memory_mb(self.device),
@@ -112,8 +114,7 @@ class TrialWorker:
                 lambda config, steps, seconds: self.observed.append((config.to_dict(), steps, seconds))
             )
         self.observed = []
-        node = self.describe()
-        outcome = run_slice(self.backend, task, node=node["node_id"])
+        outcome = run_slice(self.backend, task, node=self.node_id)
         return outcome, self.observed, self.describe()
 
     def measure_training(self, group) -> float:
@@ -159,18 +160,18 @@ def connect(address: str | None) -> None:
         ) from None
 
 
-def cluster_slots(cpus_per_trial: int) -> tuple[int, dict]:
-    """Trials the cluster's live nodes can train at once, and the resources each trial's worker asks for: one GPU
-    each when the cluster has GPUs (CPU-only nodes then train none: equal shares on unequal devices would be
-    unfair), else ``cpus_per_trial`` CPUs each."""
+def cluster_slots(cpus_per_trial: int, nodes: list[dict] | None = None) -> tuple[int, dict]:
+    """Trials the cluster's live nodes (``ray.nodes()`` unless given) can train at once, and the resources each
+    trial's worker asks for: one GPU each when the cluster has GPUs (CPU-only nodes then train none: equal shares on
+    unequal devices would be unfair), else ``cpus_per_trial`` CPUs each."""
     import ray
 
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    gpus = sum(int(node["Resources"].get("GPU", 0)) for node in nodes)
-    if gpus:
-        return gpus, {"num_gpus": 1, "num_cpus": 0}
-    cpus = sum(int(node["Resources"].get("CPU", 0)) // cpus_per_trial for node in nodes)
-    return cpus, {"num_cpus": cpus_per_trial}
+    live = [node for node in (ray.nodes() if nodes is None else nodes) if node.get("Alive")]
+    if any(node["Resources"].get("GPU", 0) for node in live):
+        resources = {"num_gpus": 1, "num_cpus": 0}
+    else:
+        resources = {"num_cpus": cpus_per_trial}
+    return sum(_node_slots(node["Resources"], resources, cpus_per_trial) for node in live), resources
 
 
 class RayExecutor:
@@ -308,7 +309,8 @@ class RayExecutor:
     def record_nodes(self) -> tuple[int, dict]:
         """Record the cluster's live nodes in the store (a node gone is kept, marked not alive); returns the trials
         they can train at once and the resources a trial's worker asks for (:func:`cluster_slots`)."""
-        capacity, resources = cluster_slots(self.cpus_per_trial)
+        nodes = [node for node in self._ray.nodes() if node.get("Alive")]
+        capacity, resources = cluster_slots(self.cpus_per_trial, nodes)
         self.store.see_nodes(
             [
                 {
@@ -317,8 +319,7 @@ class RayExecutor:
                     "slots": _node_slots(node["Resources"], resources, self.cpus_per_trial),
                     "alive": 1,
                 }
-                for node in self._ray.nodes()
-                if node.get("Alive")
+                for node in nodes
             ]
         )
         return capacity, resources
@@ -353,6 +354,7 @@ class RayExecutor:
 
 
 def _node_slots(node_resources: dict, resources: dict, cpus_per_trial: int) -> int:
+    """Trials one node trains at once when each asks for ``resources``."""
     if resources.get("num_gpus"):
         return int(node_resources.get("GPU", 0))
     return int(node_resources.get("CPU", 0)) // cpus_per_trial
