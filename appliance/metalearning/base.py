@@ -78,6 +78,15 @@ class MetaBase:
     def fidelities(self) -> list[float]:
         return sorted(set(self.columns["fidelity_mp"].tolist()))
 
+    @property
+    def sources(self) -> np.ndarray:
+        """Each row's ``source`` as text: ``"run <id>"`` for a living meta-base row, ``""`` for a builder's row (and
+        for every row of a meta-base without the column)."""
+        sources = self.columns.get("source")
+        if sources is None or sources.dtype != object:
+            return np.full(self.n_rows, "", dtype=object)
+        return np.array([s or "" for s in sources.tolist()], dtype=object)
+
     def prefixed(self, prefix: str) -> list[str]:
         """Names of the columns that start with ``prefix``, in file order."""
         return [name for name in self.order if name.startswith(prefix)]

@@ -144,8 +144,7 @@ class MetaModel:
         estimator = spec.factory(seed).fit(
             builder.transform(train.columns), train.columns[TARGET], _fit_groups(spec, train, all_fidelities)
         )
-        sources = train.columns.get("source")  # the living meta-base's "run <id>"; text only where some row has one
-        living = sorted({s for s in sources.tolist() if s}) if sources is not None and sources.dtype == object else []
+        living = sorted({s for s in train.sources.tolist() if s})
         return cls(
             spec.name,
             variant,

@@ -167,9 +167,7 @@ def query_groups(base: MetaBase) -> np.ndarray:
     """The group of every row that its rank is judged in: ``set@fidelity`` for a meta-base row, ``set|run|step k``
     for a living row (its trial's k-th validated point in that run, counting from 0)."""
     sets, fidelity = base.columns["set"], base.columns["fidelity_mp"]
-    sources = base.columns.get("source")
-    if sources is None or sources.dtype != object:
-        sources = np.full(base.n_rows, "", dtype=object)
+    sources = base.sources
     configs = base.columns["config_id"]
     points: dict[tuple[str, str], list[float]] = {}
     for source, config, f in zip(sources.tolist(), configs.tolist(), fidelity.tolist(), strict=True):
@@ -218,11 +216,10 @@ class Recipe:
         return cls(model.model, model.variant, model.fidelity, frozenset(model.living_runs))
 
     def training_rows(self, base: MetaBase) -> np.ndarray:
-        sources = base.columns.get("source")
-        if self.living_runs is None or sources is None or sources.dtype != object:
+        if self.living_runs is None:
             rows = np.ones(base.n_rows, dtype=bool)
         else:
-            rows = np.array([not s or s in self.living_runs for s in sources.tolist()], dtype=bool)
+            rows = np.array([not s or s in self.living_runs for s in base.sources.tolist()], dtype=bool)
         if _spec(self.model).fidelity_aware or "fid" in parse_variant(self.variant):
             return rows
         return rows & base.at_fidelity(_resolve_fidelity(base, self.fidelity))
@@ -276,12 +273,7 @@ def compare(base: MetaBase, recipes: dict[str, Recipe], *, seeds: Iterable[int] 
         raise ConfigError("the comparison needs at least one seed")
     groups = query_groups(base)
     set_column, y = base.columns["set"], base.columns[TARGET]
-    sources = base.columns.get("source")
-    has_living = (
-        np.array([bool(s) for s in sources.tolist()])
-        if sources is not None and sources.dtype == object
-        else np.zeros(base.n_rows, dtype=bool)
-    )
+    has_living = base.sources != ""
     held: dict[str, list[np.ndarray]] = {}
     for name in base.sets:
         masks = _usable_groups(base, groups, set_column == name)
