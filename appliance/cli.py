@@ -259,6 +259,12 @@ def _expand_set_dirs(paths: tuple[Path, ...]) -> tuple[Path, ...]:
 )
 @click.option("--configs-per-set", default=48, show_default=True, type=click.IntRange(1, 576))
 @click.option(
+    "--configs",
+    "config_ids",
+    default=None,
+    help="Train these configurations on every set instead of a sample: 'default' (the paper's) and/or ids.",
+)
+@click.option(
     "--fidelity",
     default="0.5,1,2",
     show_default=True,
@@ -283,16 +289,23 @@ def _expand_set_dirs(paths: tuple[Path, ...]) -> tuple[Path, ...]:
 )
 @click.option("--limit", default=None, type=click.IntRange(1), help="Stop after this many runs (for trials).")
 def metabase_build(
-    set_paths, out_csv, configs_per_set, fidelity, seed, workers, device, metadata_path, optical_images, limit
+    set_paths, out_csv, configs_per_set, config_ids, fidelity, seed, workers, device, metadata_path, optical_images, limit
 ):
     """Train a stratified sample of configurations on every set and record their learning curves."""
-    from appliance.metalearning.builder import BuildSettings, build_metabase, load_set_metadata, parse_curve
+    from appliance.metalearning.builder import (
+        BuildSettings,
+        build_metabase,
+        load_set_metadata,
+        parse_configs,
+        parse_curve,
+    )
 
     try:
         settings = BuildSettings(
             set_dirs=_expand_set_dirs(set_paths),
             out_csv=out_csv,
             configs_per_set=configs_per_set,
+            configs=parse_configs(config_ids) if config_ids else (),
             curve=parse_curve(fidelity),
             seed=seed,
             workers=workers,

@@ -45,7 +45,7 @@ from appliance.data.io import atomic_write
 from appliance.data.labelled_set import LabelledSet, load_labelled_set, read_split_images
 from appliance.data.splits import Split, split_stems
 from appliance.errors import ConfigError
-from appliance.pipeline.config import SEARCH_SPACE, PipelineConfig
+from appliance.pipeline.config import PAPER_DEFAULT, SEARCH_SPACE, PipelineConfig
 from appliance.pipeline.device import device_name, process_peak_memory_mb, reset_peak_memory, resolve_device
 from appliance.pipeline.evaluation import evaluate
 from appliance.pipeline.patches import PatchCache
@@ -123,6 +123,28 @@ def stratified_configurations(count: int, seed: int) -> list[PipelineConfig]:
     return [PipelineConfig(**dict(zip(names, row, strict=True))) for row in rows]
 
 
+def parse_configs(text: str) -> tuple[PipelineConfig, ...]:
+    """Chosen configurations from ``"default,c-1a2b3c4d5e"``: ``default`` is the paper default, the rest ids of the
+    search space (as the page and ``appliance runs`` show them)."""
+    from appliance.automl.search_space import search_space
+
+    by_id = {config.id: config for config in search_space()}
+    chosen = []
+    for item in (part.strip() for part in text.split(",")):
+        if item == "default":
+            chosen.append(PAPER_DEFAULT)
+        elif item in by_id:
+            chosen.append(by_id[item])
+        else:
+            raise ConfigError(
+                f"configuration {item!r} is not in the search space; give 'default' or ids like "
+                f"{PAPER_DEFAULT.id}, separated by commas"
+            )
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"configurations {text!r}: each may be given once")
+    return tuple(chosen)
+
+
 def set_seed(set_name: str, seed: int) -> int:
     """Seed of a set's configuration sample: stable across runs and machines."""
     return (zlib.crc32(set_name.encode()) + seed) % 2**32
@@ -141,17 +163,23 @@ class Job:
         return (self.set_name, self.config.id, self.seed, self.curve[-1])
 
 
-def plan_jobs(set_dirs: Sequence[Path], *, configs_per_set: int, seed: int, curve: tuple[float, ...]) -> list[Job]:
+def plan_jobs(
+    set_dirs: Sequence[Path],
+    *,
+    configs_per_set: int,
+    seed: int,
+    curve: tuple[float, ...],
+    configs: Sequence[PipelineConfig] = (),
+) -> list[Job]:
     """All runs, interleaved across sets (config 1 of every set, then config 2, ...) so that a partial
-    build covers every set equally."""
-    per_set = [
-        [
-            Job(Path(d), Path(d).name, c, seed, curve)
-            for c in stratified_configurations(configs_per_set, set_seed(Path(d).name, seed))
-        ]
-        for d in set_dirs
-    ]
-    return [jobs[i] for i in range(configs_per_set) for jobs in per_set]
+    build covers every set equally. Each set gets its own stratified sample of ``configs_per_set``, or the same
+    chosen ``configs`` (long curves of a few configurations on every set)."""
+
+    def sample(set_dir: Path) -> Sequence[PipelineConfig]:
+        return configs or stratified_configurations(configs_per_set, set_seed(set_dir.name, seed))
+
+    per_set = [[Job(Path(d), Path(d).name, c, seed, curve) for c in sample(Path(d))] for d in set_dirs]
+    return [jobs[i] for i in range(len(per_set[0]) if per_set else 0) for jobs in per_set]
 
 
 # -- one run ----------------------------------------------------------------------------------------
@@ -380,6 +408,7 @@ class BuildSettings:
     set_dirs: tuple[Path, ...]
     out_csv: Path
     configs_per_set: int = 48
+    configs: tuple[PipelineConfig, ...] = ()  # chosen configurations instead of each set's sample
     curve: tuple[float, ...] = DEFAULT_CURVE_MP
     seed: int = 0
     workers: int = 1
@@ -392,7 +421,11 @@ class BuildSettings:
 def build_metabase(settings: BuildSettings, *, log: Callable[[str], None] = print) -> int:
     """Run every planned run that the CSV does not hold yet; returns the number of runs done now."""
     jobs = plan_jobs(
-        settings.set_dirs, configs_per_set=settings.configs_per_set, seed=settings.seed, curve=settings.curve
+        settings.set_dirs,
+        configs_per_set=settings.configs_per_set,
+        seed=settings.seed,
+        curve=settings.curve,
+        configs=settings.configs,
     )
     done = {run_key(row) for row in read_metabase_rows(settings.out_csv)}
     todo = [job for job in jobs if job.key not in done]

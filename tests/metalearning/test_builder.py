@@ -16,6 +16,7 @@ from appliance.metalearning.builder import (
     OUTCOME_COLUMNS,
     BuildSettings,
     build_metabase,
+    parse_configs,
     parse_curve,
     plan_jobs,
     read_metabase_rows,
@@ -24,7 +25,7 @@ from appliance.metalearning.builder import (
     stratified_configurations,
     write_rows,
 )
-from appliance.pipeline.config import SEARCH_SPACE, PipelineConfig
+from appliance.pipeline.config import PAPER_DEFAULT, SEARCH_SPACE, PipelineConfig
 
 
 @pytest.mark.parametrize("count", [48, 50, 7])
@@ -59,6 +60,23 @@ def test_plan_interleaves_sets_and_differs_per_set(tmp_path):
     alpha = [job.config.id for job in jobs if job.set_name == "alpha"]
     beta = [job.config.id for job in jobs if job.set_name == "beta"]
     assert alpha != beta
+
+
+def test_chosen_configurations_run_on_every_set_instead_of_a_sample(tmp_path):
+    other = PipelineConfig(patch_size=64, batch_size=4)
+    chosen = parse_configs(f"default, {other.id}")
+    assert chosen == (PAPER_DEFAULT, other)
+    jobs = plan_jobs([tmp_path / "alpha", tmp_path / "beta"], configs_per_set=48, seed=0, curve=(1.0, 32.0),
+                     configs=chosen)  # fmt: skip
+    assert [(job.set_name, job.config) for job in jobs] == [
+        ("alpha", PAPER_DEFAULT), ("beta", PAPER_DEFAULT), ("alpha", other), ("beta", other)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ["c-0000000000", "default,default", "resnet18", ""])
+def test_unknown_or_repeated_configurations_are_refused(text):
+    with pytest.raises(ConfigError, match="configuration"):
+        parse_configs(text)
 
 
 def test_steps_for_work_rounds_up_to_at_least_one_step():
