@@ -289,7 +289,17 @@ def _expand_set_dirs(paths: tuple[Path, ...]) -> tuple[Path, ...]:
 )
 @click.option("--limit", default=None, type=click.IntRange(1), help="Stop after this many runs (for trials).")
 def metabase_build(
-    set_paths, out_csv, configs_per_set, config_ids, fidelity, seed, workers, device, metadata_path, optical_images, limit
+    set_paths,
+    out_csv,
+    configs_per_set,
+    config_ids,
+    fidelity,
+    seed,
+    workers,
+    device,
+    metadata_path,
+    optical_images,
+    limit,
 ):
     """Train a stratified sample of configurations on every set and record their learning curves."""
     from appliance.metalearning.builder import (
