@@ -142,10 +142,11 @@ def train_set(
             store.update_run(run_id, status=RunStatus.RANKING)
 
             def plan_with(ranking: Ranking) -> tuple[list, RacePlan]:
-                candidates = time_aware_order(ranking, table)
+                left = max(1.0, budget - (time.perf_counter() - job_started))
+                candidates = time_aware_order(ranking, table, training_seconds=settings.race_min_winner_share * left)
                 return candidates, plan_race(
                     candidates,
-                    budget_seconds=max(1.0, budget - (time.perf_counter() - job_started)),
+                    budget_seconds=left,
                     overhead=lambda candidate: slice_overhead(
                         candidate, validation_pixels=backend.validation_tile_pixels, table=table
                     ),

@@ -13,6 +13,12 @@ configurations that learn most per pixel) are the slowest per second there. The 
    the 576, ``ρ`` the meta-model's leave-one-set-out Pearson correlation with IoU (a standardised score predicts
    ``ρ`` standard deviations of IoU), ``β`` the meta-base's IoU gain per doubling of work (0.36 standard deviations
    on the shipped meta-base). Both terms are in within-set standard deviations of IoU.
+   A *fidelity-aware* meta-model is asked directly: each configuration is scored after the MP it would train
+   here as the winner (its MPix/s × the winner's share of ``T``), and only the doublings beyond the largest
+   amount the model learned from are added as ``β · log₂(MP ÷ that amount)``: within its learning curves the
+   model knows how each configuration gains with training, beyond them it knows nothing better than ``β``.
+   (When every configuration gets more than the model knows, this is the first rule with the scores at that
+   amount.)
 2. **n and the steps from T.** The largest ``n ≤ max_trials`` for which every trial's first slice, after its
    estimated overheads (model, checkpoint, validation), still trains at least ``floor_steps`` optimiser steps,
    with the steps' budgets growing by the smallest factor ``g ≥ 1`` (0.05 grid) that gives the winner at least
@@ -60,6 +66,7 @@ class Candidate:
     predicted_score: float | None
     value: float
     throughput: Throughput
+    predicted_at_mp: float | None = None  # the training amount its score is for (a fidelity-aware meta-model)
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class RacePlan:
                 {
                     "config_id": c.config.id,
                     "predicted_score": c.predicted_score,
+                    "predicted_at_mp": c.predicted_at_mp,
                     "value": c.value,
                     "steps_per_second": c.throughput.steps_per_second,
                     "mpix_per_second": c.throughput.mpix_per_second,
@@ -115,11 +123,14 @@ class RacePlan:
         }
 
 
-def time_aware_order(ranking: Ranking, table: ThroughputTable) -> list[Candidate]:
+def time_aware_order(
+    ranking: Ranking, table: ThroughputTable, *, training_seconds: float | None = None
+) -> list[Candidate]:
     """Every configuration of ``ranking`` as a :class:`Candidate`, best value first.
 
-    A ranking without scores (the fallback prior, random baselines) keeps its order; its values are the negative
-    positions.
+    ``training_seconds``: how long the winner will train; a fidelity-aware ranking is scored after what each
+    configuration trains in that time (module docstring). A ranking without scores (the fallback prior, random
+    baselines) keeps its order; its values are the negative positions.
     """
     throughputs = [table.get(config) for config in ranking.configurations]
     if any(score is None for score in ranking.scores):
@@ -129,14 +140,33 @@ def time_aware_order(ranking: Ranking, table: ThroughputTable) -> list[Candidate
                 zip(ranking.configurations, ranking.scores, throughputs, strict=True)
             )
         ]
-    scores = np.array(ranking.scores, dtype=float)
-    z = (scores - scores.mean()) / (scores.std() or 1.0)
     mpix = np.array([t.mpix_per_second for t in throughputs])
     beta = WORK_DOUBLING_GAIN if ranking.work_doubling_gain is None else ranking.work_doubling_gain
     rho = SCORE_CORRELATION if ranking.score_correlation is None else ranking.score_correlation
-    values = rho * z + beta * np.log2(mpix / np.median(mpix))
+    at_mp: np.ndarray | list[None]
+    if ranking.score_at is not None and ranking.fidelity_range is not None and training_seconds is not None:
+        low, high = ranking.fidelity_range
+        training_mp = mpix * training_seconds
+        at_mp = np.clip(training_mp, low, high)
+        scores = np.array(ranking.score_at(at_mp), dtype=float)
+        doublings = np.log2(np.maximum(training_mp / high, 1.0))
+    else:
+        at_mp = [None] * len(mpix)
+        scores = np.array(ranking.scores, dtype=float)
+        doublings = np.log2(mpix / np.median(mpix))
+    z = (scores - scores.mean()) / (scores.std() or 1.0)
+    values = rho * z + beta * doublings
     order = sorted(range(len(scores)), key=lambda i: (-values[i], i))
-    return [Candidate(ranking.configurations[i], float(scores[i]), float(values[i]), throughputs[i]) for i in order]
+    return [
+        Candidate(
+            ranking.configurations[i],
+            float(scores[i]),
+            float(values[i]),
+            throughputs[i],
+            None if at_mp[i] is None else float(at_mp[i]),
+        )
+        for i in order
+    ]
 
 
 def schedule_for(

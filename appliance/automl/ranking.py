@@ -8,7 +8,7 @@ a prediction; the run records which source ranked it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,10 @@ class Ranking:
     # from the meta-model, for weighing a score against throughput (appliance.automl.race); None: not known
     work_doubling_gain: float | None = None
     score_correlation: float | None = None
+    # a fidelity-aware meta-model: the scores of `configurations` after the given MP of training each, and the span
+    # of training amounts it learned from (appliance.automl.race asks it at what each configuration will get here)
+    score_at: Callable[[Sequence[float]], Sequence[float]] | None = None
+    fidelity_range: tuple[float, float] | None = None
 
 
 def fallback_ranking() -> Ranking:
@@ -59,11 +63,19 @@ def rank_for_set(
         ranked = rank_configurations(model, dict(set_features), fidelity=fidelity)
     except ApplianceError as error:
         return fallback_ranking(), f"meta-model in {models_dir} not usable: {error}"
+    configurations = tuple(c for c, _ in ranked)
+
+    def score_at(training_mp: Sequence[float]) -> tuple[float, ...]:
+        scored = dict(rank_configurations(model, dict(set_features), configurations, fidelity=training_mp))
+        return tuple(scored[c] for c in configurations)
+
     ranking = Ranking(
-        tuple(c for c, _ in ranked),
+        configurations,
         tuple(float(s) for _, s in ranked),
         f"{METAMODEL_SOURCE} {model.label} from {models_dir}",
         work_doubling_gain=model.work_doubling_gain,
         score_correlation=model.score_correlation,
+        score_at=score_at if model.fidelity_aware else None,
+        fidelity_range=model.fidelity_range if model.fidelity_aware else None,
     )
     return ranking, None

@@ -288,11 +288,12 @@ def rank_configurations(
     model: MetaModel,
     set_features: Mapping[str, float],
     configurations: Iterable[PipelineConfig] | None = None,
-    fidelity: float | None = None,
+    fidelity: float | Sequence[float] | None = None,
 ) -> list[tuple[PipelineConfig, float]]:
     """Score every configuration (default: the 576 of the search space) for a set described by ``set_features``
     (its ``hc_*``, ``user_*`` and ``opt_*`` values; ``eng_*`` are computed per configuration) and return
-    ``(configuration, score)`` best first (ties keep the configurations' order)."""
+    ``(configuration, score)`` best first (ties keep the configurations' order). ``fidelity``: the training amount
+    in MP to score at, one for all or one per configuration (a fidelity-aware model; others score at their own)."""
     from appliance.automl.metafeatures import engineered_features
 
     if configurations is None:
@@ -306,7 +307,12 @@ def rank_configurations(
         name: np.array([getattr(c, name) for c in configurations], dtype=object if name == "encoder" else float)
         for name in HYPERPARAMETERS
     }
-    columns["fidelity_mp"] = float(model.fidelity if fidelity is None else fidelity)
+    if fidelity is None or np.isscalar(fidelity):
+        columns["fidelity_mp"] = float(model.fidelity if fidelity is None else fidelity)
+    else:
+        columns["fidelity_mp"] = np.asarray(fidelity, dtype=float)
+        if columns["fidelity_mp"].shape != (len(configurations),):
+            raise ValueError(f"{len(columns['fidelity_mp'])} training amounts for {len(configurations)} configurations")
     needed = model.input_columns
     eng_needed = [name for name in needed if name.startswith(PREFIXES["eng"])]
     if eng_needed:

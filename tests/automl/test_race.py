@@ -1,6 +1,7 @@
 """The budget-aware race: order by what a configuration reaches in its time, n and step budgets from T and the
 device's throughput, the paper default always racing, and no search when T is too small."""
 
+import dataclasses
 import math
 
 import pytest
@@ -65,6 +66,55 @@ def test_a_ranking_without_scores_keeps_its_order():
     order = time_aware_order(ranking, cpu_like_table())
     assert [c.config for c in order] == list(ranking.configurations)
     assert order[0].config == PAPER_DEFAULT
+
+
+def curve_ranking(curve) -> Ranking:
+    """A fidelity-aware ranking (learned from 0.5-32 MP) whose score of a configuration after ``mp`` is
+    ``curve(config, mp)``; the plain scores are at 32 MP. Records what it was asked."""
+    configurations = tuple(search_space())
+    asked = []
+
+    def score_at(training_mp):
+        asked.append(list(training_mp))
+        return tuple(curve(c, mp) for c, mp in zip(configurations, training_mp, strict=True))
+
+    scores = tuple(curve(c, 32.0) for c in configurations)
+    ranking = Ranking(configurations, scores, "meta-model", 0.36, 0.72, score_at=score_at, fidelity_range=(0.5, 32.0))
+    return ranking, asked
+
+
+def fast_starter_against_late_bloomer(config, mp):
+    """resnet50 learns fastest per pixel but plateaus at 0.6; resnet18 gains 0.1 per doubling of training."""
+    if config.encoder == "resnet50":
+        return min(0.6, 0.3 + 0.15 * math.log2(mp / 0.5))
+    return min(0.9, 0.1 * math.log2(mp / 0.5))
+
+
+def test_a_fidelity_aware_ranking_is_scored_after_what_each_configuration_trains_in_the_winner_time():
+    table = cpu_like_table()
+    ranking, asked = curve_ranking(fast_starter_against_late_bloomer)
+    short = time_aware_order(ranking, table, training_seconds=5.0)
+    assert short[0].config.encoder == "resnet50"  # after ~1-4 MP the fast starter is ahead
+    long = time_aware_order(ranking, table, training_seconds=600.0)
+    assert long[0].config.encoder == "resnet18"  # after hundreds of MP the late bloomer is
+    for candidate in long:  # each asked after its own MPix/s × the winner's time, within what the model knows
+        expected = min(32.0, max(0.5, candidate.throughput.mpix_per_second * 600.0))
+        assert candidate.predicted_at_mp == pytest.approx(expected)
+        assert candidate.predicted_score == pytest.approx(fast_starter_against_late_bloomer(candidate.config, expected))
+    assert all(0.5 <= mp <= 32.0 for call in asked for mp in call)
+    assert time_aware_order(ranking, table)[0].predicted_at_mp is None  # no time given: the plain scores
+
+
+def test_beyond_the_fidelity_aware_model_curves_only_the_doublings_beyond_them_count():
+    table = cpu_like_table()
+    ranking, _ = curve_ranking(fast_starter_against_late_bloomer)
+    # every configuration trains more than 32 MP in 10^5 s: the order is the plain rule with the scores at 32 MP
+    aware = time_aware_order(ranking, table, training_seconds=1e5)
+    plain = time_aware_order(dataclasses.replace(ranking, score_at=None), table, training_seconds=1e5)
+    assert [c.config for c in aware] == [c.config for c in plain]
+    assert all(c.predicted_at_mp == 32.0 for c in aware)
+    gaps = [a.value - p.value for a, p in zip(aware, plain, strict=True)]
+    assert max(gaps) - min(gaps) == pytest.approx(0.0, abs=1e-9)  # the values differ by one constant
 
 
 def test_step_budgets_grow_just_enough_for_the_winner_share():

@@ -154,6 +154,32 @@ def test_a_budget_too_small_for_any_race_trains_the_default_without_waiting_for_
     assert result.timings["planning_seconds"] < 1.0  # the whole budget went to training
 
 
+def test_a_fidelity_aware_ranking_is_asked_after_what_each_configuration_trains_in_the_winner_share(
+    tmp_path, demo_set_dir, monkeypatch
+):
+    from appliance.automl import job
+    from tests.automl.test_race import curve_ranking, fast_starter_against_late_bloomer
+    from tests.service.e2e import seed_throughput
+
+    class Planned(Exception):
+        pass
+
+    def stop_after_planning(store, run_id, candidates, plan):
+        raise Planned(candidates)
+
+    monkeypatch.setattr(job, "enter_race", stop_after_planning)
+    settings = Settings(data_dir=tmp_path / "data", default_budget=600.0, race_min_winner_share=0.5)
+    seed_throughput(settings.store_path, monkeypatch)
+    ranking, asked = curve_ranking(fast_starter_against_late_bloomer)
+    with pytest.raises(Planned) as planned:
+        train_set(demo_set_dir, settings, device="cpu", ranking=ranking)
+    (candidates,) = planned.value.args
+    assert len(asked) == 1 and len(candidates) == 576
+    for candidate in candidates:  # the winner's share of what is left of the 600 s, at this device's speed
+        mp = candidate.throughput.mpix_per_second * 0.5 * 600.0
+        assert candidate.predicted_at_mp == pytest.approx(min(32.0, max(0.5, mp)), rel=0.01)
+
+
 @pytest.mark.slow
 def test_a_set_with_instance_masks_gives_an_instances_model_scored_on_objects(tmp_path, instance_set_dir, monkeypatch):
     from tests.service.e2e import seed_throughput

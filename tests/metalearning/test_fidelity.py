@@ -62,6 +62,28 @@ def test_the_fidelity_aware_model_scores_after_a_given_training_amount_and_round
     assert len(low) == 576 and np.mean(list(high.values())) > np.mean(list(low.values()))
 
 
+def test_the_job_ranking_of_a_fidelity_aware_model_scores_each_configuration_at_its_own_training_amount(
+    metabase, tmp_path
+):
+    from appliance.automl.ranking import rank_for_set
+
+    mm.MetaModel.fit(metabase, mm.FIDELITY_AWARE_MODEL, "hp+hc+eng", seed=0).save(tmp_path / "aware")
+    mm.MetaModel.fit(metabase, "rf_d7", "hp+hc+eng", seed=0).save(tmp_path / "plain")
+    rows = _set_rows(metabase, "set1", 2.0)
+    features = {c: float(rows[c][0]) for c in rows if c.startswith(("hc_", "user_", "opt_"))}
+    ranking, fallback = rank_for_set(features, models_dir=tmp_path / "aware")
+    assert fallback is None and ranking.fidelity_range == (0.5, 2.0)
+    n = len(ranking.configurations)
+    at_two = ranking.score_at([2.0] * n)
+    assert np.allclose(at_two, ranking.scores)  # the plain scores are at the model's own fidelity (2 MP)
+    at_half = ranking.score_at([0.5] * n)
+    mixed = ranking.score_at([0.5 if i % 2 else 2.0 for i in range(n)])
+    assert np.allclose(mixed, [at_half[i] if i % 2 else at_two[i] for i in range(n)])
+    assert np.mean(at_two) > np.mean(at_half)
+    plain, _ = rank_for_set(features, models_dir=tmp_path / "plain")
+    assert plain.score_at is None and plain.fidelity_range is None
+
+
 def test_a_single_fidelity_model_ignores_the_training_amount_and_old_meta_files_still_load(metabase, tmp_path):
     model = mm.MetaModel.fit(metabase, "rf_d7", "hp+hc+eng", seed=0)
     rows = _set_rows(metabase, "set2", 2.0)
