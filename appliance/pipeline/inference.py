@@ -18,7 +18,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from appliance.data.io import normalise
 from appliance.pipeline.patches import grid_positions
 
 SIZE_MULTIPLE = 32
@@ -115,12 +114,6 @@ def sliding_window_logits(
             weight_sum[y : y + tile_h, x : x + tile_w] += weight
     assert logits_sum is not None
     return (logits_sum / weight_sum)[:, :height, :width]
-
-
-def segment(image: np.ndarray, run_batch: BatchRunner, *, tiles: TileSettings = DEFAULT_TILES) -> np.ndarray:
-    """Label image ``(H, W)`` (uint8) for a raw ``(H, W, C)`` image: normalise, tile, argmax."""
-    logits = sliding_window_logits(normalise(image), run_batch, tiles=tiles)
-    return logits.argmax(axis=0).astype(np.uint8)
 
 
 def torch_sliding_window_logits(

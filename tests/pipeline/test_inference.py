@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from appliance.data.io import normalise
-from appliance.pipeline.inference import TileSettings, gaussian_weight, segment, sliding_window_logits
+from appliance.pipeline.inference import TileSettings, gaussian_weight, sliding_window_logits
 
 CALLS: list[tuple] = []
 
@@ -33,14 +33,6 @@ def test_tiles_overlap_and_are_batched():
 def test_gaussian_weight_trusts_the_centre():
     weight = gaussian_weight(64, 64)
     assert weight.max() == pytest.approx(1.0) and weight[0, 0] < 0.01 and weight.min() > 0
-
-
-def test_segment_returns_labels_of_the_image_size():
-    image = np.zeros((50, 70, 1), np.uint8)
-    image[10:20, 10:30] = 200
-    labels = segment(image, echo_runner, tiles=TileSettings(tile_size=64))
-    assert labels.shape == (50, 70) and labels.dtype == np.uint8
-    assert labels[15, 20] == 1 and labels[40, 60] == 0
 
 
 @pytest.mark.parametrize("kwargs", [{"tile_size": 100}, {"overlap": 1.0}, {"batch_size": 0}])
