@@ -300,10 +300,11 @@ class RayExecutor:
             return
         self._refreshed = time.monotonic()
         capacity, resources = self.record_nodes()
-        remote = self._ray.remote(**resources)(TrialWorker)
-        while len(self._workers) < capacity:
-            actor = remote.remote(self.backend_factory, self.cpus_per_trial)
-            self._workers.append(_Worker(actor, actor.describe.remote()))
+        if len(self._workers) < capacity:  # the resources a worker asks for follow the nodes seen now
+            remote = self._ray.remote(**resources)(TrialWorker)
+            while len(self._workers) < capacity:
+                actor = remote.remote(self.backend_factory, self.cpus_per_trial)
+                self._workers.append(_Worker(actor, actor.describe.remote()))
         self._note_placed()
 
     def record_nodes(self) -> tuple[int, dict]:
