@@ -231,6 +231,8 @@ def race_plan(run: Run) -> dict | None:
                 "steps/s": round(t["steps_per_second"], 2),
                 "throughput": t.get("throughput_source"),
                 "first-slice steps (planned)": round(t["first_slice_steps"]),
+                # a fidelity-aware meta-model scores each configuration after what it would train here
+                "scored after (MP)": None if t.get("predicted_at_mp") is None else round(t["predicted_at_mp"], 1),
             }
             for t in plan.get("trials", [])
         ],
