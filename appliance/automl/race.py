@@ -48,9 +48,10 @@ from appliance.automl.ranking import Ranking
 from appliance.automl.schedule import HalvingSchedule
 from appliance.automl.throughput import Throughput, ThroughputTable
 from appliance.pipeline.config import PAPER_DEFAULT, PipelineConfig
+from appliance.settings import Settings
 
-FLOOR_STEPS = 30
-MIN_WINNER_SHARE = 0.6
+FLOOR_STEPS = Settings.race_floor_steps  # the settings' defaults: one place for each rule's number
+MIN_WINNER_SHARE = Settings.race_min_winner_share
 MAX_GROWTH = 4.0
 WORK_DOUBLING_GAIN = 0.36
 """β when the meta-model does not carry its own: the shipped meta-base's value."""
