@@ -4,7 +4,9 @@ Reads a meta-base CSV written by ``appliance metabase build --configs … --fide
 configurations on every set) and prints, in markdown:
 
 - each set's curves (validation IoU at every point, optimiser steps at the last);
-- where each curve gets going: the first point at which it reaches half of its IoU at the last point (MP and steps);
+- where each curve gets going: the first point at which it reaches half of its best IoU (MP and optimiser steps), and
+  over all curves the steps by which half, three quarters and nine in ten of them got going (what a halving decision
+  needs before it compares anything: :data:`appliance.automl.race.FLOOR_STEPS`);
 - per set, Kendall τ between the configurations' order at each point and at the last, and whether the best at each
   point is the best at the last;
 - its last line: ``mean Kendall tau <x> between <F> MP and <G> MP over <n> sets (<k> configurations each)``.
@@ -24,6 +26,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from appliance.metalearning.builder import parse_row_types, read_metabase_rows  # noqa: E402
 from appliance.pipeline.config import PAPER_DEFAULT, SEARCH_SPACE, PipelineConfig  # noqa: E402
 
-GOING = 0.5  # a curve "gets going" at the first point with at least half of its last point's IoU
+GOING = 0.5  # a curve "gets going" at the first point with at least half of its best IoU
 
 
 def load_curves(path: Path) -> tuple[float, dict[str, dict[str, dict[float, dict]]]]:
@@ -58,10 +61,9 @@ def describe(config_id: str, row: dict) -> str:
 
 
 def going_point(curve: dict[float, dict]) -> tuple[float, int] | None:
-    points = sorted(curve)
-    final = curve[points[-1]]["val_iou"]
-    for point in points:
-        if curve[point]["val_iou"] >= GOING * final:
+    best = max(row["val_iou"] for row in curve.values())
+    for point in sorted(curve):
+        if best > 0 and curve[point]["val_iou"] >= GOING * best:
             return point, int(curve[point]["steps"])
     return None
 
@@ -77,6 +79,7 @@ def main() -> None:
     taus: dict[float, list[float]] = defaultdict(list)
     same_best: dict[float, int] = defaultdict(int)
     labels: dict[str, str] = {}
+    going_steps: list[int] = []
     print(f"# Learning curves to {top:g} MP ({args.metabase})\n")
     for name in sorted(curves):
         configs = curves[name]
@@ -88,6 +91,8 @@ def main() -> None:
         for config_id, curve in sorted(configs.items(), key=lambda item: -item[1][top]["val_iou"]):
             ious = " | ".join(f"{curve[p]['val_iou']:.3f}" if p in curve else "" for p in points)
             going = going_point(curve)
+            if going is not None:
+                going_steps.append(going[1])
             where = "never" if going is None else f"{going[0]:g} MP ({going[1]} steps)"
             print(f"| {labels[config_id]} | {ious} | {int(curve[top]['steps'])} | {where} |")
         final = [configs[c][top]["val_iou"] for c in configs]
@@ -111,6 +116,12 @@ def main() -> None:
     for point in points[:-1]:
         if taus[point]:
             print(f"| {point:g} MP | {statistics.mean(taus[point]):.2f} | {len(taus[point])} | {same_best[point]} |")
+    if going_steps:
+        quantiles = np.percentile(going_steps, [50, 75, 90])
+        print(
+            f"\n{len(going_steps)} curves got going (half of their best IoU) by "
+            + ", ".join(f"{q:.0f} steps ({share})" for q, share in zip(quantiles, ("half", "3/4", "9/10"), strict=True))
+        )
     sizes = sorted({len(configs) for configs in curves.values()})
     reference = 2.0 if taus.get(2.0) else points[0]
     print(
