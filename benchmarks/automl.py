@@ -24,6 +24,10 @@ cell already in the file is skipped. ``--table`` prints the Markdown table of a 
     python benchmarks/automl.py --sets drosophila_vnc_em_multiclass,cpm15_he_nuclei,usiigaci_phase_cells \\
         --budgets 5m,15m --out benchmarks/results/automl-cpu.jsonl                # a matrix, resumable
     python benchmarks/automl.py --table benchmarks/results/automl-cpu.jsonl      # the table
+
+``--models DIR`` benchmarks another meta-model folder (its ``metamodel*`` files and the ``metabase.csv`` it was fitted
+on, as ``appliance metamodel train --out DIR`` writes them; e.g. a fidelity-aware model on long learning curves)
+instead of the shipped ``models/``; leave-one-set-out refits it the same way.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ def random_ranking(seed: int) -> Ranking:
 def leave_one_set_out_models(set_name: str, cache: Path, *, models_dir: Path = REPOSITORY_MODELS) -> Path:
     """A meta-model like the shipped one, fitted without ``set_name`` (cached under ``cache``); the shipped folder
     when the set is not in the shipped meta-base."""
-    target = cache / f"without-{set_name}"
+    target = cache / models_dir.resolve().name / f"without-{set_name}"
     if (target / "metamodel.json").is_file():
         return target
     shipped = MetaModel.load(models_dir)
@@ -201,7 +205,10 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/automl.jsonl"))
     parser.add_argument("--work", type=Path, default=None, help="Data dir kept across cells (default: a temp dir).")
-    parser.add_argument("--no-loso", action="store_true", help="Use the shipped meta-model even on its own sets.")
+    parser.add_argument("--no-loso", action="store_true", help="Use the meta-model as it is even on its own sets.")
+    parser.add_argument(
+        "--models", type=Path, default=REPOSITORY_MODELS, help="Meta-model folder (with its metabase.csv) to benchmark."
+    )
     parser.add_argument("--pause-file", type=Path, default=None, help="No new cell starts while this file exists.")
     parser.add_argument("--table", type=Path, default=None, help="Print the Markdown table of a results file and exit.")
     args = parser.parse_args()
@@ -224,7 +231,9 @@ def main() -> None:
                 while args.pause_file and args.pause_file.exists():
                     time.sleep(10)
                 loso = not args.no_loso
-                models_dir = leave_one_set_out_models(labelled_set.name, work / "loso") if loso else REPOSITORY_MODELS
+                models_dir = args.models
+                if loso:
+                    models_dir = leave_one_set_out_models(labelled_set.name, work / "loso", models_dir=args.models)
                 print(f"{labelled_set.name}: T = {budget:.0f} s, seed {seed}, {machine}, meta-model {models_dir}")
                 rows = run_cell(set_dir, budget, seed, data_dir=work / "data", models_dir=models_dir, device=device)
                 with args.out.open("a") as out:
@@ -235,7 +244,8 @@ def main() -> None:
                             seed=seed,
                             machine=machine,
                             code_version=code_version(),
-                            leave_one_set_out=models_dir != REPOSITORY_MODELS,
+                            leave_one_set_out=models_dir != args.models,
+                            metamodel=str(args.models),
                             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
                         )
                         out.write(json.dumps(row) + "\n")
