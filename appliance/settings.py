@@ -144,7 +144,7 @@ class Settings:
     metamodel_dir: Path = REPOSITORY_MODELS
     default_budget: float = 1800.0
     top_n: int = 50
-    race_floor_steps: int = 30
+    race_floor_steps: int = 60
     race_min_winner_share: float = 0.6
     gpu_memory_gb: float = 8.0
     seed: int = 0

@@ -8,6 +8,7 @@ import pytest
 
 from appliance.automl.memory import MemoryGroup
 from appliance.automl.race import (
+    FLOOR_STEPS,
     Candidate,
     plan_race,
     schedule_for,
@@ -134,7 +135,7 @@ def _plan(budget: float, **kwargs):
 def test_a_large_budget_races_the_most_configurations_with_the_floor_met():
     order, plan = _plan(20_000.0)
     assert plan.search and plan.n == 16
-    assert min(plan.first_slice_steps) >= 30
+    assert min(plan.first_slice_steps) >= FLOOR_STEPS
     assert plan.schedule.winner_share >= 0.6
     assert PAPER_DEFAULT in [c.config for c in plan.trials]
     assert plan.schedule.budget_seconds == 20_000.0
@@ -144,12 +145,12 @@ def test_a_large_budget_races_the_most_configurations_with_the_floor_met():
 def test_n_follows_the_budget_and_every_first_slice_reaches_the_floor(budget):
     order, plan = _plan(budget)
     assert plan.search
-    assert all(steps >= 30 for steps in plan.first_slice_steps)
+    assert all(steps >= FLOOR_STEPS for steps in plan.first_slice_steps)
     assert PAPER_DEFAULT in [c.config for c in plan.trials]
     # one more trial would break the floor for the paper default (the slowest that must race)
     more = schedule_for(plan.n + 1, budget)
     default_steps = (more.slice_seconds[0] - 2.0) * cpu_like_table().get(PAPER_DEFAULT).steps_per_second
-    assert plan.n == 16 or default_steps < 30
+    assert plan.n == 16 or default_steps < FLOOR_STEPS
 
 
 @pytest.mark.parametrize("budget", [300.0, 900.0, 3000.0])
@@ -159,7 +160,7 @@ def test_what_the_decision_does_not_need_goes_to_the_survivors(budget):
     if plan.schedule.growth < 4.0:  # a little more growth would starve a first slice below the floor
         grown = HalvingSchedule(plan.n, budget, plan.schedule.growth + 0.05)
         rates = [c.throughput.steps_per_second for c in plan.trials]
-        assert min((grown.slice_seconds[0] - 2.0) * rate for rate in rates) < 30
+        assert min((grown.slice_seconds[0] - 2.0) * rate for rate in rates) < FLOOR_STEPS
 
 
 def test_n_never_grows_when_the_budget_shrinks():
@@ -174,7 +175,7 @@ def test_a_budget_too_small_for_any_search_trains_the_paper_default_for_all_of_i
     assert order[0].config != PAPER_DEFAULT  # the meta-model's favourite alone is nobody's tested pick
     assert plan.trials[0].config == PAPER_DEFAULT
     assert plan.schedule.active == [1] and plan.schedule.budget_seconds == 40.0
-    assert "cannot give two configurations 30 optimiser steps" in plan.reason
+    assert f"cannot give two configurations {FLOOR_STEPS} optimiser steps" in plan.reason
     assert "no search" in plan.describe()
 
 

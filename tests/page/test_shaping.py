@@ -87,7 +87,10 @@ def test_race_plan_reads_the_recorded_plan_and_tolerates_runs_without_one():
 
     fast = PipelineConfig(patch_size=64, batch_size=4)
     plan = plan_race(
-        [candidate(fast, 10.0), candidate(PAPER_DEFAULT, 1.0)], budget_seconds=300.0, overhead=lambda c: 0.0
+        [candidate(fast, 10.0), candidate(PAPER_DEFAULT, 1.0)],
+        budget_seconds=300.0,
+        overhead=lambda c: 0.0,
+        floor_steps=30,
     )
     summary = shaping.race_plan(Run(plan=plan.to_dict()))
     assert summary["n"] == 2 and summary["search"] and summary["active"] == "2 → 1"
@@ -97,9 +100,16 @@ def test_race_plan_reads_the_recorded_plan_and_tolerates_runs_without_one():
     assert [row["first-slice steps (planned)"] for row in summary["trials"]] == [300, 30]
     assert [row["scored after (MP)"] for row in summary["trials"]] == [None, None]  # scores at the model's own MP
     aware = Candidate(fast, 0.7, 1.0, Throughput(MemoryGroup(64, 4, "resnet18"), 10.0, "probe"), predicted_at_mp=32.0)
-    aware_plan = plan_race([aware, candidate(PAPER_DEFAULT, 1.0)], budget_seconds=300.0, overhead=lambda c: 0.0)
+    aware_plan = plan_race(
+        [aware, candidate(PAPER_DEFAULT, 1.0)], budget_seconds=300.0, overhead=lambda c: 0.0, floor_steps=30
+    )
     assert shaping.race_plan(Run(plan=aware_plan.to_dict()))["trials"][0]["scored after (MP)"] == 32.0
-    tiny = plan_race([candidate(fast, 10.0), candidate(PAPER_DEFAULT, 1.0)], budget_seconds=50.0, overhead=lambda c: 0)
+    tiny = plan_race(
+        [candidate(fast, 10.0), candidate(PAPER_DEFAULT, 1.0)],
+        budget_seconds=50.0,
+        overhead=lambda c: 0,
+        floor_steps=30,
+    )
     assert shaping.race_plan(Run(plan=tiny.to_dict()))["search"] is False
     assert shaping.race_plan(Run(plan=None)) is None
     assert shaping.race_plan(Run.from_row({"plan": "not json"})) is None
