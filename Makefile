@@ -10,7 +10,7 @@ UV := $(BIN)/uv pip install --quiet --native-tls --python $(BIN)/python
 $(STAMP): requirements.lock requirements-source.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# uv (its version pinned in requirements.lock) installs the lock in about 40 s where pip takes 3 min 40 s
-	$(BIN)/pip install --quiet --disable-pip-version-check $$(grep '^uv==' requirements.lock)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$$(grep '^uv==' requirements.lock)"
 	$(UV) -r requirements.lock
 	# pyradiomics has no wheel: it builds against the numpy, setuptools and versioneer pinned above
 	$(UV) --no-build-isolation --no-deps -r requirements-source.lock

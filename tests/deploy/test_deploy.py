@@ -22,7 +22,9 @@ COMPOSE_UNIT = ROOT / "systemd" / "appliance-compose.service"
 SYSUSERS = ROOT / "systemd" / "appliance.sysusers.conf"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 # pip options that change output or caching, not what gets installed
-COSMETIC_PIP_OPTIONS = {"--quiet", "-q", "-qq", "--disable-pip-version-check", "--no-cache-dir"}
+COSMETIC_PIP_OPTIONS = {"--quiet", "-q", "-qq", "--disable-pip-version-check", "--no-cache-dir", "--no-cache"}
+COSMETIC_UV_OPTIONS = {"--native-tls"}  # which certificates uv trusts (the system's, as pip), not what it installs
+VALUED_OPTIONS = {"--python"}  # the environment installed into: pip's own, said explicitly to uv
 # variables compose.yaml interpolates that are not appliance settings (image tag, user, host side of mounts/port)
 COMPOSE_ONLY_VARIABLES = {
     "APPLIANCE_TAG",
@@ -80,18 +82,24 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
-def pip_installs(commands: list[str]) -> list[tuple[tuple[str, ...], str]]:
-    """Each ``pip install`` in shell command lines as (sorted options, what it installs), cosmetic options dropped."""
+def pip_installs(commands: list[str]) -> list[tuple[str, tuple[str, ...], str]]:
+    """Each ``pip install`` or ``uv pip install`` in shell command lines as (installer, sorted options, what it
+    installs), cosmetic options dropped."""
     installs = []
     for command in commands:
         for part in re.split(r"&&|;|\|\|", command):
             words = shlex.split(part)
             for i, word in enumerate(words[:-1]):
                 if (word == "pip" or word.endswith("/pip")) and words[i + 1] == "install":
-                    arguments = [w for w in words[i + 2 :] if w not in COSMETIC_PIP_OPTIONS]
+                    uv = i > 0 and (words[i - 1] == "uv" or words[i - 1].endswith("/uv"))
+                    cosmetic = COSMETIC_PIP_OPTIONS | (COSMETIC_UV_OPTIONS if uv else set())
+                    arguments = [w for w in words[i + 2 :] if w not in cosmetic]
                     options, target = [], None
                     j = 0
                     while j < len(arguments):
+                        if arguments[j] in VALUED_OPTIONS:
+                            j += 2
+                            continue
                         if arguments[j] in ("-r", "--requirement", "-e", "--editable"):
                             kind = "-r" if arguments[j] in ("-r", "--requirement") else "-e"
                             target = f"{kind} {arguments[j + 1]}"
@@ -102,20 +110,21 @@ def pip_installs(commands: list[str]) -> list[tuple[tuple[str, ...], str]]:
                         else:
                             target = arguments[j]
                         j += 1
-                    installs.append((tuple(sorted(options)), target))
+                    installs.append(("uv" if uv else "pip", tuple(sorted(options)), target))
     return installs
 
 
 def makefile_install_commands() -> list[str]:
     """The recipe of the Makefile's ``$(STAMP)`` target: how CI (``make test``) builds its environment."""
     lines = (ROOT / "Makefile").read_text(encoding="utf-8").splitlines()
+    uv = next(line.partition(":=")[2].strip() for line in lines if line.startswith("UV :="))
     start = next(i for i, line in enumerate(lines) if line.startswith("$(STAMP):"))
     recipe = []
     for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
         if not line.strip().startswith("#"):
-            recipe.append(line.strip().replace("$(BIN)/pip", "pip"))
+            recipe.append(line.strip().replace("$(UV)", uv).replace("$(BIN)/", "").replace("$$", "$"))
     return recipe
 
 
@@ -161,9 +170,10 @@ def test_dockerfile_installs_exactly_the_lock_files_ci_installs_with_the_same_pi
     ci = pip_installs(makefile_install_commands())
     image = pip_installs([arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN"])
     assert ci == [
-        ((), "-r requirements.lock"),
-        (("--no-build-isolation", "--no-deps"), "-r requirements-source.lock"),
-        (("--no-deps",), "-e ."),
+        ("pip", (), "$(grep '^uv==' requirements.lock)"),  # uv itself, at the version the lock pins
+        ("uv", (), "-r requirements.lock"),
+        ("uv", ("--no-build-isolation", "--no-deps"), "-r requirements-source.lock"),
+        ("uv", ("--no-deps",), "-e ."),
     ], "the Makefile's install changed: update the Dockerfile to match, then this expectation"
     assert image == ci
 
@@ -176,7 +186,7 @@ def test_dockerfile_copies_each_lock_file_from_the_repository_before_installing_
             *sources, _ = shlex.split(arguments)
             copied |= set(sources)
         if keyword == "RUN":
-            for _, target in pip_installs([arguments]):
+            for _, _, target in pip_installs([arguments]):
                 if target.startswith("-r "):
                     lock = target[3:]
                     assert (ROOT / lock).is_file()
