@@ -20,10 +20,10 @@ WORKDIR /opt/appliance
 COPY requirements.lock ./
 # uv, at the version the lock pins, installs the lock as CI does
 RUN /opt/venv/bin/pip install --no-cache-dir "$(grep '^uv==' requirements.lock)" \
-    && /opt/venv/bin/uv pip install --no-cache --python /opt/venv/bin/python -r requirements.lock
+    && /opt/venv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python -r requirements.lock
 # pyradiomics has no wheel: it builds (gcc from this full image) against the numpy, setuptools and versioneer above
 COPY requirements-source.lock ./
-RUN /opt/venv/bin/uv pip install --no-cache --python /opt/venv/bin/python --no-build-isolation --no-deps \
+RUN /opt/venv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-build-isolation --no-deps \
        -r requirements-source.lock \
     && /opt/venv/bin/pip check
 
@@ -43,7 +43,7 @@ WORKDIR /opt/appliance
 # The source last (it changes most). An editable install, as in CI: the service finds the shipped meta-model
 # (models/) and the status page (streamlit_app/) beside the package, so they must stay in this tree.
 COPY . ./
-RUN /opt/venv/bin/uv pip install --no-cache --python /opt/venv/bin/python --no-deps -e . \
+RUN /opt/venv/bin/uv pip install --no-cache --compile-bytecode --python /opt/venv/bin/python --no-deps -e . \
     && /opt/venv/bin/appliance --version
 
 ENV PATH=/opt/venv/bin:$PATH \

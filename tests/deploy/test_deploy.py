@@ -171,9 +171,9 @@ def test_dockerfile_installs_exactly_the_lock_files_ci_installs_with_the_same_pi
     image = pip_installs([arguments for keyword, arguments in dockerfile_instructions() if keyword == "RUN"])
     assert ci == [
         ("pip", (), "$(grep '^uv==' requirements.lock)"),  # uv itself, at the version the lock pins
-        ("uv", (), "-r requirements.lock"),
-        ("uv", ("--no-build-isolation", "--no-deps"), "-r requirements-source.lock"),
-        ("uv", ("--no-deps",), "-e ."),
+        ("uv", ("--compile-bytecode",), "-r requirements.lock"),  # as pip does: each process then starts from .pyc
+        ("uv", ("--compile-bytecode", "--no-build-isolation", "--no-deps"), "-r requirements-source.lock"),
+        ("uv", ("--compile-bytecode", "--no-deps"), "-e ."),
     ], "the Makefile's install changed: update the Dockerfile to match, then this expectation"
     assert image == ci
 
