@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from appliance.automl.search_space import search_space
 from appliance.errors import ApplianceError
 from appliance.pipeline.config import PAPER_DEFAULT, SEARCH_SPACE, PipelineConfig
@@ -54,6 +56,7 @@ def rank_for_set(
     Returns the ranking and, when the fallback was used, the reason.
     """
     from appliance.metalearning import MODEL_FILE, MetaModel, rank_configurations
+    from appliance.metalearning.model import configuration_columns
 
     models_dir = Path(models_dir)
     if not (models_dir / MODEL_FILE).is_file():
@@ -64,10 +67,10 @@ def rank_for_set(
     except ApplianceError as error:
         return fallback_ranking(), f"meta-model in {models_dir} not usable: {error}"
     configurations = tuple(c for c, _ in ranked)
+    columns = configuration_columns(model, dict(set_features), configurations) if model.fidelity_aware else None
 
-    def score_at(training_mp: Sequence[float]) -> tuple[float, ...]:
-        scored = dict(rank_configurations(model, dict(set_features), configurations, fidelity=training_mp))
-        return tuple(scored[c] for c in configurations)
+    def score_at(training_mp: Sequence[float]) -> tuple[float, ...]:  # the columns built once, in ranking order
+        return tuple(float(s) for s in model.predict(columns, fidelity_mp=np.asarray(training_mp, dtype=float)))
 
     ranking = Ranking(
         configurations,

@@ -294,8 +294,6 @@ def rank_configurations(
     (its ``hc_*``, ``user_*`` and ``opt_*`` values; ``eng_*`` are computed per configuration) and return
     ``(configuration, score)`` best first (ties keep the configurations' order). ``fidelity``: the training amount
     in MP to score at, one for all or one per configuration (a fidelity-aware model; others score at their own)."""
-    from appliance.automl.metafeatures import engineered_features
-
     if configurations is None:
         from appliance.automl.search_space import search_space
 
@@ -303,17 +301,30 @@ def rank_configurations(
     configurations = list(configurations)
     if not configurations:
         return []
-    columns: dict[str, Any] = {
-        name: np.array([getattr(c, name) for c in configurations], dtype=object if name == "encoder" else float)
-        for name in HYPERPARAMETERS
-    }
+    columns = configuration_columns(model, set_features, configurations)
     if fidelity is None or np.isscalar(fidelity):
         columns["fidelity_mp"] = float(model.fidelity if fidelity is None else fidelity)
     else:
         columns["fidelity_mp"] = np.asarray(fidelity, dtype=float)
         if columns["fidelity_mp"].shape != (len(configurations),):
             raise ValueError(f"{len(columns['fidelity_mp'])} training amounts for {len(configurations)} configurations")
-    needed = model.input_columns
+    scores = model.predict(columns)
+    order = np.argsort(-scores, kind="stable")
+    return [(configurations[i], float(scores[i])) for i in order]
+
+
+def configuration_columns(
+    model: MetaModel, set_features: Mapping[str, float], configurations: Sequence[PipelineConfig]
+) -> dict[str, Any]:
+    """The input columns ``model`` needs for ``configurations`` on a set described by ``set_features``, without the
+    training amount (``fidelity_mp``): hyperparameters, engineered ``eng_*`` per configuration, the set's own values."""
+    from appliance.automl.metafeatures import engineered_features
+
+    columns: dict[str, Any] = {
+        name: np.array([getattr(c, name) for c in configurations], dtype=object if name == "encoder" else float)
+        for name in HYPERPARAMETERS
+    }
+    needed = [name for name in model.input_columns if name != "fidelity_mp"]  # the caller's to give
     eng_needed = [name for name in needed if name.startswith(PREFIXES["eng"])]
     if eng_needed:
         missing = [n for n in ("hc_mean_shape", "hc_images", "hc_classes") if n not in set_features]
@@ -334,6 +345,4 @@ def rank_configurations(
         if name not in columns:
             value = set_features[name]
             columns[name] = np.nan if value is None else float(value)
-    scores = model.predict(columns)
-    order = np.argsort(-scores, kind="stable")
-    return [(configurations[i], float(scores[i])) for i in order]
+    return columns
