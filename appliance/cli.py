@@ -6,6 +6,7 @@ here re-implements what the library does.
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 import time
@@ -358,7 +359,10 @@ _SEEDS_OPTION = click.option("--seeds", default="0,1,2,3,4", show_default=True, 
 _MODELS_OPTION = click.option("--models", default=None, help="Comma-separated models (default: all registered).")
 _VARIANTS_OPTION = click.option("--variants", default=None, help="Comma-separated feature variants (default: all).")
 _FIDELITY_OPTION = click.option(
-    "--fidelity", default=None, type=float, help="Curve point (MP) to evaluate at (default: the largest)."
+    "--fidelity",
+    default=None,
+    type=float,
+    help="Curve point (MP) to evaluate at (default: the largest that every builder run reached).",
 )
 
 
@@ -395,13 +399,24 @@ def _given(name: str) -> bool:
     help="Instead: the fidelity-aware model at every curve point vs RF-d7 fitted at that point, and its "
     "extrapolation from the points ≤ F to those above (seeds 0,1,2 unless --seeds; --variants: its one variant).",
 )
-def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, models, variants, fidelity_aware):
+@click.option(
+    "--against",
+    default=None,
+    metavar="MODEL/VARIANT@F",
+    help="With --fidelity-aware: also a single-fidelity model fitted at F MP only, ranking at every point "
+    "(e.g. xgb_rank/hp+hc+eng+opt_cos@2).",
+)
+def metamodel_evaluate(
+    metabase_path: Path, seeds: str, fidelity: float | None, models, variants, fidelity_aware, against
+):
     """Leave-one-dataset-out table of every model and feature variant (mean ± std over seeds)."""
     from appliance.metalearning import DEFAULT_MODELS, evaluate, load_metabase
 
     if fidelity_aware:
-        _evaluate_fidelity_aware(metabase_path, seeds, fidelity, models, variants)
+        _evaluate_fidelity_aware(metabase_path, seeds, fidelity, models, variants, _parse_against(against))
         return
+    if against:
+        raise click.BadParameter("--against compares at every curve point: give it with --fidelity-aware")
     try:
         table = evaluate(
             load_metabase(metabase_path),
@@ -416,7 +431,21 @@ def metamodel_evaluate(metabase_path: Path, seeds: str, fidelity: float | None, 
     click.echo(f"\n(fitting took {sum(table.fit_seconds.values()):.0f} s in all)", err=True)
 
 
-def _evaluate_fidelity_aware(metabase_path: Path, seeds: str, fidelity, models, variants) -> None:
+def _parse_against(text: str | None) -> tuple[str, str, float] | None:
+    if not text:
+        return None
+    model, _, rest = text.partition("/")
+    variant, _, fidelity = rest.rpartition("@")
+    try:
+        amount = float(fidelity)
+    except ValueError:
+        amount = math.nan
+    if not (model and variant and amount > 0):
+        raise click.BadParameter(f"{text!r}: give MODEL/VARIANT@MP, e.g. xgb_rank/hp+hc+eng+opt_cos@2")
+    return model, variant, amount
+
+
+def _evaluate_fidelity_aware(metabase_path: Path, seeds: str, fidelity, models, variants, against) -> None:
     from appliance.metalearning import evaluate_fidelities, load_metabase
     from appliance.metalearning.fidelity import FIDELITY_SEEDS, FIDELITY_VARIANT
 
@@ -433,6 +462,7 @@ def _evaluate_fidelity_aware(metabase_path: Path, seeds: str, fidelity, models, 
             load_metabase(metabase_path),
             seeds=_parse_seeds(seeds) if _given("seeds") else FIDELITY_SEEDS,
             variant=variant_names[0],
+            fixed=against,
         )
     except ApplianceError as error:
         _fail(error)
@@ -442,6 +472,14 @@ def _evaluate_fidelity_aware(metabase_path: Path, seeds: str, fidelity, models, 
 
 @metamodel.command("train")
 @_METABASE_OPTION
+@click.option(
+    "--also",
+    "more_metabases",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Another meta-base CSV (e.g. metabase/long.csv, long curves of a few configurations) combined with "
+    "--metabase into OUT/metabase.csv; repeatable.",
+)
 @_SEEDS_OPTION
 @_FIDELITY_OPTION
 @_MODELS_OPTION
@@ -459,17 +497,35 @@ def _evaluate_fidelity_aware(metabase_path: Path, seeds: str, fidelity, models, 
 @_CONFIG_OPTION
 @_DATA_DIR_OPTION
 def metamodel_train(
-    metabase_path, seeds, fidelity, models, variants, out_dir, model, variant, living, config_file, data_dir
+    metabase_path,
+    more_metabases,
+    seeds,
+    fidelity,
+    models,
+    variants,
+    out_dir,
+    model,
+    variant,
+    living,
+    config_file,
+    data_dir,
 ):
     """Evaluate, fit the best model on every set, write models/metamodel.* and the report."""
     from appliance.metalearning import DEFAULT_MODELS
     from appliance.metalearning.report import train_and_report
 
+    if living and more_metabases:
+        raise click.BadParameter("--also combines the builder's files for the shipped model; --living takes none")
     if living:
         _retrain_with_living(metabase_path, seeds, fidelity, models, variants, model, variant, config_file, data_dir)
         return
     if config_file is not None or data_dir is not None:
         raise click.BadParameter("--config and --data-dir apply with --living only")
+    if more_metabases and metabase_path.resolve() == (out_dir / "metabase.csv").resolve():
+        raise click.BadParameter(
+            f"--also combines files into {out_dir / 'metabase.csv'}: give the builder's own files to --metabase "
+            "and --also (e.g. metabase/metabase.csv --also metabase/long.csv), not that output"
+        )
     if (model is None) != (variant is None):
         raise click.BadParameter("give --model and --variant together, or neither")
     try:
@@ -482,6 +538,7 @@ def metamodel_train(
             variant=variant,
             models=_split_names(models) or DEFAULT_MODELS,
             variants=_split_names(variants),
+            more_metabases=more_metabases,
         )
     except ApplianceError as error:
         _fail(error)

@@ -79,6 +79,22 @@ class MetaBase:
         return sorted(set(self.columns["fidelity_mp"].tolist()))
 
     @property
+    def common_fidelity(self) -> float:
+        """The largest curve point every builder run reached (the smallest of their last points, ``run_fidelity_mp``),
+        so that a model fitted there sees every configuration the builder measured; long curves of a few
+        configurations do not move it. The largest point when the column is missing or only living rows have it."""
+        last = self.columns.get("run_fidelity_mp")
+        if last is None or last.dtype == object:
+            return float(max(self.fidelities))
+        built = (self.sources == "") & np.isfinite(last)
+        reached = last[built]
+        return (
+            float(reached.min())
+            if len(reached) and self.at_fidelity(reached.min()).any()
+            else float(max(self.fidelities))
+        )
+
+    @property
     def sources(self) -> np.ndarray:
         """Each row's ``source`` as text: ``"run <id>"`` for a living meta-base row, ``""`` for a builder's row (and
         for every row of a meta-base without the column)."""

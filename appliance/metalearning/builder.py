@@ -306,6 +306,52 @@ def read_metabase_rows(path: str | Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def features_file(csv_path: str | Path) -> Path:
+    """Where the builder keeps a meta-base's set-level meta-features: ``<csv>.features.json`` beside it."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.name + ".features.json")
+
+
+def combine_metabases(paths: Sequence[str | Path], out: str | Path) -> dict:
+    """Write the rows of every meta-base in ``paths`` (e.g. the builder's many short runs and its long curves of a
+    few configurations) to the one CSV ``out``; returns their set-level meta-features merged. Refuses rows that two
+    files both hold, and sets whose meta-features were computed by different code."""
+    rows, owner, features = [], {}, {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such meta-base file")
+        for row in read_metabase_rows(path):
+            key = row_key(row)
+            if key in owner:
+                raise ConfigError(
+                    f"{path}: the row of set {key[0]}, configuration {key[1]}, seed {key[2]}, run to {key[3]:g} MP, "
+                    f"point {key[4]:g} MP is already in {owner[key]}; give each run in one file only"
+                )
+            owner[key] = path
+            rows.append(row)
+        cached = features_file(path)
+        for set_name, entry in (json.loads(cached.read_text()) if cached.is_file() else {}).items():
+            known = features.setdefault(set_name, entry)
+            if known.get("signature") != entry.get("signature"):
+                raise ConfigError(
+                    f"{cached}: the meta-features of {set_name} were computed by other code than in the files before "
+                    "it; rebuild them (appliance metabase build refreshes features without retraining)"
+                )
+    if not rows:
+        raise ConfigError(f"{', '.join(map(str, paths))}: the meta-bases hold no rows")
+    columns = ordered_columns(rows)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(out), write)
+    return features
+
+
 def ordered_columns(rows: Iterable[dict]) -> list[str]:
     """Identity and outcome columns first, then the meta-features by group, each group sorted."""
     seen = {column for row in rows for column in row}
@@ -451,7 +497,7 @@ def build_metabase(settings: BuildSettings, *, log: Callable[[str], None] = prin
 
 def _feature_cache(settings: BuildSettings) -> FeatureCache:
     return FeatureCache(
-        settings.out_csv.with_name(settings.out_csv.name + ".features.json"),
+        features_file(settings.out_csv),
         metadata=settings.metadata,
         optical_images=settings.optical_images,
         seed=settings.seed,

@@ -237,7 +237,7 @@ def _check_fidelity_aware(spec: ModelSpec, variant: str) -> None:
 
 def _resolve_fidelity(base: MetaBase, fidelity: float | None) -> float:
     if fidelity is None:
-        return float(max(base.fidelities))
+        return base.common_fidelity
     if not base.at_fidelity(fidelity).any():
         present = ", ".join(f"{f:g}" for f in base.fidelities)
         raise ConfigError(f"{base.source}: no rows at fidelity {fidelity:g} MP; present: {present}")
@@ -287,9 +287,10 @@ def evaluate(
 ) -> EvaluationTable:
     """Leave-one-dataset-out evaluation of every (model, variant) over ``seeds``.
 
-    For each held-out set the models train on the other sets' rows at ``fidelity`` (default: the largest in the
-    meta-base; with ``use_all_fidelities`` or a ``+fid`` variant: on all their rows, with log(fidelity) as a feature)
-    and are scored on the held-out set's rows at ``fidelity``. ``variants=None`` takes :data:`DEFAULT_VARIANTS` that the
+    For each held-out set the models train on the other sets' rows at ``fidelity`` (default: the largest point
+    every builder run reached, :attr:`MetaBase.common_fidelity`; with ``use_all_fidelities`` or a ``+fid`` variant:
+    on all their rows, with log(fidelity) as a feature) and are scored on the held-out set's rows at ``fidelity``.
+    ``variants=None`` takes :data:`DEFAULT_VARIANTS` that the
     meta-base has columns for (the others are listed in ``notes``); named variants that cannot be built raise.
     """
     specs = [_spec(m) for m in models]

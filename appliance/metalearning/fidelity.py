@@ -15,6 +15,10 @@ Two tables, both leave-one-dataset-out over the same seeds:
    asked at F instead of G (what ignoring the extra training would cost: the model has learned the gain of more
    training when this is larger); Kendall tau and z at G; and, for comparison, Kendall tau at G of RF-d7 fitted at F
    only (ranking by a low-fidelity model, today's practice).
+
+With ``fixed`` = (model, variant, fidelity) the per-fidelity table gets a third row at each point: that
+single-fidelity model fitted on the other sets' rows at its own fidelity, ranking the held-out set's rows at F (how
+a model shipped at a low fidelity ranks for a race that trains far more).
 """
 
 from __future__ import annotations
@@ -29,7 +33,13 @@ import numpy as np
 
 from appliance.errors import ConfigError
 from appliance.metalearning.base import BASELINE, TARGET, MetaBase
-from appliance.metalearning.evaluation import _check_fidelity_aware, _finite_or_none, _nanmean, set_metrics
+from appliance.metalearning.evaluation import (
+    _check_fidelity_aware,
+    _finite_or_none,
+    _FoldFits,
+    _nanmean,
+    set_metrics,
+)
 from appliance.metalearning.features import _FeatureBuilder, parse_variant
 from appliance.metalearning.learners import FIDELITY_AWARE_MODEL, _spec
 
@@ -56,6 +66,8 @@ class FidelityReport:
     model: str
     variant: str
     baseline: tuple[str, str]
+    fixed: tuple[str, str, float] | None = None
+    rows_per_set: dict[float, dict[str, int]] = field(default_factory=dict)
     per_fidelity: dict[tuple[float, str], np.ndarray] = field(default_factory=dict)
     extrapolation: dict[tuple[float, float], np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
@@ -70,11 +82,22 @@ class FidelityReport:
             out[name] = (float(finite.mean()), float(finite.std())) if len(finite) else (math.nan, math.nan)
         return out
 
+    def configurations_per_set(self, fidelity: float) -> str:
+        """How many rows each held-out set has at ``fidelity``: "n" or "min–max"."""
+        counts = [n for n in self.rows_per_set.get(fidelity, {}).values() if n]
+        if not counts:
+            return "0"
+        return str(min(counts)) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+
     def per_fidelity_summary(self, fidelity: float, which: str) -> dict[str, tuple[float, float]]:
         return self.summary(self.per_fidelity[(fidelity, which)], PER_FIDELITY_METRICS)
 
     def extrapolation_summary(self, cut: float, at: float) -> dict[str, tuple[float, float]]:
         return self.summary(self.extrapolation[(cut, at)], EXTRAPOLATION_METRICS)
+
+    @property
+    def fixed_label(self) -> str:
+        return "" if self.fixed is None else f"{self.fixed[0]}/{self.fixed[1]} @{self.fixed[2]:g}"
 
     def to_markdown(self) -> str:
         def fmt(pair: tuple[float, float]) -> str:
@@ -92,8 +115,12 @@ class FidelityReport:
             "| F (MP) | model | z | regret | Kendall τ |",
             "|---|---|---|---|---|",
         ]
+        rows = [("aware", aware), ("baseline", base)]
+        if self.fixed:
+            rows.append(("fixed", self.fixed_label))
+            lines[-4] += f" {self.fixed_label}: fitted on the points at {self.fixed[2]:g} MP only, ranking at F."
         for fidelity in self.fidelities:
-            for which, name in (("aware", aware), ("baseline", base)):
+            for which, name in rows:
                 s = self.per_fidelity_summary(fidelity, which)
                 lines.append(f"| {fidelity:g} | {name} | {fmt(s['z'])} | {fmt(s['regret'])} | {fmt(s['kendall'])} |")
         lines += [
@@ -124,6 +151,7 @@ class FidelityReport:
                 "model": self.model,
                 "variant": self.variant,
                 "baseline": list(self.baseline),
+                "fixed": None if self.fixed is None else list(self.fixed),
                 "seconds": self.seconds,
                 "notes": self.notes,
                 "per_fidelity": [
@@ -164,9 +192,12 @@ def evaluate_fidelities(
     model: str = FIDELITY_AWARE_MODEL,
     variant: str = FIDELITY_VARIANT,
     baseline: tuple[str, str] = BASELINE,
+    fixed: tuple[str, str, float] | None = None,
+    extrapolation: bool = True,
 ) -> FidelityReport:
     """The per-fidelity and extrapolation tables of the module docstring for ``model`` on ``variant`` features
-    (``+fid`` is added when missing) against ``baseline`` = (model, variant) fitted at each fidelity alone."""
+    (``+fid`` is added when missing) against ``baseline`` = (model, variant) fitted at each fidelity alone, and
+    against ``fixed`` = (model, variant, fidelity) fitted at that one fidelity, when given."""
     started = time.perf_counter()
     spec, base_spec = _spec(model), _spec(baseline[0])
     if not spec.fidelity_aware:
@@ -182,6 +213,18 @@ def evaluate_fidelities(
     if not seeds:
         raise ConfigError("the per-fidelity report needs at least one seed")
     fidelities = metabase.fidelities
+    if fixed is not None:
+        fixed_spec = _spec(fixed[0])
+        if fixed_spec.fidelity_aware or "fid" in parse_variant(fixed[1]):
+            raise ConfigError(
+                f"the fixed comparison is fitted at one fidelity; {fixed[0]}/{fixed[1]} takes it as input"
+            )
+        fixed = (fixed_spec.name, fixed[1], float(fixed[2]))
+        if fixed[2] not in fidelities:
+            present = ", ".join(f"{f:g}" for f in fidelities)
+            raise ConfigError(
+                f"{metabase.source}: no rows at fidelity {fixed[2]:g} MP for {fixed[0]}; present: {present}"
+            )
     if len(fidelities) < 2:
         raise ConfigError(
             f"{metabase.source}: the per-fidelity report needs learning curves at 2 or more fidelities, "
@@ -193,15 +236,20 @@ def evaluate_fidelities(
     notes = [f"set {s} not held out: no fidelity with 2 or more distinct IoU" for s in metabase.sets if s not in sets]
     if len(sets) < 2:
         raise ConfigError(f"{metabase.source}: leave-one-dataset-out needs at least 2 usable sets, found {len(sets)}")
-    cuts = fidelities[:-1]
-    report = FidelityReport(sets, seeds, fidelities, spec.name, variant, (base_spec.name, baseline[1]), notes=notes)
+    cuts = fidelities[:-1] if extrapolation else []
+    report = FidelityReport(
+        sets, seeds, fidelities, spec.name, variant, (base_spec.name, baseline[1]), fixed=fixed, notes=notes
+    )
     shape_f, shape_x = (
         (len(seeds), len(sets), len(PER_FIDELITY_METRICS)),
         (len(seeds), len(sets), len(EXTRAPOLATION_METRICS)),
     )
     for f in fidelities:
+        report.rows_per_set[f] = {s: int((at[f] & (set_column == s)).sum()) for s in sets}
         report.per_fidelity[(f, "aware")] = np.full(shape_f, np.nan)
         report.per_fidelity[(f, "baseline")] = np.full(shape_f, np.nan)
+        if fixed:
+            report.per_fidelity[(f, "fixed")] = np.full(shape_f, np.nan)
     for cut in cuts:
         for g in fidelities:
             if g > cut:
@@ -236,6 +284,17 @@ def evaluate_fidelities(
             builder = _FeatureBuilder(baseline[1]).fit(train_f)
             base_parts[f] = (train_f, builder.transform(train_f.columns), builder.transform(test.columns))
         x_train_aware = aware_builder.transform(train_all.columns)
+        fixed_fits = x_fixed = None
+        if fixed:
+            train_fixed = train_all.subset(train_all.at_fidelity(fixed[2]))
+            fixed_builder = _FeatureBuilder(fixed[1]).fit(train_fixed)
+            fixed_fits = _FoldFits(
+                fixed_builder.transform(train_fixed.columns),
+                train_fixed.columns[TARGET],
+                train_fixed.columns["set"],
+                first_seed=seeds[0],
+            )
+            x_fixed = fixed_builder.transform(test.columns)
         for i, seed in enumerate(seeds):
             aware = spec.factory(seed).fit(x_train_aware, train_all.columns[TARGET], train_all.columns["set"])
             predicted = aware.predict(x_aware)
@@ -243,11 +302,15 @@ def evaluate_fidelities(
                 f: base_spec.factory(seed).fit(x_tr, train_f.columns[TARGET], train_f.columns["set"])
                 for f, (train_f, x_tr, _) in base_parts.items()
             }
+            fixed_predicted = None if fixed_fits is None else fixed_fits.get(fixed_spec, seed).predict(x_fixed)
             for f in fidelities:
                 true = test_y[test_at[f]]
                 if not _usable(true):
                     continue
                 report.per_fidelity[(f, "aware")][i, j] = metrics(true, predicted[test_at[f]], PER_FIDELITY_METRICS)
+                if fixed_predicted is not None:
+                    fixed_at = fixed_predicted[test_at[f]]
+                    report.per_fidelity[(f, "fixed")][i, j] = metrics(true, fixed_at, PER_FIDELITY_METRICS)
                 if f in baseline_fits:
                     base_predicted = baseline_fits[f].predict(base_parts[f][2][test_at[f]])
                     report.per_fidelity[(f, "baseline")][i, j] = metrics(true, base_predicted, PER_FIDELITY_METRICS)

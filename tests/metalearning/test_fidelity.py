@@ -16,7 +16,7 @@ from appliance.cli import main
 from appliance.errors import ConfigError
 from appliance.metalearning import learners
 from appliance.metalearning.fidelity import EXTRAPOLATION_METRICS, standardise_by
-from tests.metalearning.test_metamodel import synthetic_rows, write_csv
+from tests.metalearning.test_metamodel import synthetic_rows, with_long_curves, write_csv
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +142,24 @@ def test_the_per_fidelity_report_needs_two_fidelities_and_a_fidelity_aware_model
         mm.evaluate_fidelities(metabase, model="rf_d7", seeds=[0])
 
 
+def test_a_model_fitted_at_one_fidelity_is_scored_at_every_longer_point(tmp_path):
+    rows = with_long_curves(synthetic_rows(n_sets=4, configs_per_set=12))
+    long = mm.load_metabase(write_csv(tmp_path / "long.csv", rows))
+    report = mm.evaluate_fidelities(long, seeds=[0], fixed=("rf_d7", "hp+hc+eng", 2), extrapolation=False)
+    assert report.extrapolation == {} and report.fixed == ("rf_d7", "hp+hc+eng", 2.0)
+    assert report.configurations_per_set(32.0) == "3" and report.configurations_per_set(2.0) == "15"
+    # at its own fidelity the fixed model is the baseline fitted there: the same forest, the same numbers
+    assert np.array_equal(report.per_fidelity[(2.0, "fixed")], report.per_fidelity[(2.0, "baseline")])
+    assert np.isfinite(report.per_fidelity[(32.0, "fixed")]).all()
+    markdown = report.to_markdown()
+    assert "| 32 | rf_d7/hp+hc+eng @2 |" in markdown and "fitted on the points at 2 MP only" in markdown
+    assert report.to_dict()["fixed"] == ["rf_d7", "hp+hc+eng", 2.0]
+    with pytest.raises(ConfigError, match="fitted at one fidelity"):
+        mm.evaluate_fidelities(long, seeds=[0], fixed=("rf_d7_curve", "hp+hc+eng+fid", 2))
+    with pytest.raises(ConfigError, match="no rows at fidelity 3 MP"):
+        mm.evaluate_fidelities(long, seeds=[0], fixed=("rf_d7", "hp+hc+eng", 3))
+
+
 def test_evaluate_fidelity_aware_on_the_command_line(tmp_path):
     path = write_csv(tmp_path / "m.csv", synthetic_rows(n_sets=3, configs_per_set=10))
     runner = CliRunner()
@@ -152,6 +170,15 @@ def test_evaluate_fidelity_aware_on_the_command_line(tmp_path):
         main, ["metamodel", "evaluate", "--metabase", str(path), "--fidelity-aware", "--models", "x"]
     )
     assert refused.exit_code == 2 and "--fidelity-aware" in refused.output
+    against = ["--fidelity-aware", "--seeds", "0", "--against", "xgb_reg/hp+hc+eng@1"]
+    compared = runner.invoke(main, ["metamodel", "evaluate", "--metabase", str(path), *against])
+    assert compared.exit_code == 0, compared.output
+    assert "| 2 | xgb_reg/hp+hc+eng @1 |" in compared.stdout
+    for bad in ("xgb_reg@1", "xgb_reg/hp+hc+eng@zero", "xgb_reg/hp+hc+eng"):
+        refused = runner.invoke(
+            main, ["metamodel", "evaluate", "--metabase", str(path), "--fidelity-aware", "--against", bad]
+        )
+        assert refused.exit_code == 2 and "MODEL/VARIANT@MP" in refused.output, bad
 
 
 def test_the_saved_fidelity_aware_model_ranks_without_heavy_imports(metabase, tmp_path):

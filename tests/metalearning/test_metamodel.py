@@ -100,6 +100,34 @@ def synthetic_rows(n_sets: int = 6, configs_per_set: int = 40, seed: int = 0) ->
     return rows
 
 
+LONG_POINTS = (4.0, 8.0, 16.0, 32.0)
+
+
+def with_long_curves(rows: list[dict], per_set: int = 3) -> list[dict]:
+    """``rows`` plus, for the first ``per_set`` configurations of each set, the builder's long run of the same
+    configuration: its points up to 2 MP again and :data:`LONG_POINTS`, where large batches catch up."""
+    long_rows, taken = [], {}
+    for row in rows:
+        chosen = taken.setdefault(row["set"], [])
+        if row["config_id"] not in chosen and len(chosen) < per_set:
+            chosen.append(row["config_id"])
+        if row["config_id"] not in chosen:
+            continue
+        long_rows.append({**row, "run_fidelity_mp": LONG_POINTS[-1]})
+        if row["fidelity_mp"] == FIDELITIES[-1]:
+            for point in LONG_POINTS:
+                gain = (1 - row["val_iou"]) * 0.05 * np.log2(point / 2) * (1 + row["batch_size"] / 16)
+                long_rows.append(
+                    {
+                        **row,
+                        "fidelity_mp": point,
+                        "run_fidelity_mp": LONG_POINTS[-1],
+                        "val_iou": float(row["val_iou"] + gain),
+                    }
+                )
+    return rows + long_rows
+
+
 def write_csv(path, rows):
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -282,6 +310,16 @@ def test_all_fidelities_variant_and_a_lower_evaluation_fidelity(metabase):
     assert list(table.results) == [("xgb_reg", "hp+hc+eng+fid")]
     low = mm.evaluate(metabase, models=["xgb_ndcg"], variants=["hp+hc"], seeds=[0], fidelity=0.5)
     assert low.fidelity == 0.5 and math.isfinite(low.summary("xgb_ndcg", "hp+hc")["z"][0])
+
+
+def test_by_default_models_are_fitted_and_scored_at_the_largest_point_every_builder_run_reached(tmp_path):
+    long = mm.load_metabase(write_csv(tmp_path / "long.csv", with_long_curves(synthetic_rows(3, 10))))
+    assert long.fidelities[-1] == 32.0 and long.common_fidelity == 2.0
+    assert mm.evaluate(long, models=["rf_d7"], variants=["hp+hc+eng"], seeds=[0]).fidelity == 2.0
+    assert mm.MetaModel.fit(long, "rf_d7", "hp+hc+eng").fidelity == 2.0
+    assert mm.MetaModel.fit(long, mm.FIDELITY_AWARE_MODEL, "hp+hc+eng").fidelity == 32.0  # its default amount
+    rows = [{k: v for k, v in row.items() if k != "run_fidelity_mp"} for row in with_long_curves(synthetic_rows(3, 10))]
+    assert mm.load_metabase(write_csv(tmp_path / "no-run.csv", rows)).common_fidelity == 32.0
 
 
 def test_default_variants_skip_groups_the_metabase_lacks(tmp_path):
