@@ -238,10 +238,11 @@ def test_a_training_job_with_executor_ray_races_on_the_workers_and_exports_on_th
         store.record_throughput(worker_device, row.code_version, group, row.steps_per_second, source=row.source,
                                 kind=row.kind)  # fmt: skip
     assert ThroughputTable.load(store, worker_device).measured
-    result = train_set(demo_set_dir, settings, ranking=fallback_ranking(), store=store)
+    # two trials whatever this machine's load does to its measured speed (the plan's n is tested in test_race.py)
+    result = train_set(demo_set_dir, settings, ranking=fallback_ranking(), store=store, trials=2)
     assert result.run.status == "finished" and result.run.device == f"ray: {worker_device}"
     assert "device_measurement_seconds" not in result.timings  # the workers' device was known: nothing probed
-    assert result.run.plan["schedule"]["slots"] == 2 and result.run.plan["n"] >= 2
+    assert result.run.plan["schedule"]["slots"] == 2 and result.run.plan["n"] == 2
     nodes = {n.node_id for n in store.cluster_nodes()}
     assert {r.node for r in result.step_results} <= nodes and None not in {r.node for r in result.step_results}
     assert all(n.running is None for n in store.cluster_nodes())  # the run's workers stopped after its race
