@@ -339,6 +339,13 @@ def combine_metabases(paths: Sequence[str | Path], out: str | Path) -> dict:
                 )
     if not rows:
         raise ConfigError(f"{', '.join(map(str, paths))}: the meta-bases hold no rows")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_metabase_csv(Path(out), rows)
+    return features
+
+
+def write_metabase_csv(path: Path, rows: list[dict]) -> None:
+    """Replace the CSV at ``path`` atomically with ``rows`` (columns in :func:`ordered_columns` order)."""
     columns = ordered_columns(rows)
 
     def write(tmp: str) -> None:
@@ -347,9 +354,7 @@ def combine_metabases(paths: Sequence[str | Path], out: str | Path) -> dict:
             writer.writeheader()
             writer.writerows(rows)
 
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(out), write)
-    return features
+    atomic_write(path, write)
 
 
 def ordered_columns(rows: Iterable[dict]) -> list[str]:
@@ -387,15 +392,7 @@ def write_rows(path: Path, new_rows: list[dict], features: Callable[[dict], dict
             if update is not None:
                 row = {k: v for k, v in row.items() if not k.startswith(FEATURE_PREFIXES)} | update
             refreshed.append(row)
-        columns = ordered_columns(refreshed)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-                writer.writeheader()
-                writer.writerows(refreshed)
-
-        atomic_write(path, write)
+        write_metabase_csv(path, refreshed)
     return len(added)
 
 
