@@ -21,7 +21,8 @@ from scipy.stats import kendalltau
 from appliance.metalearning.base import BASELINE, DEFAULT_SEEDS, load_metabase
 from appliance.metalearning.builder import combine_metabases, features_file, read_metabase_rows
 from appliance.metalearning.evaluation import EvaluationTable, evaluate
-from appliance.metalearning.fidelity import FIDELITY_SEEDS, FidelityReport, evaluate_fidelities
+from appliance.metalearning.features import parse_variant
+from appliance.metalearning.fidelity import FIDELITY_SEEDS, FIDELITY_VARIANT, FidelityReport, evaluate_fidelities
 from appliance.metalearning.learners import DEFAULT_MODELS, FIDELITY_AWARE_MODEL, _spec
 from appliance.metalearning.model import MetaModel
 
@@ -108,7 +109,7 @@ def train_and_report(
     table = evaluate(base, models=models, variants=variants, seeds=seeds, fidelity=fidelity)
     chosen = (model, variant) if model and variant else table.best()
     if _spec(chosen[0]).fidelity_aware:
-        chosen = (_spec(chosen[0]).name, chosen[1] if "+fid" in chosen[1] else f"{chosen[1]}+fid")
+        chosen = (_spec(chosen[0]).name, chosen[1] if _takes_amount(chosen[1]) else f"{chosen[1]}+fid")
     if chosen not in table.results:  # e.g. the fidelity-aware model, which needs its own +fid variant
         extra = evaluate(base, models=(chosen[0],), variants=(chosen[1],), seeds=seeds, fidelity=table.fidelity)
         table.results.update(extra.results)
@@ -127,15 +128,19 @@ def train_and_report(
     return TrainedMetaModel(shipped, table, report_path, model_path)
 
 
+def _takes_amount(variant: str) -> bool:
+    return "fid" in parse_variant(variant)
+
+
 def race_fidelities(base, table: EvaluationTable, chosen: tuple[str, str]) -> FidelityReport | None:
     """Leave-one-dataset-out at the curve points beyond the main table's (the long curves of a few configurations,
     the training amounts a race reaches): the fidelity-aware model asked there, RF-d7 fitted there, and the best
     single-fidelity model of the main table fitted at its fidelity. None when the meta-base has no such points."""
     if not [f for f in base.fidelities if f > table.fidelity]:
         return None
-    single = [key for key in table.results if not _spec(key[0]).fidelity_aware and "+fid" not in key[1]]
+    single = [key for key in table.results if not _spec(key[0]).fidelity_aware and not _takes_amount(key[1])]
     fixed = max(single, key=lambda key: (table.summary(*key)["z"][0], key == chosen)) if single else None
-    aware_variant = chosen[1] if _spec(chosen[0]).fidelity_aware else "hp+hc+eng+fid"
+    aware_variant = chosen[1] if _spec(chosen[0]).fidelity_aware else FIDELITY_VARIANT
     return evaluate_fidelities(
         base,
         seeds=FIDELITY_SEEDS,
@@ -146,7 +151,7 @@ def race_fidelities(base, table: EvaluationTable, chosen: tuple[str, str]) -> Fi
     )
 
 
-def _longer_section(longer: FidelityReport, main_fidelity: float, chosen: tuple[str, str]) -> list[str]:
+def _longer_section(longer: FidelityReport, main_fidelity: float) -> list[str]:
     points = [f for f in longer.fidelities if f > main_fidelity]
     configurations = {f: longer.configurations_per_set(f) for f in points}
     aware = f"{longer.model}/{longer.variant}"
@@ -257,7 +262,7 @@ def render_report(
     lines.append("| **mean** | " + " | ".join(_fmt(m) for m in means) + " |")
     lines += [
         "",
-        *(_longer_section(longer, table.fidelity, chosen) + [""] if longer else []),
+        *(_longer_section(longer, table.fidelity) + [""] if longer else []),
         "## Leave-one-dataset-out evaluation",
         "",
         f"Every model trained on all sets but one and scored on the held-out set's configurations at "
@@ -275,7 +280,11 @@ def render_report(
         "",
         f"- `{chosen[0]}` on features `{chosen[1]}`, fitted on all {len(shipped.training_sets)} sets "
         f"({shipped.trained_rows} rows "
-        + (f"at {shipped.fidelity:g} MP" if "+fid" not in chosen[1] else "at every curve point, the amount an input")
+        + (
+            f"at {shipped.fidelity:g} MP"
+            if not _takes_amount(chosen[1])
+            else "at every curve point, the amount an input"
+        )
         + f"), seed {shipped.seed}.",
         "- Files: `metamodel.json` (the model as JSON; nothing executes on load) and `metamodel-meta.json` "
         "(kind, feature order, optical reduction state, training sets).",
