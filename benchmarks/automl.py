@@ -24,6 +24,12 @@ cell already in the file is skipped. ``--table`` prints the Markdown table of a 
     python benchmarks/automl.py --sets drosophila_vnc_em_multiclass,cpm15_he_nuclei,usiigaci_phase_cells \\
         --budgets 5m,15m --out benchmarks/results/automl-cpu.jsonl                # a matrix, resumable
     python benchmarks/automl.py --table benchmarks/results/automl-cpu.jsonl      # the table
+    python benchmarks/automl.py --sets cpm15_he_nuclei --prepare-only --work .gpu/bench  # LOSO models, fitted here
+
+Without pyradiomics (the GPU check machine's image lacks it) the job could only rank with the fallback prior. For a
+set of the meta-base, ``ours`` is then ranked on the set-level meta-features the meta-base builder computed with the
+same code (``metabase/metabase.csv.features.json``), and the seconds they took there are taken off ``ours``' budget,
+so the cell still measures the meta-model and still counts the meta-features inside T.
 
 ``--models DIR`` benchmarks another meta-model folder (its ``metamodel*`` files and the ``metabase.csv`` it was fitted
 on, as ``appliance metamodel train --out DIR`` writes them; e.g. a fidelity-aware model on long learning curves)
@@ -33,6 +39,8 @@ instead of the shipped ``models/``; leave-one-set-out refits it the same way.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import statistics
 import tempfile
@@ -43,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance.automl.job import train_set
-from appliance.automl.ranking import Ranking
+from appliance.automl.ranking import Ranking, rank_for_set
 from appliance.automl.search_space import search_space
 from appliance.data.labelled_set import load_labelled_set
 from appliance.metalearning import MetaModel, evaluate, load_metabase, work_doubling_gain
@@ -54,6 +62,7 @@ from appliance.settings import REPOSITORY_MODELS, Settings, parse_duration
 from appliance.version import code_version
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+FEATURE_CACHE = Path(__file__).resolve().parents[1] / "metabase" / "metabase.csv.features.json"
 METHODS = ("ours", "default", "random")
 
 
@@ -82,6 +91,31 @@ def leave_one_set_out_models(set_name: str, cache: Path, *, models_dir: Path = R
     return target
 
 
+def cached_features(labelled_set, path: Path = FEATURE_CACHE) -> tuple[dict[str, float], float] | None:
+    """The set's meta-features as the meta-base builder computed them, and the seconds they took; None when the
+    cache does not hold this set (or holds it with another number of images)."""
+    entries = json.loads(path.read_text()) if path.is_file() else {}
+    entry = entries.get(labelled_set.name)
+    if entry is None or entry["signature"]["images"] != len(labelled_set):
+        return None
+    return entry["features"], float(entry["seconds"])
+
+
+def ranking_without_pyradiomics(
+    labelled_set, models_dir: Path, cache: Path = FEATURE_CACHE
+) -> tuple[Ranking | None, float]:
+    """``(ranking, seconds to charge)`` for ``ours`` where pyradiomics is missing (module docstring);
+    ``(None, 0)`` where it is installed (the job computes the features itself) or the set is not cached."""
+    if importlib.util.find_spec("radiomics") is not None:
+        return None, 0.0
+    cached = cached_features(labelled_set, cache)
+    if cached is None:
+        return None, 0.0
+    features, seconds = cached
+    ranking, fallback_reason = rank_for_set(features, models_dir=models_dir)
+    return (None, 0.0) if fallback_reason else (ranking, seconds)
+
+
 def semantic_view(set_dir: Path, views: Path) -> Path:
     """The set as a semantic set: a folder of the same name linking to its images, masks and dataset.yaml, without
     its instances/ (nothing is copied). The meta-base's learning curves are of semantic models, so the matrix
@@ -103,8 +137,12 @@ def run_cell(set_dir: Path, budget: float, seed: int, *, data_dir: Path, models_
     settings = Settings(data_dir=data_dir, metamodel_dir=models_dir, default_budget=budget, seed=seed)
     rows = []
     started = time.perf_counter()
-    ours = train_set(set_dir, settings, device=device, resume=False)
-    rows.append(_job_row("ours", ours, time.perf_counter() - started))
+    ranking, charged = ranking_without_pyradiomics(labelled_set, models_dir)
+    if ranking is not None:
+        print(f"  no pyradiomics: ours ranks on the meta-base's cached meta-features, {charged:.1f} s of T charged")
+    ours_settings = dataclasses.replace(settings, default_budget=budget - charged)
+    ours = train_set(set_dir, ours_settings, device=device, resume=False, ranking=ranking)
+    rows.append({**_job_row("ours", ours, time.perf_counter() - started), "features_charged_seconds": charged})
     plan = ours.run.plan
     print(f"  ours     test IoU {ours.test.mean_foreground_iou:.3f}  n = {plan['n']}: {ours.run.winner_config_id}")
 
@@ -211,6 +249,11 @@ def main() -> None:
     )
     parser.add_argument("--pause-file", type=Path, default=None, help="No new cell starts while this file exists.")
     parser.add_argument("--table", type=Path, default=None, help="Print the Markdown table of a results file and exit.")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="Fit the leave-one-set-out meta-models of --sets into --work and exit (before a short GPU session).",
+    )
     args = parser.parse_args()
     if args.table:
         print(render_table(read_results(args.table)))
@@ -226,6 +269,10 @@ def main() -> None:
             set_dir = Path(name) if Path(name).is_dir() else SHARED / name
             for seed in (int(s) for s in args.seeds.split(",")):
                 labelled_set = load_labelled_set(set_dir)
+                if args.prepare_only:
+                    if not args.no_loso:
+                        print(leave_one_set_out_models(labelled_set.name, work / "loso", models_dir=args.models))
+                    continue
                 if all((labelled_set.name, budget, seed, m) in done for m in METHODS):
                     continue
                 while args.pause_file and args.pause_file.exists():
@@ -249,7 +296,8 @@ def main() -> None:
                             finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
                         )
                         out.write(json.dumps(row) + "\n")
-    print(render_table(read_results(args.out)))
+    if not args.prepare_only:
+        print(render_table(read_results(args.out)))
 
 
 if __name__ == "__main__":
