@@ -10,7 +10,9 @@ ends at ``start + s · T / steps`` and shares are recomputed before each trial, 
 the same or a later step, not by the budget. After a step the better half by validation mean
 foreground IoU continues (ties and missing scores broken by the meta-model rank); survivors continue
 from their checkpoints, nothing is retrained. A last step with a single trial decides nothing, so it is
-not validated inside the budget (the job validates and tests the winner afterwards).
+not validated inside the budget: the job validates the winner's last weights afterwards and exports them, or the
+weights it had after its last validated slice when those validate better (a constant learning rate can undo in the
+last stretch what a configuration had learned; :func:`appliance.automl.job.exported_weights`).
 
 Where slices run: one after another in this process (:class:`~appliance.automl.executors.LocalExecutor`), or one
 per device on a Ray cluster (:mod:`appliance.automl.cluster`): a trial's share is then the equal share that lets the
@@ -257,7 +259,9 @@ class SuccessiveHalving:
         }
         self.store.record_step_result(self.run_id, step, rank, **result)
         fault_point(f"halving-step-{step}-slice")
-        if task.checkpoint and Path(task.checkpoint) != Path(task.path):
+        # The winner's last, undecided slice keeps the checkpoint it continued from: the job exports whichever of
+        # the two validates better (appliance.automl.job.exported_weights).
+        if task.checkpoint and Path(task.checkpoint) != Path(task.path) and task.validate:
             Path(task.checkpoint).unlink(missing_ok=True)
         self.on_slice(
             {"step": step, "steps": self.schedule.steps, "racing": self.schedule.active[step], "rank": rank, **result}

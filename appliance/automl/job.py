@@ -22,14 +22,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.automl.backend import TorchBackend
-from appliance.automl.halving import SuccessiveHalving, enter_race
+from appliance.automl.halving import SuccessiveHalving, TrialBackend, enter_race
 from appliance.automl.living import LIVING_METABASE, record_run, save_features
 from appliance.automl.metafeatures import set_features
 from appliance.automl.race import RacePlan, plan_race, slice_overhead, slice_overheads, time_aware_order
 from appliance.automl.ranking import FALLBACK_SOURCE, Ranking, fallback_ranking, rank_for_set
-from appliance.automl.schedule import HalvingSchedule
+from appliance.automl.schedule import HalvingSchedule, selection_score
 from appliance.automl.throughput import ensure_reference_measurements, record_training_throughput
 from appliance.data.io import atomic_write, write_png
 from appliance.data.labelled_set import LabelledSet, load_labelled_set
@@ -41,7 +42,6 @@ from appliance.pipeline.inference import DEFAULT_TILES
 from appliance.pipeline.overlay import comparison_panel
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.task import CHOOSE, INSTANCES, SEMANTIC, evaluate_split
-from appliance.pipeline.trainer import Trainer
 from appliance.settings import Settings
 from appliance.store import Run, RunStatus, StepResult, Store, Trial, TrialStatus, now
 
@@ -297,7 +297,7 @@ def _finish(
     run_dir: Path,
 ) -> tuple[Evaluation, Path]:
     """Test the winner, write overlays and the halving chart, export ONNX + JSON, register the model."""
-    trainer = Trainer.load(winner.checkpoint, device=backend.device)
+    trainer, validation_iou = exported_weights(store, run_id, winner, backend, keep=settings.keep_checkpoints == "all")
     predict = lambda image: trainer.logits(image, tiles=DEFAULT_TILES)  # noqa: E731
     seed_depth = None
     if labelled_set.task == INSTANCES:  # the watershed's seed depth, chosen on the validation objects
@@ -319,7 +319,6 @@ def _finish(
     atomic_write(qc / "test.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     write_halving_chart(store, run_id, qc / "halving.png")
 
-    validation_iou = backend.validate(trainer).mean_iou  # the winner as exported (its last slice is not validated)
     models_dir = settings.trained_models_dir
     for stale in store.unfinished_models(run_id):  # a kill during an earlier export left its files behind
         shutil.rmtree(models_dir / stale, ignore_errors=True)
@@ -379,6 +378,46 @@ def _finish(
     if settings.keep_checkpoints == "none":  # the run is finished: nothing resumes from its checkpoints any more
         shutil.rmtree(run_dir / "trials", ignore_errors=True)
     return test, model_dir
+
+
+def exported_weights(
+    store: Store, run_id: str, winner: Trial, backend: TrialBackend, *, keep: bool = False
+) -> tuple[Any, float | None]:
+    """The winner's weights to export (as ``backend.load`` gives them) and their validation mean IoU.
+
+    Its last slice decides nothing, so it is not validated in the race; it is validated here. When the weights the
+    winner had after its last validated slice (kept for this by the halving) validate better on the task's metric,
+    those are exported: on usiigaci at T = 15 min a patch-64 winner went from validation 0.671 after its first slice
+    to 0.293 after 35 more MP at a constant learning rate (test 0.232). The trial then points at the exported
+    checkpoint, and its other checkpoints go (``keep``: they stay)."""
+    last = backend.load(Path(winner.checkpoint))
+    validation = backend.validate(last)
+    earlier = [
+        row
+        for row in store.step_results(run_id)
+        if row.rank == winner.rank
+        and row.checkpoint
+        and Path(row.checkpoint) != Path(winner.checkpoint)
+        and selection_score(row) is not None
+        and Path(row.checkpoint).is_file()
+    ]
+    chosen, weights, iou = winner.checkpoint, last, validation.mean_iou
+    if earlier and selection_score(earlier[-1]) > validation.selection_score:
+        before = earlier[-1]
+        store.event(
+            run_id,
+            f"{winner.config_id}: its last slice lowered validation {getattr(backend, 'selection_metric', 'IoU')} "
+            f"from {selection_score(before):.3f} to {validation.selection_score:.3f}; exporting its weights after "
+            f"step {before.step + 1} ({before.work_mp:.1f} MP) instead",
+            level="warning",
+        )
+        chosen, weights, iou = before.checkpoint, backend.load(Path(before.checkpoint)), before.validation_iou
+        store.update_trial(run_id, winner.rank, checkpoint=chosen)
+    if not keep:  # also what a kill between the choice and this left behind
+        for path in Path(chosen).parent.glob("*.pt"):
+            if path != Path(chosen):
+                path.unlink(missing_ok=True)
+    return weights, iou
 
 
 def write_halving_chart(store: Store, run_id: str, path: Path) -> Path:

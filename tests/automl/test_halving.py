@@ -130,12 +130,69 @@ def test_dropped_trials_checkpoints_go_unless_kept(tmp_path, keep):
     store, run_id, halving = _run(tmp_path, FakeBackend(clock), clock, top_n=8, budget=400.0)
     halving.keep_dropped_checkpoints = keep  # Settings.keep_checkpoints == "all"
     winner = halving.run()
-    left = {p.parent.name: p.name for p in (tmp_path / run_id / "trials").glob("*/*.pt")}  # one per trial at most
-    assert len(left) == len(list((tmp_path / run_id / "trials").glob("*/*.pt")))
+    files = list((tmp_path / run_id / "trials").glob("*/*.pt"))
+    left = {p.parent.name: p.name for p in files}
+    # one per trial; the winner also keeps the one its last, undecided slice continued from (the job chooses)
+    assert len(files) == len(left) + 1
     if keep:
-        assert len(left) == 8  # every trial's last checkpoint
+        assert len(left) == 8
     else:
         assert list(left) == [f"rank-{winner.rank:03d}"]
+
+
+def test_the_winners_last_undecided_slice_keeps_the_checkpoint_it_continued_from(tmp_path):
+    clock = FakeClock()
+    store, run_id, halving = _run(tmp_path, FakeBackend(clock), clock, top_n=4, budget=400.0)
+    winner = halving.run()
+    steps = store.step_results(run_id)
+    assert [len(s.active) for s in store.finished_steps(run_id)] == [4, 2, 1]
+    last, before = [r for r in steps if r.rank == winner.rank][-1], [r for r in steps if r.rank == winner.rank][-2]
+    assert last.validation_iou is None and before.validation_iou is not None
+    left = sorted(p.name for p in (tmp_path / run_id / "trials" / f"rank-{winner.rank:03d}").glob("*.pt"))
+    assert left == ["step-1.pt", "step-2.pt"]  # the job exports whichever validates better
+
+
+class Overtrained(FakeBackend):
+    """Validation falls once a trial has trained more than ``peak`` seconds (a constant learning rate's collapse)."""
+
+    def __init__(self, clock, *, peak):
+        super().__init__(clock)
+        self.peak = peak
+
+    def validate(self, trainer) -> Validation:
+        validation = super().validate(trainer)
+        if trainer["seconds"] > self.peak:
+            return Validation(0.05, [0.05])
+        return validation
+
+
+@pytest.mark.parametrize("collapses", [True, False])
+def test_the_job_exports_the_winners_better_validated_weights(tmp_path, collapses):
+    from appliance.automl.job import exported_weights
+
+    clock = FakeClock()
+    backend = Overtrained(clock, peak=150.0 if collapses else math.inf)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=4, budget=400.0)
+    winner = halving.run()
+    rows = [r for r in store.step_results(run_id) if r.rank == winner.rank]
+    assert rows[-2].total_seconds_trained < 150.0 < rows[-1].total_seconds_trained
+
+    weights, iou = exported_weights(store, run_id, winner, backend)
+    expected = rows[-2] if collapses else rows[-1]
+    assert weights["seconds"] == pytest.approx(expected.total_seconds_trained)
+    assert store.trials(run_id, status="winner")[0].checkpoint == expected.checkpoint
+    left = list((tmp_path / run_id / "trials" / f"rank-{winner.rank:03d}").glob("*.pt"))
+    assert left == [Path(expected.checkpoint)]  # the other one went
+    messages = [e.message for e in store.events(run_id)]
+    if collapses:
+        assert iou == pytest.approx(rows[-2].validation_iou)
+        assert any("lowered validation" in m and "after step 2" in m for m in messages)
+    else:
+        assert iou == pytest.approx(backend.validate(weights).mean_iou)
+        assert not any("lowered validation" in m for m in messages)
+    # asked again (a kill before the export finished): the same weights, nothing else to delete
+    again, _ = exported_weights(store, run_id, store.trials(run_id, status="winner")[0], backend)
+    assert again["seconds"] == weights["seconds"]
 
 
 def test_ties_are_broken_by_meta_model_rank(tmp_path):
