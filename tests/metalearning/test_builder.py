@@ -2,6 +2,7 @@
 
 import collections
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -179,3 +180,27 @@ def test_killed_builder_resumes_without_duplicates(tmp_path, demo_set_dir):
     for key, row in before.items():  # rows written before the kill are kept as they were
         after = next(r for r in rows if row_key(r) == key)
         assert after["val_iou"] == row["val_iou"] and after["finished_at"] == row["finished_at"]
+
+
+def test_with_the_sets_features_cached_the_builder_needs_no_pyradiomics(tmp_path, demo_set, demo_set_dir, monkeypatch):
+    """The GPU check image has no pyradiomics: the builder runs there on the features computed here."""
+    from appliance.metalearning.builder import FEATURES_VERSION, features_file
+
+    out = tmp_path / "mb.csv"
+    signature = {
+        "version": FEATURES_VERSION,
+        "images": len(demo_set),
+        "optical_images": 20,
+        "metadata": demo_set.metadata,
+    }
+    features = {"hc_images": 8.0, "opt_firstorder_Mean": 0.25}
+    features_file(out).write_text(
+        json.dumps({demo_set.name: {"signature": signature, "seconds": 1.0, "features": features}})
+    )
+    monkeypatch.setitem(sys.modules, "radiomics", None)
+    settings = BuildSettings(
+        set_dirs=(demo_set_dir,), out_csv=out, configs_per_set=1, curve=(0.01,), optical_images=20, device="cpu"
+    )
+    assert build_metabase(settings, log=lambda message: None) == 1
+    (row,) = read_metabase_rows(out)
+    assert row["opt_firstorder_Mean"] == "0.25" and row["eng_patches_per_image"]
