@@ -193,7 +193,7 @@ def test_with_the_sets_features_cached_the_builder_needs_no_pyradiomics(tmp_path
         "optical_images": 20,
         "metadata": demo_set.metadata,
     }
-    features = {"hc_images": 8.0, "opt_firstorder_Mean": 0.25}
+    features = {"hc_images": 8.0, "hc_classes": 1.0, "hc_mean_shape": 256.0, "opt_firstorder_Mean": 0.25}
     features_file(out).write_text(
         json.dumps({demo_set.name: {"signature": signature, "seconds": 1.0, "features": features}})
     )
