@@ -55,6 +55,7 @@ from appliance.automl.ranking import Ranking, rank_for_set
 from appliance.automl.search_space import search_space
 from appliance.data.labelled_set import load_labelled_set
 from appliance.metalearning import MetaModel, evaluate, load_metabase, work_doubling_gain
+from appliance.metalearning.builder import BuildSettings, FeatureCache, load_set_metadata
 from appliance.pipeline.config import PAPER_DEFAULT
 from appliance.pipeline.device import device_name, resolve_device
 from appliance.pipeline.workflow import train_configuration
@@ -63,6 +64,7 @@ from appliance.version import code_version
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FEATURE_CACHE = Path(__file__).resolve().parents[1] / "metabase" / "metabase.csv.features.json"
+SET_METADATA = Path(__file__).resolve().parents[1] / "metabase" / "sets.yaml"  # what the meta-base builder was given
 METHODS = ("ours", "default", "random")
 
 
@@ -93,12 +95,12 @@ def leave_one_set_out_models(set_name: str, cache: Path, *, models_dir: Path = R
 
 def cached_features(labelled_set, path: Path = FEATURE_CACHE) -> tuple[dict[str, float], float] | None:
     """The set's meta-features as the meta-base builder computed them, and the seconds they took; None when the
-    cache does not hold this set (or holds it with another number of images)."""
-    entries = json.loads(path.read_text()) if path.is_file() else {}
-    entry = entries.get(labelled_set.name)
-    if entry is None or entry["signature"]["images"] != len(labelled_set):
-        return None
-    return entry["features"], float(entry["seconds"])
+    cache does not hold this set, or holds it computed otherwise (other images, feature code or metadata)."""
+    cache = FeatureCache(
+        path, metadata=load_set_metadata(SET_METADATA), optical_images=BuildSettings.optical_images, seed=0
+    )
+    entry = cache.cached(labelled_set)
+    return None if entry is None else (entry["features"], float(entry["seconds"]))
 
 
 def ranking_without_pyradiomics(

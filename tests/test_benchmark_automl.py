@@ -12,17 +12,26 @@ def _cache_for(tmp_path, labelled_set, *, images=None, seconds=12.5):
     """The builder's cached features of a shared set, filed under the demo set's name."""
     shipped = json.loads(FEATURE_CACHE.read_text())["cpm15_he_nuclei"]
     entry = {**shipped, "seconds": seconds}
-    entry["signature"] = {**shipped["signature"], "images": len(labelled_set) if images is None else images}
+    entry["signature"] = {
+        **shipped["signature"],
+        "images": len(labelled_set) if images is None else images,
+        "metadata": labelled_set.metadata,  # a set that metabase/sets.yaml does not name brings its own
+    }
     path = tmp_path / "features.json"
     path.write_text(json.dumps({labelled_set.name: entry}))
     return path, shipped["features"]
 
 
-def test_cached_features_are_found_by_set_name_and_image_count(tmp_path, demo_set):
+def test_cached_features_are_found_by_set_name_and_the_way_they_were_computed(tmp_path, demo_set):
     path, features = _cache_for(tmp_path, demo_set, seconds=7.0)
     assert cached_features(demo_set, path) == (features, 7.0)
     other, _ = _cache_for(tmp_path, demo_set, images=len(demo_set) + 1)
     assert cached_features(demo_set, other) is None  # the set changed since the features were computed
+    shipped_metadata, _ = _cache_for(tmp_path, demo_set)
+    entries = json.loads(shipped_metadata.read_text())
+    entries[demo_set.name]["signature"]["metadata"] = {"microscopy": "electron"}
+    shipped_metadata.write_text(json.dumps(entries))
+    assert cached_features(demo_set, shipped_metadata) is None  # computed with other user-given metadata
     assert cached_features(demo_set, tmp_path / "missing.json") is None
 
 

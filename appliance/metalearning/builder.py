@@ -414,12 +414,18 @@ class FeatureCache:
             "metadata": self.metadata.get(labelled_set.name, labelled_set.metadata),
         }
 
+    def cached(self, labelled_set: LabelledSet) -> dict | None:
+        """The set's entry (``features`` and the ``seconds`` they took) when it was computed as this cache computes
+        it (same feature code, image count, optical sample and metadata); else None."""
+        entry = self.entries.get(labelled_set.name)
+        return entry if entry is not None and entry["signature"] == self._signature(labelled_set) else None
+
     def get(self, labelled_set: LabelledSet) -> dict[str, float]:
         from appliance.automl.metafeatures import set_features
 
-        signature = self._signature(labelled_set)
-        entry = self.entries.get(labelled_set.name)
-        if entry is None or entry["signature"] != signature:
+        entry = self.cached(labelled_set)
+        if entry is None:
+            signature = self._signature(labelled_set)
             started = time.perf_counter()
             features = set_features(
                 labelled_set, metadata=signature["metadata"], optical_images=self.optical_images, seed=self.seed
