@@ -52,9 +52,9 @@ class FixedWork:
     def __getattr__(self, name):
         return getattr(self.backend, name)
 
-    def train(self, trainer, seconds: float) -> TrainedSlice:
+    def train(self, trainer, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice:
         started = time.perf_counter()
-        trainer.train(self.backend.patches(trainer.config.patch_size), max_steps=self.steps)
+        trainer.train(self.backend.patches(trainer.config.patch_size), max_steps=self.steps, cooldown=cooldown)
         return TrainedSlice(time.perf_counter() - started, trainer.seconds, trainer.steps, trainer.pixels_seen / 1e6)
 
 

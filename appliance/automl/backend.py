@@ -102,11 +102,13 @@ class TorchBackend:
             ) from None
         return self.peak_memory_mb()
 
-    def train(self, trainer: Trainer, seconds: float) -> TrainedSlice:
+    def train(self, trainer: Trainer, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice:
         self._reset_peak()
         try:
             # Trainer.train waits for the device at the slice's end, inside the seconds it reports
-            result = trainer.train(self.patches(trainer.config.patch_size), seconds=max(seconds, 1e-3))
+            result = trainer.train(
+                self.patches(trainer.config.patch_size), seconds=max(seconds, 1e-3), cooldown=cooldown
+            )
         except torch.cuda.OutOfMemoryError as error:
             self._release(trainer)
             raise TrialFailed(

@@ -62,7 +62,7 @@ class TrialBackend(Protocol):
     def load(self, path: Path) -> Any: ...
     def save(self, trainer: Any, path: Path) -> None: ...
     def probe(self, trainer: Any) -> float | None: ...
-    def train(self, trainer: Any, seconds: float) -> TrainedSlice: ...
+    def train(self, trainer: Any, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice: ...
     def validate(self, trainer: Any) -> Validation: ...
     def peak_memory_mb(self) -> float | None: ...
 
@@ -87,6 +87,7 @@ class SliceTask:
     overhead: float  # of the share, the seconds expected outside training (load, validation, save)
     validate: bool
     path: str  # where the slice saves its checkpoint (storage every worker can reach)
+    cooldown: float = 0.0  # last fraction of the slice over which the learning rate decays to zero (the winner's last)
     attempt: int = 0  # earlier attempts were lost with their worker
 
     @property
@@ -124,7 +125,7 @@ def run_slice(
         if task.step == 0:
             probe_peak = backend.probe(trainer)
         budget = max(0.0, task.share - task.overhead - (clock() - started))
-        trained = backend.train(trainer, budget)
+        trained = backend.train(trainer, budget, cooldown=task.cooldown)
         validation_started = clock()
         validation = backend.validate(trainer) if task.validate else Validation(None, None)
         validation_seconds = clock() - validation_started

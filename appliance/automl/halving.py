@@ -54,6 +54,7 @@ from appliance.automl.executors import (  # noqa: F401  (re-exported: the backen
 from appliance.automl.schedule import HalvingSchedule, select_survivors, selection_score
 from appliance.faults import fault_point
 from appliance.pipeline.config import PipelineConfig
+from appliance.pipeline.learning_rate import cooldown_fraction
 from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
 from appliance.store import Store, Trial, TrialStatus
 
@@ -188,16 +189,21 @@ class SuccessiveHalving:
         """What a worker needs to train ``trial``'s slice: where to continue from, for how long, where to save."""
         config = PipelineConfig.from_dict(trial.config)
         previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
-        checkpoint = next((row.checkpoint for row in previous if row.rank == trial.rank), None)
+        before = next((row for row in previous if row.rank == trial.rank), None)
+        overhead = self._expected_overhead(trial.rank, config, validate)
+        # the winner's last slice (nothing is decided after it: its weights are the model) ends with the cooldown
+        trained = before.total_seconds_trained if before else 0.0
+        cooldown = 0.0 if validate else cooldown_fraction(trained, share - overhead)
         return SliceTask(
             run_id=self.run_id,
             rank=trial.rank,
             config=trial.config,
             step=step,
-            checkpoint=checkpoint,
+            checkpoint=before.checkpoint if before else None,
             share=share,
-            overhead=self._expected_overhead(trial.rank, config, validate),
+            overhead=overhead,
             validate=validate,
+            cooldown=cooldown,
             path=str(self.run_dir / "trials" / f"rank-{trial.rank:03d}" / f"step-{step}.pt"),
             attempt=attempt,
         )

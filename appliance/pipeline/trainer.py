@@ -37,6 +37,7 @@ from appliance.pipeline.inference import (
     torch_runner,
     torch_sliding_window_logits,
 )
+from appliance.pipeline.learning_rate import cooldown_factor, slice_progress
 from appliance.pipeline.loader import PREFETCH, BatchLoader, PatchSampler, SamplerState, default_workers
 from appliance.pipeline.model import build_model, focal_loss
 from appliance.pipeline.patches import TrainingPatches
@@ -160,6 +161,7 @@ class Trainer:
         *,
         seconds: float | None = None,
         max_steps: int | None = None,
+        cooldown: float = 0.0,
         progress: bool = False,
     ) -> SliceResult:
         """Train until ``seconds`` of wall-clock time are spent or ``max_steps`` more steps are done.
@@ -167,6 +169,12 @@ class Trainer:
         The time limit is checked before each step against the mean step time so far, so a slice
         ends within about one step of its budget instead of overrunning by one. On CUDA the host queues steps
         ahead of the GPU; the slice waits for them at its end, and its seconds include that wait.
+
+        Every slice runs at the configuration's learning rate; with ``cooldown`` > 0 the rate decays linearly to
+        zero over that last fraction of the slice (its progress: the larger of its fraction of ``seconds`` spent
+        and of ``max_steps`` done). That is for the last stretch of training, after which the weights are used
+        rather than trained on: a warmup-stable-decay schedule, whose constant phase (every earlier slice) can
+        end whenever a race decides (docs/design.md, "The last stretch").
         """
         if seconds is None and max_steps is None:
             raise ValueError("give seconds, max_steps or both")
@@ -186,10 +194,14 @@ class Trainer:
             bar_format="{desc} {bar} {n:.0f}/{total:.0f}s {postfix}",
         )
         try:
+            self._set_learning_rate(1.0)
             while max_steps is None or steps < max_steps:
                 elapsed = time.perf_counter() - start
                 if seconds is not None and steps > 0 and elapsed + elapsed / steps > seconds:
                     break
+                if cooldown > 0:
+                    done = slice_progress(elapsed, steps, seconds=seconds, max_steps=max_steps)
+                    self._set_learning_rate(cooldown_factor(done, cooldown))
                 images, masks = loader.next()
                 loss_sum += self._step(images, masks)
                 steps += 1
@@ -200,6 +212,7 @@ class Trainer:
             synchronize(self.device)
         finally:
             bar.close()
+            self._set_learning_rate(1.0)  # a checkpoint saved after a cooldown continues at the configured rate
         spent = time.perf_counter() - start
         self.steps += steps
         self.seconds += spent
@@ -223,6 +236,10 @@ class Trainer:
             loss_sum += self._step(images, masks)
         synchronize(self.device)
         return time.perf_counter() - start
+
+    def _set_learning_rate(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate * factor
 
     def _step(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns the loss as a float32 tensor on the device (reading it would wait for it)."""

@@ -20,6 +20,7 @@ from appliance.pipeline.config import PipelineConfig
 from appliance.pipeline.evaluation import Evaluation, score_predictions
 from appliance.pipeline.export import onnx_parity, write_model_folder
 from appliance.pipeline.inference import DEFAULT_TILES, TileSettings
+from appliance.pipeline.learning_rate import COOLDOWN
 from appliance.pipeline.patches import make_training_patches
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.task import CHOOSE, SEMANTIC, evaluate_split, network_classes, read_training_split
@@ -75,7 +76,7 @@ def train_configuration(
     trainer = Trainer(
         config, in_channels=labelled_set.channels, num_classes=network_classes(labelled_set), seed=seed, device=device
     )
-    trainer.train(patches, seconds=seconds, progress=progress)
+    trainer.train(patches, seconds=seconds, cooldown=COOLDOWN, progress=progress)  # one stretch: the last one
     trainer.save(out_dir / CHECKPOINT_FILE)
 
     started = time.perf_counter()

@@ -60,7 +60,7 @@ class FakeBackend:
             raise DoesNotFit(9000.0, "needs 9000 MB, cap 8192 MB")
         return None
 
-    def train(self, trainer, seconds: float) -> TrainedSlice:
+    def train(self, trainer, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice:
         if self.spec.markers:
             import ray
 

@@ -8,6 +8,7 @@ import pytest
 
 from appliance.automl.halving import DoesNotFit, SuccessiveHalving, TrainedSlice, TrialFailed, Validation, enter_trials
 from appliance.automl.ranking import fallback_ranking
+from appliance.pipeline.learning_rate import COOLDOWN
 from appliance.store import Store
 
 
@@ -35,6 +36,7 @@ class FakeBackend:
         self.too_big, self.fail, self.flat = set(too_big), set(fail), flat
         self.interrupt_at = interrupt_at
         self.trained: list[tuple[str, float]] = []
+        self.cooldowns: list[tuple[str, float]] = []  # slices that ended with a learning-rate cooldown
         self.validations = 0
 
     def quality(self, config_id: str) -> float:
@@ -56,7 +58,9 @@ class FakeBackend:
             raise DoesNotFit(9000.0, "needs 9000 MB, cap 8192 MB")
         return 100.0
 
-    def train(self, trainer, seconds: float) -> TrainedSlice:
+    def train(self, trainer, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice:
+        if cooldown:
+            self.cooldowns.append((trainer["config_id"], cooldown))
         if trainer["config_id"] in self.fail:
             raise TrialFailed("CUDA out of memory")
         if self.interrupt_at is not None and len(self.trained) == self.interrupt_at:
@@ -150,6 +154,27 @@ def test_the_winners_last_undecided_slice_keeps_the_checkpoint_it_continued_from
     assert last.validation_iou is None and before.validation_iou is not None
     left = sorted(p.name for p in (tmp_path / run_id / "trials" / f"rank-{winner.rank:03d}").glob("*.pt"))
     assert left == ["step-1.pt", "step-2.pt"]  # the job exports whichever validates better
+
+
+def test_only_the_winners_last_undecided_slice_cools_down_over_a_third_of_its_training(tmp_path):
+    clock = FakeClock()
+    backend = FakeBackend(clock)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=4, budget=400.0)
+    winner = halving.run()
+    assert len(backend.trained) == 4 + 2 + 1
+    assert [config_id for config_id, _ in backend.cooldowns] == [winner.config_id]
+    assert backend.trained[-1][0] == winner.config_id  # and that slice was the last one
+    trained = sum(seconds for config_id, seconds in backend.trained if config_id == winner.config_id)
+    last = backend.trained[-1][1]
+    assert backend.cooldowns[0][1] * last == pytest.approx(COOLDOWN * trained, rel=0.01)
+
+
+def test_a_single_trial_cools_down_over_the_last_third_of_its_one_slice(tmp_path):
+    clock = FakeClock()
+    backend = FakeBackend(clock)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=100.0)
+    winner = halving.run()
+    assert backend.cooldowns == [(winner.config_id, pytest.approx(COOLDOWN))] and len(backend.trained) == 1
 
 
 class Overtrained(FakeBackend):

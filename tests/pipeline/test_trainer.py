@@ -1,5 +1,6 @@
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -182,3 +183,38 @@ def test_a_checkpoint_of_a_fused_adam_trainer_resumes_on_the_cpu(patches, tmp_pa
     resumed = Trainer.load(tmp_path / "cuda.pt", device="cpu")
     assert all(not group["fused"] for group in resumed.optimizer.param_groups)
     assert resumed.train(patches, max_steps=1).steps == 1
+
+
+def test_a_cooldown_decays_the_learning_rate_to_zero_and_the_next_slice_starts_at_the_configured_one(
+    patches, tmp_path, monkeypatch
+):
+    trainer = Trainer(CONFIG, in_channels=1, num_classes=1, seed=0, device="cpu")
+    rates = []
+    step = trainer._step
+    monkeypatch.setattr(
+        trainer, "_step", lambda *batch: (rates.append(trainer.optimizer.param_groups[0]["lr"]), step(*batch))[1]
+    )
+    trainer.train(patches, max_steps=8, cooldown=0.5)  # constant for 4 steps, then down to zero
+    assert rates == pytest.approx([CONFIG.learning_rate * f for f in (1, 1, 1, 1, 1, 0.75, 0.5, 0.25)])
+    trainer.save(tmp_path / "after.pt")
+    trainer.train(patches, max_steps=2)
+    assert rates[8:] == [CONFIG.learning_rate] * 2
+    resumed = Trainer.load(tmp_path / "after.pt", device="cpu")
+    assert resumed.optimizer.param_groups[0]["lr"] == CONFIG.learning_rate
+
+
+def test_a_timed_cooldown_decays_by_the_fraction_of_its_seconds_spent(patches, monkeypatch):
+    trainer = Trainer(CONFIG, in_channels=1, num_classes=1, seed=0, device="cpu")
+    now, rates = [0.0], []
+    step = trainer._step
+
+    def one_second_step(*batch):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        now[0] += 1.0
+        return step(*batch)
+
+    monkeypatch.setattr(trainer, "_step", one_second_step)
+    monkeypatch.setattr("appliance.pipeline.trainer.time", SimpleNamespace(perf_counter=lambda: now[0]))
+    result = trainer.train(patches, seconds=10.0, cooldown=1.0)
+    assert result.steps == 10
+    assert rates == pytest.approx([CONFIG.learning_rate * (1 - k / 10) for k in range(10)])
