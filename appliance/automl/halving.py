@@ -10,9 +10,10 @@ ends at ``start + s · T / steps`` and shares are recomputed before each trial, 
 the same or a later step, not by the budget. After a step the better half by validation mean
 foreground IoU continues (ties and missing scores broken by the meta-model rank); survivors continue
 from their checkpoints, nothing is retrained. A last step with a single trial decides nothing, so it is
-not validated inside the budget: the job validates the winner's last weights afterwards and exports them, or the
-weights it had after its last validated slice when those validate better (a constant learning rate can undo in the
-last stretch what a configuration had learned; :func:`appliance.automl.job.exported_weights`).
+not validated inside the budget, and it ends with the learning rate's cooldown (linear decay to zero over the last
+third of the trial's training: :mod:`appliance.pipeline.learning_rate`). The job validates the winner's last weights
+afterwards and exports them, or the weights it had after its last validated slice when those validate better
+(:func:`appliance.automl.job.exported_weights`).
 
 Where slices run: one after another in this process (:class:`~appliance.automl.executors.LocalExecutor`), or one
 per device on a Ray cluster (:mod:`appliance.automl.cluster`): a trial's share is then the equal share that lets the
@@ -54,7 +55,7 @@ from appliance.automl.executors import (  # noqa: F401  (re-exported: the backen
 from appliance.automl.schedule import HalvingSchedule, select_survivors, selection_score
 from appliance.faults import fault_point
 from appliance.pipeline.config import PipelineConfig
-from appliance.pipeline.learning_rate import cooldown_fraction
+from appliance.pipeline.learning_rate import COOLDOWN, cooldown_fraction
 from appliance.pipeline.task import SELECTION_METRICS, SEMANTIC
 from appliance.store import Store, Trial, TrialStatus
 
@@ -194,6 +195,12 @@ class SuccessiveHalving:
         # the winner's last slice (nothing is decided after it: its weights are the model) ends with the cooldown
         trained = before.total_seconds_trained if before else 0.0
         cooldown = 0.0 if validate else cooldown_fraction(trained, share - overhead)
+        if cooldown and attempt == 0:
+            self.store.event(
+                self.run_id,
+                f"{trial.config_id} (rank {trial.rank}): last slice; its learning rate decays to zero over the last "
+                f"{cooldown:.0%} of it ({COOLDOWN:.0%} of the trial's training)",
+            )
         return SliceTask(
             run_id=self.run_id,
             rank=trial.rank,

@@ -167,6 +167,11 @@ def test_only_the_winners_last_undecided_slice_cools_down_over_a_third_of_its_tr
     trained = sum(seconds for config_id, seconds in backend.trained if config_id == winner.config_id)
     last = backend.trained[-1][1]
     assert backend.cooldowns[0][1] * last == pytest.approx(COOLDOWN * trained, rel=0.01)
+    events = [e.message for e in store.events(run_id) if "decays to zero" in e.message]
+    assert events == [
+        f"{winner.config_id} (rank {winner.rank}): last slice; its learning rate decays to zero over the last "
+        f"{backend.cooldowns[0][1]:.0%} of it (33% of the trial's training)"
+    ]
 
 
 def test_a_single_trial_cools_down_over_the_last_third_of_its_one_slice(tmp_path):
