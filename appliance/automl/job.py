@@ -388,8 +388,9 @@ def exported_weights(
     Its last slice decides nothing, so it is not validated in the race; it is validated here. When the weights the
     winner had after its last validated slice (kept for this by the halving) validate better on the task's metric,
     those are exported: on usiigaci at T = 15 min a patch-64 winner went from validation 0.671 after its first slice
-    to 0.293 after 35 more MP at a constant learning rate (test 0.232). The trial then points at the exported
-    checkpoint, and its other checkpoints go (``keep``: they stay)."""
+    to 0.293 after 35 more MP at a constant learning rate (test 0.232), before last slices ended with a cooldown;
+    this stays as a guard. The trial then points at the exported checkpoint, and its other checkpoints go
+    (``keep``: they stay)."""
     last = backend.load(Path(winner.checkpoint))
     validation = backend.validate(last)
     earlier = [
