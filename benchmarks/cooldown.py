@@ -12,7 +12,7 @@ are scored as semantic sets, as the AutoML matrix does).
 Prints one Markdown row per set and configuration, then its last line:
 ``mean cooldown − constant <x> validation, <y> test IoU over <n> runs (<device>)``.
 
-    python benchmarks/anneal.py --sets usiigaci_phase_cells,cpm15_he_nuclei --configs default,c-7e0e5eea7a
+    python benchmarks/cooldown.py --sets usiigaci_phase_cells,cpm15_he_nuclei --configs default,c-7e0e5eea7a
 """
 
 from __future__ import annotations
