@@ -27,10 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from appliance.automl.search_space import search_space  # noqa: E402
 from appliance.data.labelled_set import load_labelled_set  # noqa: E402
 from appliance.data.splits import split_stems  # noqa: E402
-from appliance.pipeline.config import PAPER_DEFAULT  # noqa: E402
+from appliance.metalearning.builder import parse_configs  # noqa: E402
 from appliance.pipeline.device import device_name, resolve_device  # noqa: E402
 from appliance.pipeline.learning_rate import cooldown_fraction  # noqa: E402
 from appliance.pipeline.patches import make_training_patches  # noqa: E402
@@ -38,15 +37,6 @@ from appliance.pipeline.task import evaluate_split, network_classes, read_traini
 from appliance.pipeline.trainer import Trainer  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-
-def configuration(name: str):
-    if name == "default":
-        return PAPER_DEFAULT
-    by_id = {config.id: config for config in search_space()}
-    if name not in by_id:
-        raise SystemExit(f"{name}: not a configuration id of the search space (nor 'default')")
-    return by_id[name]
 
 
 def score(labelled_set, stems, trainer: Trainer) -> float:
@@ -111,10 +101,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for name in args.sets.split(","):
             set_dir = Path(name) if Path(name).is_dir() else SHARED / name
-            for config_name in args.configs.split(","):
+            for config in parse_configs(args.configs):
                 row = run(
                     set_dir,
-                    configuration(config_name),
+                    config,
                     warm=args.warm,
                     cooldown=args.cooldown,
                     stretch=args.stretch,
