@@ -162,6 +162,8 @@ class Trainer:
         seconds: float | None = None,
         max_steps: int | None = None,
         cooldown: float = 0.0,
+        part: tuple[float, float] = (0.0, 1.0),
+        rate: float = 1.0,
         progress: bool = False,
     ) -> SliceResult:
         """Train until ``seconds`` of wall-clock time are spent or ``max_steps`` more steps are done.
@@ -174,8 +176,13 @@ class Trainer:
         zero over that last fraction of the slice (its progress: the larger of its fraction of ``seconds`` spent
         and of ``max_steps`` done). That is for the last stretch of training, after which the weights are used
         rather than trained on: a warmup-stable-decay schedule, whose constant phase (every earlier slice) can
-        end whenever a race decides (docs/design.md, "The last stretch").
+        end whenever a race decides (docs/design.md, "The last stretch"). A slice trained in several calls (validated
+        between them) gives each call its ``part`` of the slice, from and to which fraction of it, so that the
+        cooldown runs on over the whole slice; ``rate`` scales the configured learning rate for this call (a
+        stretch rolled back after a fall continues at a lower one: :mod:`appliance.automl.last_stretch`).
         """
+        if not 0.0 <= part[0] < part[1] <= 1.0 or rate <= 0:
+            raise ValueError(f"part must be 0 <= start < end <= 1 and rate > 0, got {part} and {rate}")
         if seconds is None and max_steps is None:
             raise ValueError("give seconds, max_steps or both")
         if patches.patch_size != self.config.patch_size:
@@ -194,14 +201,14 @@ class Trainer:
             bar_format="{desc} {bar} {n:.0f}/{total:.0f}s {postfix}",
         )
         try:
-            self._set_learning_rate(1.0)
+            self._set_learning_rate(rate)
             while max_steps is None or steps < max_steps:
                 elapsed = time.perf_counter() - start
                 if seconds is not None and steps > 0 and elapsed + elapsed / steps > seconds:
                     break
                 if cooldown > 0:
                     done = slice_progress(elapsed, steps, seconds=seconds, max_steps=max_steps)
-                    self._set_learning_rate(cooldown_factor(done, cooldown))
+                    self._set_learning_rate(rate * cooldown_factor(part[0] + done * (part[1] - part[0]), cooldown))
                 images, masks = loader.next()
                 loss_sum += self._step(images, masks)
                 steps += 1
@@ -344,16 +351,34 @@ class Trainer:
         state = self.state_dict()
         return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
+    def restore_weights(self, path: str | Path) -> None:
+        """Go back to the weights (and the optimiser's and scaler's state) of checkpoint ``path`` of this
+        configuration, keeping the counters and the sampler's position: training rolled back to a better point goes
+        on with new batches, and the time and pixels spent since count as spent."""
+        state = _read_checkpoint(path)
+        if state["config"] != self.config.to_dict():
+            raise CheckpointError(
+                f"{path}: a checkpoint of {PipelineConfig.from_dict(state['config']).id}, "
+                f"not of {self.config.id}; roll back only to a checkpoint of the same trial"
+            )
+        self._load_weights(state)
+
+    def _load_weights(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        optimizer = state["optimizer"]
+        kernel = {key: self.optimizer.param_groups[0][key] for key in ("fused", "foreach", "capturable")}
+        for group in optimizer["param_groups"]:  # the saved options name the saving trainer's Adam kernel
+            group.update(kernel)
+        self.optimizer.load_state_dict(optimizer)
+        self.scaler.load_state_dict(state["scaler"])
+
     @classmethod
     def load(
         cls, path: str | Path, *, device: str | torch.device | None = None, speedups: Speedups | None = None
     ) -> Trainer:
         """Rebuild a trainer from :meth:`save`'s file, ready to continue training (on any device, with any
         :class:`Speedups`)."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: cannot be loaded as a checkpoint ({exc}); delete it to start over") from exc
+        state = _read_checkpoint(path)
         trainer = cls(
             PipelineConfig.from_dict(state["config"]),
             in_channels=state["in_channels"],
@@ -362,13 +387,7 @@ class Trainer:
             device=device,
             speedups=speedups,
         )
-        trainer.model.load_state_dict(state["model"])
-        optimizer = state["optimizer"]
-        kernel = {key: trainer.optimizer.param_groups[0][key] for key in ("fused", "foreach", "capturable")}
-        for group in optimizer["param_groups"]:  # the saved options name the saving trainer's Adam kernel
-            group.update(kernel)
-        trainer.optimizer.load_state_dict(optimizer)
-        trainer.scaler.load_state_dict(state["scaler"])
+        trainer._load_weights(state)
         counters = state["counters"]
         trainer.steps, trainer.seconds, trainer.pixels_seen = (
             counters["steps"],
@@ -386,3 +405,10 @@ class Trainer:
         )
         torch.set_rng_state(state["torch_rng"])
         return trainer
+
+
+def _read_checkpoint(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot be loaded as a checkpoint ({exc}); delete it to start over") from exc

@@ -1,3 +1,4 @@
+import dataclasses
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -218,3 +219,39 @@ def test_a_timed_cooldown_decays_by_the_fraction_of_its_seconds_spent(patches, m
     result = trainer.train(patches, seconds=10.0, cooldown=1.0)
     assert result.steps == 10
     assert rates == pytest.approx([CONFIG.learning_rate * (1 - k / 10) for k in range(10)])
+
+
+def test_a_part_of_a_slice_cools_down_where_the_whole_slice_would_at_the_rate_it_is_given(patches, monkeypatch):
+    trainer = Trainer(CONFIG, in_channels=1, num_classes=1, seed=0, device="cpu")
+    rates = []
+    step = trainer._step
+    monkeypatch.setattr(
+        trainer, "_step", lambda *batch: (rates.append(trainer.optimizer.param_groups[0]["lr"]), step(*batch))[1]
+    )
+    trainer.train(patches, max_steps=4, cooldown=0.5, part=(0.0, 0.5))  # before the cooldown: constant
+    trainer.train(patches, max_steps=4, cooldown=0.5, part=(0.5, 1.0), rate=0.5)  # the cooldown, at half the rate
+    assert rates == pytest.approx([CONFIG.learning_rate * f for f in (1, 1, 1, 1, 0.5, 0.375, 0.25, 0.125)])
+    assert trainer.optimizer.param_groups[0]["lr"] == CONFIG.learning_rate
+    with pytest.raises(ValueError, match="part must be"):
+        trainer.train(patches, max_steps=1, part=(0.5, 0.5))
+
+
+def test_rolling_back_restores_the_weights_and_keeps_the_counters_and_the_sampler(patches, tmp_path):
+    trainer = Trainer(CONFIG, in_channels=1, num_classes=1, seed=3, device="cpu")
+    trainer.train(patches, max_steps=2)
+    trainer.save(tmp_path / "best.pt")
+    best = _weights(trainer)
+    trainer.train(patches, max_steps=3)
+    position, steps, pixels = trainer.position, trainer.steps, trainer.pixels_seen
+    assert not all(torch.equal(best[k], v) for k, v in _weights(trainer).items())
+
+    trainer.restore_weights(tmp_path / "best.pt")
+    assert all(torch.equal(best[k], v) for k, v in _weights(trainer).items())
+    assert (trainer.position, trainer.steps, trainer.pixels_seen) == (position, steps, pixels)  # new batches next
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)["optimizer"]["state"]
+    assert all(torch.equal(saved[0][key], trainer.optimizer.state_dict()["state"][0][key]) for key in saved[0])
+    assert trainer.train(patches, max_steps=1).steps == 1
+
+    other = Trainer(dataclasses.replace(CONFIG, learning_rate=0.01), in_channels=1, num_classes=1, seed=3, device="cpu")
+    with pytest.raises(CheckpointError, match="roll back only to a checkpoint of the same trial"):
+        other.restore_weights(tmp_path / "best.pt")
