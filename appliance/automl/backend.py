@@ -102,12 +102,24 @@ class TorchBackend:
             ) from None
         return self.peak_memory_mb()
 
-    def train(self, trainer: Trainer, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice:
+    def train(
+        self,
+        trainer: Trainer,
+        seconds: float,
+        *,
+        cooldown: float = 0.0,
+        part: tuple[float, float] = (0.0, 1.0),
+        rate: float = 1.0,
+    ) -> TrainedSlice:
         self._reset_peak()
         try:
             # Trainer.train waits for the device at the slice's end, inside the seconds it reports
             result = trainer.train(
-                self.patches(trainer.config.patch_size), seconds=max(seconds, 1e-3), cooldown=cooldown
+                self.patches(trainer.config.patch_size),
+                seconds=max(seconds, 1e-3),
+                cooldown=cooldown,
+                part=part,
+                rate=rate,
             )
         except torch.cuda.OutOfMemoryError as error:
             self._release(trainer)
@@ -121,6 +133,9 @@ class TorchBackend:
             optimizer_steps=trainer.steps,
             work_mp=trainer.pixels_seen / 1e6,
         )
+
+    def restore(self, trainer: Trainer, path: Path) -> None:
+        trainer.restore_weights(path)
 
     @property
     def validation_tile_pixels(self) -> int:

@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from appliance.automl.last_stretch import Part, train_in_parts
 from appliance.errors import ApplianceError
 from appliance.pipeline.config import PipelineConfig
 
@@ -62,7 +63,16 @@ class TrialBackend(Protocol):
     def load(self, path: Path) -> Any: ...
     def save(self, trainer: Any, path: Path) -> None: ...
     def probe(self, trainer: Any) -> float | None: ...
-    def train(self, trainer: Any, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice: ...
+    def train(
+        self,
+        trainer: Any,
+        seconds: float,
+        *,
+        cooldown: float = 0.0,
+        part: tuple[float, float] = (0.0, 1.0),
+        rate: float = 1.0,
+    ) -> TrainedSlice: ...
+    def restore(self, trainer: Any, path: Path) -> None: ...  # back to a checkpoint's weights, counters kept
     def validate(self, trainer: Any) -> Validation: ...
     def peak_memory_mb(self) -> float | None: ...
 
@@ -88,6 +98,8 @@ class SliceTask:
     validate: bool
     path: str  # where the slice saves its checkpoint (storage every worker can reach)
     cooldown: float = 0.0  # last fraction of the slice over which the learning rate decays to zero (the winner's last)
+    parts: int = 0  # >= 2: trained in parts, validated after each, the best kept (the winner's last: last_stretch)
+    reference: float | None = None  # with parts: the validation score of ``checkpoint``, the point to beat
     attempt: int = 0  # earlier attempts were lost with their worker
 
     @property
@@ -107,6 +119,7 @@ class SliceOutcome:
     probe_peak_memory_mb: float | None = None
     peak_memory_mb: float | None = None
     node: str | None = None  # which node trained it (None: this process)
+    parts: tuple[Part, ...] = ()  # a slice trained in parts: each part's validation and what followed
 
 
 def run_slice(
@@ -125,10 +138,20 @@ def run_slice(
         if task.step == 0:
             probe_peak = backend.probe(trainer)
         budget = max(0.0, task.share - task.overhead - (clock() - started))
-        trained = backend.train(trainer, budget, cooldown=task.cooldown)
-        validation_started = clock()
-        validation = backend.validate(trainer) if task.validate else Validation(None, None)
-        validation_seconds = clock() - validation_started
+        parts: tuple[Part, ...] = ()
+        if task.parts >= 2:  # saves its best part's checkpoint itself
+            stretch = train_in_parts(backend, trainer, task, budget, clock=clock)
+            trained, validation, validation_seconds, parts = (
+                stretch.trained,
+                stretch.validation,
+                stretch.validation_seconds,
+                stretch.parts,
+            )
+        else:
+            trained = backend.train(trainer, budget, cooldown=task.cooldown)
+            validation_started = clock()
+            validation = backend.validate(trainer) if task.validate else Validation(None, None)
+            validation_seconds = clock() - validation_started
     except DoesNotFit as error:
         return SliceOutcome(
             task.rank,
@@ -140,7 +163,8 @@ def run_slice(
         )
     except TrialFailed as error:
         return SliceOutcome(task.rank, SliceStatus.FAILED, str(error), wall_seconds=clock() - started, node=node)
-    backend.save(trainer, Path(task.path))
+    if not parts:
+        backend.save(trainer, Path(task.path))
     return SliceOutcome(
         task.rank,
         SliceStatus.TRAINED,
@@ -151,6 +175,7 @@ def run_slice(
         probe_peak_memory_mb=probe_peak,
         peak_memory_mb=backend.peak_memory_mb(),
         node=node,
+        parts=parts,
     )
 
 

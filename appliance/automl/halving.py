@@ -9,11 +9,12 @@ ends at ``start + s · T / steps`` and shares are recomputed before each trial, 
 (on a busy CPU one optimiser step can take longer than a share) is paid for by the trials after it, in
 the same or a later step, not by the budget. After a step the better half by validation mean
 foreground IoU continues (ties and missing scores broken by the meta-model rank); survivors continue
-from their checkpoints, nothing is retrained. A last step with a single trial decides nothing, so it is
-not validated inside the budget, and it ends with the learning rate's cooldown (linear decay to zero over the last
-third of the trial's training: :mod:`appliance.pipeline.learning_rate`). The job validates the winner's last weights
-afterwards and exports them, or the weights it had after its last validated slice when those validate better
-(:func:`appliance.automl.job.exported_weights`).
+from their checkpoints, nothing is retrained. A last step with a single trial decides nothing: it
+ends with the learning rate's cooldown (linear decay to zero over the last third of the trial's training:
+:mod:`appliance.pipeline.learning_rate`), and is trained in parts validated on the way, going back to the best
+weights at a lower rate after a fall and keeping its best part (:mod:`appliance.automl.last_stretch`), the parts'
+validations planned inside the budget. The job exports the best part, or the weights the winner had after its last
+decided slice when those validated better (:func:`appliance.automl.job.exported_weights`).
 
 Where slices run: one after another in this process (:class:`~appliance.automl.executors.LocalExecutor`), or one
 per device on a Ray cluster (:mod:`appliance.automl.cluster`): a trial's share is then the equal share that lets the
@@ -52,6 +53,7 @@ from appliance.automl.executors import (  # noqa: F401  (re-exported: the backen
     Validation,
     fair_share,
 )
+from appliance.automl.last_stretch import ROLLBACK_RATE, planned_parts
 from appliance.automl.schedule import HalvingSchedule, select_survivors, selection_score
 from appliance.faults import fault_point
 from appliance.pipeline.config import PipelineConfig
@@ -192,15 +194,27 @@ class SuccessiveHalving:
         previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
         before = next((row for row in previous if row.rank == trial.rank), None)
         overhead = self._expected_overhead(trial.rank, config, validate)
-        # the winner's last slice (nothing is decided after it: its weights are the model) ends with the cooldown
+        # the winner's last slice (nothing is decided after it: its weights are the model) ends with the cooldown,
+        # trained in parts validated on the way (appliance.automl.last_stretch) when that fits
         trained = before.total_seconds_trained if before else 0.0
-        cooldown = 0.0 if validate else cooldown_fraction(trained, share - overhead)
-        if cooldown and attempt == 0:
-            self.store.event(
-                self.run_id,
-                f"{trial.config_id} (rank {trial.rank}): last slice; its learning rate decays to zero over the last "
-                f"{cooldown:.0%} of it ({COOLDOWN:.0%} of the trial's training)",
-            )
+        cooldown = parts = 0
+        if not validate:
+            validation = self._expected_validation(trial.rank, config)
+            parts = planned_parts(share - overhead, validation)
+            overhead += parts * validation
+            cooldown = cooldown_fraction(trained, share - overhead)
+            if attempt == 0:
+                self.store.event(
+                    self.run_id,
+                    f"{trial.config_id} (rank {trial.rank}): last slice; its learning rate decays to zero over the "
+                    f"last {cooldown:.0%} of it ({COOLDOWN:.0%} of the trial's training)"
+                    + (
+                        f"; validated after each of {parts} parts, back to the best weights at "
+                        f"×{ROLLBACK_RATE:g} the rate after a fall"
+                        if parts
+                        else ""
+                    ),
+                )
         return SliceTask(
             run_id=self.run_id,
             rank=trial.rank,
@@ -211,6 +225,8 @@ class SuccessiveHalving:
             overhead=overhead,
             validate=validate,
             cooldown=cooldown,
+            parts=parts,
+            reference=selection_score(before) if before else None,
             path=str(self.run_dir / "trials" / f"rank-{trial.rank:03d}" / f"step-{step}.pt"),
             attempt=attempt,
         )
@@ -271,6 +287,12 @@ class SuccessiveHalving:
             "node": outcome.node,
         }
         self.store.record_step_result(self.run_id, step, rank, **result)
+        for part in outcome.parts:
+            self.store.event(
+                self.run_id,
+                part.describe(config_id, rank, task.parts),
+                level="warning" if part.rolled_back else "info",
+            )
         fault_point(f"halving-step-{step}-slice")
         # The winner's last, undecided slice keeps the checkpoint it continued from: the job exports whichever of
         # the two validates better (appliance.automl.job.exported_weights).
@@ -280,6 +302,11 @@ class SuccessiveHalving:
             {"step": step, "steps": self.schedule.steps, "racing": self.schedule.active[step], "rank": rank, **result}
         )
         return True
+
+    def _expected_validation(self, rank: int, config: PipelineConfig) -> float:
+        """Seconds one validation of this trial is expected to take: its own last, else the estimate for its
+        configuration, else the largest measured so far."""
+        return self._expected_overhead(rank, config, True) - self._expected_overhead(rank, config, False)
 
     def _expected_overhead(self, rank: int, config: PipelineConfig, validate: bool) -> float:
         """Seconds this trial's slice will spend outside training: its own last measurement, else the estimate for

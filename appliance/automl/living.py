@@ -2,7 +2,7 @@
 
 The shipped meta-base holds learning curves at 0.5, 1 and 2 MP of training patches from one CPU thread; a real run
 trains its trials for far more, on the lab's own device and sets. Each finished run therefore appends one row per
-trial and halving step (the trial's validation IoU after the megapixels it had trained by then) in the shipped
+trial and decided halving step (the trial's validation IoU after the megapixels it had trained by then) in the shipped
 meta-base's columns: the set's meta-features (saved when the run was ranked), the configuration's engineered
 features, the device, the throughput it implies and the code version. Rows are keyed like the builder's, so a run
 recorded twice (a resumed export) adds nothing twice.
@@ -33,7 +33,10 @@ def run_rows(store: Store, run_id: str, features: dict[str, float]) -> list[dict
     """One meta-base row per trial and validated halving step of a run."""
     run = store.run(run_id)
     trials = {t.rank: t for t in store.trials(run_id)}
-    results = [r for r in store.step_results(run_id) if r.validation_iou is not None]
+    # a step with a single trial decides nothing: its slice cools down and rolls back (last_stretch), so its
+    # validations are not a constant-rate learning curve like the meta-base's
+    undecided = {step.step for step in store.finished_steps(run_id) if len(step.active or []) <= 1}
+    results = [r for r in store.step_results(run_id) if r.validation_iou is not None and r.step not in undecided]
     final_mp = {}
     for r in results:
         final_mp[r.rank] = max(final_mp.get(r.rank, 0.0), r.work_mp or 0.0)

@@ -60,7 +60,7 @@ class FakeBackend:
             raise DoesNotFit(9000.0, "needs 9000 MB, cap 8192 MB")
         return None
 
-    def train(self, trainer, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice:
+    def train(self, trainer, seconds: float, *, cooldown=0.0, part=(0.0, 1.0), rate=1.0) -> TrainedSlice:
         if self.spec.markers:
             import ray
 
@@ -76,6 +76,9 @@ class FakeBackend:
 
         self.on_throughput(PipelineConfig.from_dict(trainer["config"]), 5, 1.0)
         return TrainedSlice(seconds, trainer["seconds"], trainer["steps"], trainer["steps"] * 0.1)
+
+    def restore(self, trainer, path: Path) -> None:  # its scores only rise: nothing ever rolls back
+        raise AssertionError(f"{trainer['config_id']} rolled back to {path}")
 
     def validate(self, trainer) -> Validation:
         score = quality(trainer["config_id"]) * (1 - math.exp(-trainer["seconds"] / 2))

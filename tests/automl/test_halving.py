@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.automl.halving import DoesNotFit, SuccessiveHalving, TrainedSlice, TrialFailed, Validation, enter_trials
+from appliance.automl.last_stretch import PARTS
 from appliance.automl.ranking import fallback_ranking
 from appliance.pipeline.learning_rate import COOLDOWN
 from appliance.store import Store
@@ -28,7 +29,9 @@ class Interrupt(Exception):
 
 
 class FakeBackend:
-    """Score = quality(rank) · (1 − e^(−seconds/20)); training takes exactly the time it is given."""
+    """Score = quality(rank) · (1 − e^(−learned/20)); training takes exactly the time it is given and learns that
+    many seconds' worth (``learned``: the weights, which a roll-back restores; ``seconds``: the counter, which it
+    keeps)."""
 
     def __init__(self, clock, *, eval_cost=0.0, save_cost=0.0, too_big=(), fail=(), flat=False, interrupt_at=None):
         self.clock = clock
@@ -37,13 +40,15 @@ class FakeBackend:
         self.interrupt_at = interrupt_at
         self.trained: list[tuple[str, float]] = []
         self.cooldowns: list[tuple[str, float]] = []  # slices that ended with a learning-rate cooldown
+        self.parts: list[tuple[str, tuple[float, float], float]] = []  # (config id, part, rate) of each train call
+        self.restored: list[tuple[str, str]] = []  # (config id, checkpoint name) of each roll-back
         self.validations = 0
 
     def quality(self, config_id: str) -> float:
         return 0.5 if self.flat else (int(config_id[2:], 16) % 1000) / 1000
 
     def start(self, config):
-        return {"config_id": config.id, "seconds": 0.0, "steps": 0}
+        return {"config_id": config.id, "seconds": 0.0, "steps": 0, "learned": 0.0}
 
     def load(self, path: Path):
         return json.loads(Path(path).read_text())
@@ -58,15 +63,17 @@ class FakeBackend:
             raise DoesNotFit(9000.0, "needs 9000 MB, cap 8192 MB")
         return 100.0
 
-    def train(self, trainer, seconds: float, *, cooldown: float = 0.0) -> TrainedSlice:
-        if cooldown:
+    def train(self, trainer, seconds: float, *, cooldown=0.0, part=(0.0, 1.0), rate=1.0) -> TrainedSlice:
+        if cooldown and part[0] == 0.0:
             self.cooldowns.append((trainer["config_id"], cooldown))
+        self.parts.append((trainer["config_id"], part, rate))
         if trainer["config_id"] in self.fail:
             raise TrialFailed("CUDA out of memory")
         if self.interrupt_at is not None and len(self.trained) == self.interrupt_at:
             raise Interrupt
         self.clock.advance(seconds)
         trainer["seconds"] += seconds
+        trainer["learned"] += seconds
         trainer["steps"] += 1
         self.trained.append((trainer["config_id"], seconds))
         return TrainedSlice(seconds, trainer["seconds"], trainer["steps"], trainer["steps"] * 0.1)
@@ -74,8 +81,12 @@ class FakeBackend:
     def validate(self, trainer) -> Validation:
         self.clock.advance(self.eval_cost)
         self.validations += 1
-        score = self.quality(trainer["config_id"]) * (1 - math.exp(-trainer["seconds"] / 20))
+        score = self.quality(trainer["config_id"]) * (1 - math.exp(-trainer["learned"] / 20))
         return Validation(score, [score])
+
+    def restore(self, trainer, path: Path) -> None:
+        trainer["learned"] = self.load(path)["learned"]
+        self.restored.append((trainer["config_id"], Path(path).name))
 
     def peak_memory_mb(self):
         return 100.0
@@ -151,9 +162,9 @@ def test_the_winners_last_undecided_slice_keeps_the_checkpoint_it_continued_from
     steps = store.step_results(run_id)
     assert [len(s.active) for s in store.finished_steps(run_id)] == [4, 2, 1]
     last, before = [r for r in steps if r.rank == winner.rank][-1], [r for r in steps if r.rank == winner.rank][-2]
-    assert last.validation_iou is None and before.validation_iou is not None
+    assert last.validation_iou is not None and before.validation_iou is not None  # the last one: its best part
     left = sorted(p.name for p in (tmp_path / run_id / "trials" / f"rank-{winner.rank:03d}").glob("*.pt"))
-    assert left == ["step-1.pt", "step-2.pt"]  # the job exports whichever validates better
+    assert left == ["step-1.pt", "step-2.pt"]  # the job exports whichever validated better
 
 
 def test_only_the_winners_last_undecided_slice_cools_down_over_a_third_of_its_training(tmp_path):
@@ -161,16 +172,20 @@ def test_only_the_winners_last_undecided_slice_cools_down_over_a_third_of_its_tr
     backend = FakeBackend(clock)
     store, run_id, halving = _run(tmp_path, backend, clock, top_n=4, budget=400.0)
     winner = halving.run()
-    assert len(backend.trained) == 4 + 2 + 1
+    assert len(backend.trained) == 4 + 2 + PARTS  # the last slice in parts
     assert [config_id for config_id, _ in backend.cooldowns] == [winner.config_id]
-    assert backend.trained[-1][0] == winner.config_id  # and that slice was the last one
+    last_parts = backend.parts[-PARTS:]
+    assert {config_id for config_id, _, _ in last_parts} == {winner.config_id}
+    assert [part for _, part, _ in last_parts] == [(k / PARTS, (k + 1) / PARTS) for k in range(PARTS)]
+    assert all(part == (0.0, 1.0) for _, part, _ in backend.parts[:-PARTS])
     trained = sum(seconds for config_id, seconds in backend.trained if config_id == winner.config_id)
-    last = backend.trained[-1][1]
+    last = sum(seconds for _, seconds in backend.trained[-PARTS:])
     assert backend.cooldowns[0][1] * last == pytest.approx(COOLDOWN * trained, rel=0.01)
     events = [e.message for e in store.events(run_id) if "decays to zero" in e.message]
     assert events == [
         f"{winner.config_id} (rank {winner.rank}): last slice; its learning rate decays to zero over the last "
-        f"{backend.cooldowns[0][1]:.0%} of it (33% of the trial's training)"
+        f"{backend.cooldowns[0][1]:.0%} of it (33% of the trial's training); validated after each of {PARTS} parts, "
+        "back to the best weights at ×0.5 the rate after a fall"
     ]
 
 
@@ -179,7 +194,72 @@ def test_a_single_trial_cools_down_over_the_last_third_of_its_one_slice(tmp_path
     backend = FakeBackend(clock)
     store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=100.0)
     winner = halving.run()
-    assert backend.cooldowns == [(winner.config_id, pytest.approx(COOLDOWN))] and len(backend.trained) == 1
+    assert backend.cooldowns == [(winner.config_id, pytest.approx(COOLDOWN))] and len(backend.trained) == PARTS
+    assert backend.restored == [] and backend.validations == PARTS  # it only improves: every part is kept
+    (result,) = store.step_results(run_id)
+    assert result.validation_iou == pytest.approx(backend.validate(backend.load(Path(result.checkpoint))).mean_iou)
+    assert result.seconds_trained == pytest.approx(100.0)
+
+
+def test_a_last_slice_too_short_for_two_validations_is_trained_in_one_go(tmp_path):
+    clock = FakeClock()
+    backend = FakeBackend(clock, eval_cost=6.0)  # 2 validations would take more than a tenth of the last ~44 s
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=2, budget=100.0)
+    halving.run()
+    assert len(backend.trained) == 2 + 1 and backend.validations == 2
+    assert store.step_results(run_id, 1)[0].validation_iou is None  # the job validates it
+    assert not [e for e in store.events(run_id) if "validated after each" in e.message]
+
+
+class Peaked(FakeBackend):
+    """Validation = what the weights learned / 1000, until training at the full rate takes them past ``peak`` seconds'
+    worth: then they have fallen (validation 0: a constant learning rate's collapse). At half the rate they do not."""
+
+    def __init__(self, clock, *, peak, **kwargs):
+        super().__init__(clock, **kwargs)
+        self.peak = peak
+
+    def train(self, trainer, seconds, *, cooldown=0.0, part=(0.0, 1.0), rate=1.0):
+        result = super().train(trainer, seconds, cooldown=cooldown, part=part, rate=rate)
+        trainer["fallen"] = trainer.get("fallen", False) or (rate > 0.5 and trainer["learned"] > self.peak)
+        return result
+
+    def restore(self, trainer, path: Path) -> None:
+        super().restore(trainer, path)
+        trainer["fallen"] = self.load(path).get("fallen", False)
+
+    def validate(self, trainer) -> Validation:
+        self.clock.advance(self.eval_cost)
+        self.validations += 1
+        score = 0.0 if trainer.get("fallen") else trainer["learned"] / 1000
+        return Validation(score, [score])
+
+
+def test_a_fall_in_the_last_slice_rolls_back_to_the_best_weights_at_half_the_rate(tmp_path):
+    from appliance.automl.job import exported_weights
+
+    clock = FakeClock()
+    backend = Peaked(clock, peak=120.0, eval_cost=1.0)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
+    halving.overhead_estimate = lambda config: (0.0, 1.0)  # (outside training, one validation) seconds
+    start = clock()
+    winner = halving.run()
+    assert clock() - start <= 400.0 + 1e-6  # the parts' validations were planned inside the budget
+    assert [rate for _, _, rate in backend.parts] == [1.0, 1.0, 0.5, 0.5]  # 99 s each: the second passes the peak
+    assert backend.restored == [(winner.config_id, "step-0.pt")]  # back to the first part's weights
+    (result,) = store.step_results(run_id)
+    best = backend.load(Path(result.checkpoint))
+    assert result.validation_iou == pytest.approx(backend.validate(best).mean_iou) == pytest.approx(0.297)
+    assert result.seconds_trained == pytest.approx(sum(seconds for _, seconds in backend.trained))
+    assert result.optimizer_steps == 4 and best["steps"] == 4  # the best part is the last one, after the roll-back
+    messages = [e.message for e in store.events(run_id) if "last slice, part" in e.message][::-1]  # newest first
+    assert len(messages) == PARTS
+    assert messages[0].endswith("part 1/4 at 1 steps: validation 0.099 (its best so far: kept)")
+    assert messages[1].endswith(
+        "part 2/4 at 2 steps: validation 0.000, below its best 0.099: back to those weights, learning rate ×0.5"
+    )
+    weights, iou = exported_weights(store, run_id, winner, backend)  # no earlier step: the best part
+    assert weights["learned"] == best["learned"] and iou == pytest.approx(result.validation_iou)
 
 
 class Overtrained(FakeBackend):
@@ -191,38 +271,49 @@ class Overtrained(FakeBackend):
 
     def validate(self, trainer) -> Validation:
         validation = super().validate(trainer)
-        if trainer["seconds"] > self.peak:
+        if trainer["learned"] > self.peak:
             return Validation(0.05, [0.05])
         return validation
 
 
-@pytest.mark.parametrize("collapses", [True, False])
-def test_the_job_exports_the_winners_better_validated_weights(tmp_path, collapses):
+@pytest.mark.parametrize(
+    ("peak", "exported", "rolled_back_to"),
+    [
+        (110.0, "step 2", ["step-1.pt"] * (PARTS - 1)),  # every part of the last slice is past the peak
+        (
+            150.0,
+            "part 1",
+            ["step-2.pt"] * (PARTS - 2),
+        ),  # its first part is the best point (no roll-back after the last)
+        (math.inf, "part 4", []),  # it only improves
+    ],
+)
+def test_the_job_exports_the_winners_best_validated_weights(tmp_path, peak, exported, rolled_back_to):
     from appliance.automl.job import exported_weights
 
     clock = FakeClock()
-    backend = Overtrained(clock, peak=150.0 if collapses else math.inf)
+    backend = Overtrained(clock, peak=peak)
     store, run_id, halving = _run(tmp_path, backend, clock, top_n=4, budget=400.0)
     winner = halving.run()
     rows = [r for r in store.step_results(run_id) if r.rank == winner.rank]
-    assert rows[-2].total_seconds_trained < 150.0 < rows[-1].total_seconds_trained
+    assert rows[-2].total_seconds_trained == pytest.approx(100.0)  # then 4 parts of 33.3 s: 133, 167, 200, 233
+    assert [name for _, name in backend.restored] == rolled_back_to
+    validations = backend.validations
 
     weights, iou = exported_weights(store, run_id, winner, backend)
-    expected = rows[-2] if collapses else rows[-1]
-    assert weights["seconds"] == pytest.approx(expected.total_seconds_trained)
+    assert backend.validations == validations  # the recorded scores: nothing validated twice
+    learned = {"step 2": 100.0, "part 1": 100.0 + 400 / 3 / 4, "part 4": 100 + 400 / 3}[exported]
+    assert weights["learned"] == pytest.approx(learned)
+    expected = rows[-2] if exported == "step 2" else rows[-1]
+    assert iou == pytest.approx(expected.validation_iou)
     assert store.trials(run_id, status="winner")[0].checkpoint == expected.checkpoint
     left = list((tmp_path / run_id / "trials" / f"rank-{winner.rank:03d}").glob("*.pt"))
     assert left == [Path(expected.checkpoint)]  # the other one went
     messages = [e.message for e in store.events(run_id)]
-    if collapses:
-        assert iou == pytest.approx(rows[-2].validation_iou)
-        assert any("lowered validation" in m and "after step 2" in m for m in messages)
-    else:
-        assert iou == pytest.approx(backend.validate(weights).mean_iou)
-        assert not any("lowered validation" in m for m in messages)
+    assert any("lowered validation" in m and "after step 2" in m for m in messages) == (exported == "step 2")
     # asked again (a kill before the export finished): the same weights, nothing else to delete
     again, _ = exported_weights(store, run_id, store.trials(run_id, status="winner")[0], backend)
-    assert again["seconds"] == weights["seconds"]
+    assert again["learned"] == weights["learned"]
 
 
 def test_ties_are_broken_by_meta_model_rank(tmp_path):
@@ -326,7 +417,7 @@ def test_resuming_after_an_interruption_repeats_no_finished_slice(tmp_path):
     resumed = FakeBackend(clock)
     halving = SuccessiveHalving(store, run_id, resumed, budget_seconds=400.0, run_dir=tmp_path / run_id, clock=clock)
     winner = halving.run()
-    assert len(resumed.trained) == 1 + 2 + 1  # the last trial of step 2, then steps 3 and 4
+    assert len(resumed.trained) == 1 + 2 + PARTS  # the last trial of step 2, then steps 3 and 4 (in parts)
     keys = [(r.step, r.rank) for r in store.step_results(run_id)]
     assert len(keys) == len(set(keys)) == 8 + 4 + 2 + 1
     assert winner.status == "winner"

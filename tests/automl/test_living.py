@@ -11,14 +11,17 @@ from tests.automl.test_halving import FakeBackend, FakeClock, _run
 FEATURES = {"hc_images": 12.0, "hc_mean_shape": 512.0, "hc_classes": 1.0, "user_object_cells": 1.0, "opt_x": 0.5}
 
 
-def test_a_finished_run_adds_one_row_per_validated_slice_once(tmp_path):
+def test_a_finished_run_adds_one_row_per_decided_slice_once(tmp_path):
     clock = FakeClock()
     store, run_id, halving = _run(tmp_path, FakeBackend(clock), clock, top_n=4, budget=400.0)
     store.update_run(run_id, run_dir=str(tmp_path / run_id), split={"validation": ["a", "b"]}, device="cpu")
     halving.run()
     assert record_run(tmp_path / "data", store, run_id) == 0  # ranked without meta-features: nothing to learn from
     save_features(tmp_path / run_id, FEATURES)
-    validated = [r for r in store.step_results(run_id) if r.validation_iou is not None]
+    # one row per decided slice: the last step's single slice (cooled down, validated in parts) is not a learning curve
+    last = max(r.step for r in store.step_results(run_id))
+    assert store.step_results(run_id, last)[0].validation_iou is not None
+    validated = [r for r in store.step_results(run_id) if r.validation_iou is not None and r.step != last]
     assert record_run(tmp_path / "data", store, run_id) == len(validated) > 4
     assert record_run(tmp_path / "data", store, run_id) == 0  # recorded twice (a resumed export): no duplicates
     rows = read_metabase_rows(tmp_path / "data" / LIVING_METABASE)

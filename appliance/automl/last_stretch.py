@@ -1,0 +1,138 @@
+"""The winner's last slice: trained in parts, validated after each, rolled back after a fall; its best point is kept.
+
+Nothing is decided after the last slice of a race, so its weights are the model, and a race cannot see what a
+configuration does after the rung that chose it. On usiigaci at T = 15 min (docs/measurements.md) the winner
+validated 0.671 after its first slice; trained alone it validated 0.656, 0.665, 0.335, 0.546, 0.312 at steps
+200-1,000 while its training loss kept falling, and its last slice ended at 0.212. So the last slice is trained in
+:data:`PARTS` equal parts with a validation after each (within :data:`VALIDATION_SHARE` of the slice, else fewer
+parts, else none). A part that validates below the best point so far (the previous step's weights count) is a fall:
+training goes back to the best weights (and Adam's state) and goes on at :data:`ROLLBACK_RATE` times the rate it had,
+with new batches; the time spent counts as spent. The best part's checkpoint is what the slice saves, and the job
+exports it or the previous step's weights, whichever validated better (:func:`appliance.automl.job.exported_weights`).
+The cooldown of the slice (:mod:`appliance.pipeline.learning_rate`) runs on across the parts. That is the
+validation-based checkpoint choice of nnU-Net's ``checkpoint_best`` and Keras' ``restore_best_weights``, with the
+roll-back-and-lower-the-rate of ``ReduceLROnPlateau``, applied where a lab's model is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.automl.executors import SliceTask, TrainedSlice, TrialBackend, Validation
+
+PARTS = 4
+"""Validations of the winner's last slice, one after each equal part (the last at its end)."""
+VALIDATION_SHARE = 0.1
+"""At most this fraction of the last slice goes to validating it part-way; fewer parts when validation is slow."""
+ROLLBACK_RATE = 0.5
+"""After a fall, training goes on from the best weights at this times the learning rate it had."""
+
+
+def planned_parts(train_seconds: float, validation_seconds: float) -> int:
+    """How many parts a last slice of ``train_seconds`` of training is validated in, when one validation takes
+    ``validation_seconds``: :data:`PARTS`, fewer when their validations would take more than
+    :data:`VALIDATION_SHARE` of it, 0 (trained in one go, validated by the job) when not even two fit.
+
+    >>> planned_parts(500.0, 8.0), planned_parts(200.0, 8.0), planned_parts(100.0, 8.0), planned_parts(60.0, 0.0)
+    (4, 2, 0, 4)
+    """
+    if train_seconds <= 0:
+        return 0
+    parts = PARTS if validation_seconds <= 0 else min(PARTS, int(VALIDATION_SHARE * train_seconds / validation_seconds))
+    return parts if parts >= 2 else 0
+
+
+@dataclass(frozen=True)
+class Part:
+    """One validated part of a last slice."""
+
+    part: int  # 1-based
+    steps: int  # the trial's optimiser steps at its end
+    score: float | None  # validation selection score (the task's metric)
+    rate: float  # the learning rate it trained at, as a fraction of the configured one (before the cooldown)
+    kept: bool  # its weights are the best of the slice so far: the slice's checkpoint now
+    rolled_back: bool  # it fell below the best point: training went back to the best weights
+    best: float | None  # the best score so far, the previous step's included
+
+    def describe(self, config_id: str, rank: int, parts: int) -> str:
+        """The event line of this part."""
+        score = "-" if self.score is None else f"{self.score:.3f}"
+        line = (
+            f"{config_id} (rank {rank}): last slice, part {self.part}/{parts} at {self.steps} steps: validation {score}"
+        )
+        if self.rolled_back:
+            return line + (
+                f", below its best {self.best:.3f}: back to those weights, learning rate ×{self.rate * ROLLBACK_RATE:g}"
+            )
+        return line + (" (its best so far: kept)" if self.kept else "")
+
+
+@dataclass(frozen=True)
+class StretchOutcome:
+    trained: TrainedSlice  # the whole slice (its seconds, and the trial's totals at its end)
+    validation: Validation  # of the best part: the weights the slice saved
+    validation_seconds: float
+    parts: tuple[Part, ...]
+
+
+def train_in_parts(
+    backend: TrialBackend,
+    trainer: Any,
+    task: SliceTask,
+    seconds: float,
+    *,
+    clock: Callable[[], float],
+) -> StretchOutcome:
+    """Train ``task``'s last slice for ``seconds`` in ``task.parts`` parts, validating after each, rolling back after
+    a fall; the best part's weights are saved at ``task.path`` (whenever a part is the best so far, so a kill leaves
+    a whole checkpoint)."""
+    parts = task.parts
+    reference = task.reference  # the previous step's score: its weights (task.checkpoint) are a point to go back to
+    best_path = task.checkpoint if reference is not None else None
+    best_validation: Validation | None = None
+    rate, trained_seconds, validation_seconds = 1.0, 0.0, 0.0
+    results: list[Part] = []
+    last = None
+    for index in range(parts):
+        last = backend.train(
+            trainer,
+            max(1e-3, (seconds - trained_seconds) / (parts - index)),
+            cooldown=task.cooldown,
+            part=(index / parts, (index + 1) / parts),
+            rate=rate,
+        )
+        trained_seconds += last.seconds
+        started = clock()
+        validation = backend.validate(trainer)
+        validation_seconds += clock() - started
+        score = validation.selection_score
+        kept = best_validation is None or _better(score, best_validation.selection_score)
+        if kept:
+            best_validation = validation
+            backend.save(trainer, Path(task.path))
+        if kept and _better(score, reference):
+            best_path = task.path
+        best = _best(reference, best_validation.selection_score)
+        fell = index < parts - 1 and best_path is not None and _better(best, score)
+        results.append(Part(index + 1, last.optimizer_steps, score, rate, kept, fell, best))
+        if fell:
+            backend.restore(trainer, Path(best_path))
+            rate *= ROLLBACK_RATE
+    assert last is not None and best_validation is not None
+    return StretchOutcome(
+        dataclasses.replace(last, seconds=trained_seconds), best_validation, validation_seconds, tuple(results)
+    )
+
+
+def _better(score: float | None, than: float | None) -> bool:
+    """Strictly better; a missing score is worse than any."""
+    return score is not None and (than is None or score > than)
+
+
+def _best(*scores: float | None) -> float | None:
+    return max((s for s in scores if s is not None), default=None)
