@@ -47,7 +47,7 @@ class Validation:
     """A trial's validation: the network classes' mean foreground IoU and, for a set whose task has its own metric
     (objects: AP@0.5), that metric as ``score``. Survivors are chosen by ``score``, ties by ``mean_iou``."""
 
-    mean_iou: float | None  # None: not validated (a last step with one trial)
+    mean_iou: float | None  # None: not validated (a last step with one trial, too short to validate in parts)
     per_class: list[float | None] | None
     score: float | None = None  # None: the task's metric is the mean IoU itself
 
