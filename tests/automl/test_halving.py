@@ -431,3 +431,25 @@ def test_a_run_resumed_after_its_race_was_decided_returns_the_winner_without_tra
     again = SuccessiveHalving(store, run_id, resumed, budget_seconds=300.0, run_dir=tmp_path / run_id, clock=clock)
     assert again.run().rank == winner.rank
     assert resumed.trained == []
+
+
+def test_a_kill_inside_the_last_slices_parts_reruns_the_slice_from_the_previous_steps_weights(tmp_path):
+    clock = FakeClock()
+    killed = FakeBackend(clock, interrupt_at=4 + 2 + 1)  # in the second part of the last slice
+    store, run_id, halving = _run(tmp_path, killed, clock, top_n=4, budget=400.0)
+    with pytest.raises(Interrupt):
+        halving.run()
+    (winner,) = store.trials(run_id, status="active")
+    folder = tmp_path / run_id / "trials" / f"rank-{winner.rank:03d}"
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["step-1.pt", "step-2.pt"]  # its first part, whole
+    assert store.step_results(run_id, 2) == []  # nothing of the slice recorded
+
+    resumed = FakeBackend(clock)
+    halving = SuccessiveHalving(store, run_id, resumed, budget_seconds=400.0, run_dir=tmp_path / run_id, clock=clock)
+    assert halving.run().rank == winner.rank
+    assert [config_id for config_id, _ in resumed.trained] == [winner.config_id] * PARTS  # from step 2's weights
+    (result,) = store.step_results(run_id, 2)
+    saved = resumed.load(Path(result.checkpoint))
+    before = store.step_results(run_id, 1)
+    start = next(r.total_seconds_trained for r in before if r.rank == winner.rank)
+    assert saved["learned"] == pytest.approx(start + result.seconds_trained)  # the last part, trained once
