@@ -33,9 +33,7 @@ def run_rows(store: Store, run_id: str, features: dict[str, float]) -> list[dict
     """One meta-base row per trial and validated halving step of a run."""
     run = store.run(run_id)
     trials = {t.rank: t for t in store.trials(run_id)}
-    # a step with a single trial decides nothing: its slice cools down and rolls back (last_stretch), so its
-    # validations are not a constant-rate learning curve like the meta-base's
-    undecided = {step.step for step in store.finished_steps(run_id) if len(step.active or []) <= 1}
+    undecided = {step.step for step in store.finished_steps(run_id) if not step.decided}
     results = [r for r in store.step_results(run_id) if r.validation_iou is not None and r.step not in undecided]
     final_mp = {}
     for r in results:

@@ -152,6 +152,13 @@ class Step(Row):
     seconds: float | None = None
     finished_at: str | None = None
 
+    @property
+    def decided(self) -> bool:
+        """True when the step chose among two or more trials. A step with one trial decides nothing: it is the
+        winner's last stretch (cooled down, validated in parts and rolled back: :mod:`appliance.automl.last_stretch`),
+        not a constant-rate learning curve."""
+        return len(self.active or []) > 1
+
 
 @dataclass(frozen=True, slots=True)
 class Event(Row):

@@ -64,7 +64,7 @@ def test_train_keeps_the_budget_and_exports_a_working_model(tmp_path, demo_set, 
     # what the run measured went into the data dir's living meta-base, one row per validated, decided slice
     rows = read_metabase_rows(settings.data_dir / "metabase.csv")
     store = Store(settings.store_path)
-    undecided = {s.step for s in store.finished_steps(result.run_id) if len(s.active) == 1}
+    undecided = {s.step for s in store.finished_steps(result.run_id) if not s.decided}
     validated = [
         r for r in store.step_results(result.run_id) if r.validation_iou is not None and r.step not in undecided
     ]

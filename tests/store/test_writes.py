@@ -44,6 +44,9 @@ def test_json_columns_are_written_from_dicts_and_read_back_as_them(tmp_path):
     assert store.run(run_id).split == split and store.runs()[0].plan["schedule"] == {"active": [1]}
     assert store.trials(run_id)[0].config == {"patch_size": 64}
     assert store.finished_steps(run_id)[0].survivors == [1]
+    assert not store.finished_steps(run_id)[0].decided  # one trial: the winner's last stretch, nothing chosen
+    store.finish_step(run_id, 1, active=[1, 2], survivors=[2], seconds=1.0)
+    assert store.finished_steps(run_id)[1].decided
     store.update_run(run_id, plan="not json")  # text from elsewhere is kept as written and reads as None
     assert store.run(run_id).plan is None
     store.record_step_result(run_id, 0, 1, validation_iou=0.5, validation_iou_per_class=[0.9, 0.1])
