@@ -193,13 +193,13 @@ class SuccessiveHalving:
         config = PipelineConfig.from_dict(trial.config)
         previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
         before = next((row for row in previous if row.rank == trial.rank), None)
-        overhead = self._expected_overhead(trial.rank, config, validate)
+        outside, validation = self._expected_costs(trial.rank, config)
+        overhead = outside + validation if validate else outside
         # the winner's last slice (nothing is decided after it: its weights are the model) ends with the cooldown,
         # trained in parts validated on the way (appliance.automl.last_stretch) when that fits
         trained = before.total_seconds_trained if before else 0.0
         cooldown = parts = 0
         if not validate:
-            validation = self._expected_validation(trial.rank, config)
             parts = planned_parts(share - overhead, validation)
             overhead += parts * validation
             cooldown = cooldown_fraction(trained, share - overhead)
@@ -303,25 +303,20 @@ class SuccessiveHalving:
         )
         return True
 
-    def _expected_validation(self, rank: int, config: PipelineConfig) -> float:
-        """Seconds one validation of this trial is expected to take: its own last, else the estimate for its
-        configuration, else the largest measured so far."""
-        return self._expected_overhead(rank, config, True) - self._expected_overhead(rank, config, False)
-
-    def _expected_overhead(self, rank: int, config: PipelineConfig, validate: bool) -> float:
-        """Seconds this trial's slice will spend outside training: its own last measurement, else the estimate for
-        its configuration, else the largest measured so far (the first slice of a run without an estimate: 0)."""
+    def _expected_costs(self, rank: int, config: PipelineConfig) -> tuple[float, float]:
+        """Seconds of one slice of this trial outside training (loading, checkpointing) and of one validation: each
+        its own last measurement, else the estimate for its configuration, else the largest measured so far (the
+        first slice of a run without an estimate: 0)."""
         estimate = self.overhead_estimate(config) if self.overhead_estimate else None
-        parts = ((self.overheads, 0), (self.validation_seconds, 1)) if validate else ((self.overheads, 0),)
-        total = 0.0
-        for measured, index in parts:
+        costs = []
+        for index, measured in enumerate((self.overheads, self.validation_seconds)):
             if rank in measured:
-                total += measured[rank]
+                costs.append(measured[rank])
             elif estimate is not None:
-                total += estimate[index]
+                costs.append(estimate[index])
             else:
-                total += max(measured.values(), default=0.0)
-        return total
+                costs.append(max(measured.values(), default=0.0))
+        return costs[0], costs[1]
 
     def _replacement(self) -> dict | None:
         """The best-ranked configuration that is not a trial yet, added as a new active trial."""
