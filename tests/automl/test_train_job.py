@@ -26,8 +26,8 @@ EXPORT_OVERHEAD_SECONDS = 60  # QC on the test images, overlays, chart, ONNX exp
 
 @pytest.mark.slow
 def test_train_keeps_the_budget_and_exports_a_working_model(tmp_path, demo_set, demo_set_dir, measured_cpu_throughput):
-    budget = 90.0
-    # a low floor, so that this small budget still races several configurations on a 2-core CPU (90 s: two of them)
+    budget = 60.0
+    # a low floor, so that this small budget still races several configurations on a 2-core CPU (60 s: two of them)
     settings = Settings(data_dir=tmp_path / "data", default_budget=budget, top_n=4, race_floor_steps=2)
     measured_cpu_throughput(settings.store_path)  # real measurements of this machine, probed once per session
     started = time.perf_counter()
@@ -90,7 +90,7 @@ def test_a_run_killed_mid_step_resumes_without_repeating_finished_steps(
 ):
     data = tmp_path / "data"
     measured_cpu_throughput(data / "appliance.sqlite")
-    command = [sys.executable, "-m", "appliance.cli", "train", str(demo_set_dir), "--budget", "60s", "--trials", "4"]
+    command = [sys.executable, "-m", "appliance.cli", "train", str(demo_set_dir), "--budget", "40s", "--trials", "4"]
     command += ["--data-dir", str(data), "--device", "cpu"]
     store_path = data / "appliance.sqlite"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
