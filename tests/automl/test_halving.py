@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.automl.halving import DoesNotFit, SuccessiveHalving, TrainedSlice, TrialFailed, Validation, enter_trials
-from appliance.automl.last_stretch import PARTS
+from appliance.automl.last_stretch import PARTS, ROLLBACK_MARGIN
 from appliance.automl.ranking import fallback_ranking
 from appliance.pipeline.learning_rate import COOLDOWN
 from appliance.store import Store
@@ -260,6 +260,44 @@ def test_a_fall_in_the_last_slice_rolls_back_to_the_best_weights_at_half_the_rat
     )
     weights, iou = exported_weights(store, run_id, winner, backend)  # no earlier step: the best part
     assert weights["learned"] == best["learned"] and iou == pytest.approx(result.validation_iou)
+
+
+class Scripted(FakeBackend):
+    """Each validation returns the next of ``scores``."""
+
+    def __init__(self, clock, scores, **kwargs):
+        super().__init__(clock, **kwargs)
+        self.scores = list(scores)
+
+    def validate(self, trainer) -> Validation:
+        self.clock.advance(self.eval_cost)
+        self.validations += 1
+        score = self.scores.pop(0)
+        return Validation(score, [score])
+
+
+@pytest.mark.parametrize(
+    ("scores", "rates", "restored", "second_part"),
+    [
+        # 0.01 below the best: validation noise on a rising curve, training goes on from there at the same rate
+        ((0.50, 0.49, 0.52, 0.40), [1.0] * 4, 0, "validation 0.490, within 0.02 of its best 0.500: goes on from here"),
+        # 0.03 below: a fall, back to the best weights at half the rate
+        ((0.50, 0.47, 0.52, 0.40), [1.0, 1.0, 0.5, 0.5], 1, "validation 0.470, below its best 0.500: back to those"),
+    ],
+)
+def test_a_part_rolls_back_only_when_it_falls_more_than_the_margin(tmp_path, scores, rates, restored, second_part):
+    assert ROLLBACK_MARGIN == 0.02
+    clock = FakeClock()
+    backend = Scripted(clock, scores, eval_cost=1.0)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
+    halving.overhead_estimate = lambda config: (0.0, 1.0)
+    halving.run()
+    assert [rate for _, _, rate in backend.parts] == rates and len(backend.restored) == restored
+    (result,) = store.step_results(run_id)
+    assert result.validation_iou == 0.52 and backend.load(Path(result.checkpoint))["steps"] == 3  # the best part
+    messages = [e.message for e in store.events(run_id) if "last slice, part" in e.message][::-1]
+    assert second_part in messages[1]
+    assert messages[3].endswith("part 4/4 at 4 steps: validation 0.400, below its best 0.520 (that one is kept)")
 
 
 class Overtrained(FakeBackend):
