@@ -162,7 +162,6 @@ def finished_run(store: Store, set_dir: str, budget: float, top_n: int, seed: in
 
 def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = print) -> dict:
     """Train (or resume, or reuse) the run of a training job, then apply the activation rule."""
-    from appliance.automl.job import train_set
     from appliance.service.activation import decide_activation
 
     store = Store(settings.store_path)
@@ -170,6 +169,8 @@ def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = pri
     set_dir = str(Path(request.set_dir).resolve())
     run = finished_run(store, set_dir, request.budget, settings.top_n, settings.seed)
     if run is None:
+        from appliance.automl.job import train_set  # the training stack: ~10 s of imports a finished run need not pay
+
         result = train_set(set_dir, settings, budget=request.budget, log=log, store=store, project=request.project)
         run = result.run
     else:
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     from appliance.data.io import atomic_write
 
     job_id, result_path = (argv or sys.argv[1:])[:2]
+    # A service started in the background by a shell (`nohup appliance run &`) hands SIGINT on ignored, and Python
+    # then installs no handler: the shutdown's SIGINT would be lost and the child killed after the grace period.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     settings = Settings.from_env()
     try:
         result = run_job(int(job_id), settings, log=lambda message: print(message, flush=True))

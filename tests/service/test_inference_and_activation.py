@@ -3,6 +3,8 @@
 import csv
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ from appliance.pipeline.export import write_model_folder
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.trainer import Trainer
 from appliance.service.activation import ActivationError, activate_by_hand, decide_activation
+from appliance.service.children import child_environment
 from appliance.service.images import ImageDetector
 from appliance.service.inference import InferenceWorker
 from appliance.service.jobs import TrainingRequest
@@ -371,7 +374,9 @@ def test_training_that_fills_the_disk_is_paused_without_spending_an_attempt(sett
 def test_running_training_stops_resumably_when_the_disk_runs_low(settings, store, monkeypatch):
     import appliance.service.training as training
 
-    supervisor = _supervisor_with_child(settings, store, "import time; time.sleep(900)")
+    # the stand-in restores SIGINT's handler as the real child does (a test run started with `&` ignores SIGINT)
+    script = "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); time.sleep(900)"
+    supervisor = _supervisor_with_child(settings, store, script)
     monkeypatch.setattr(training, "training_must_stop", lambda settings: (True, "only 0.1 GB free, below half"))
     started = time.monotonic()
     assert supervisor.run_once(threading.Event())
@@ -379,6 +384,44 @@ def test_running_training_stops_resumably_when_the_disk_runs_low(settings, store
     assert time.monotonic() - started < 300
     (job,) = store.jobs("train")
     assert job.status == "queued" and job.attempts == 0 and "only 0.1 GB free" in job.error
+
+
+def test_the_training_child_stops_on_sigint_even_when_started_with_sigint_ignored(tmp_path, monkeypatch):
+    import appliance.service.training as training
+
+    def interrupted_job(job_id, settings, log):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
+        raise AssertionError("the child ignored SIGINT")
+
+    monkeypatch.setattr(training, "run_job", interrupted_job)
+    monkeypatch.setenv("APPLIANCE_DATA_DIR", str(tmp_path / "data"))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `nohup appliance run &` hands its children
+    try:
+        assert training.main(["1", str(tmp_path / "result.json")]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_a_retried_job_of_a_finished_run_applies_the_activation_rule_without_the_training_stack(
+    settings, store, demo_set_dir, trained_model
+):
+    model_id = register(store, trained_model, demo_set_dir.resolve())
+    (run,) = store.runs()
+    store.update_run(run.id, budget_seconds=60.0, top_n=settings.top_n, seed=settings.seed)
+    request = TrainingRequest(set_dir=str(demo_set_dir), set_name="phase_cells", project="phase-demo", budget=60.0)
+    job_id, _ = store.enqueue("train", "k", payload=request.to_payload())
+    script = (
+        "import sys; from appliance.service.training import run_job; from appliance.settings import Settings; "
+        f"result = run_job({job_id}, Settings.from_env(), log=lambda m: None); "
+        "print(result['model_id'], 'appliance.automl.job' in sys.modules)"
+    )
+    environment = child_environment(settings)
+    done = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [model_id, "False"]
+    assert store.decision_for(model_id) is not None
 
 
 def test_intake_pauses_while_the_disk_is_below_the_reserve_and_resumes(settings, store, demo_set_dir):
