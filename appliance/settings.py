@@ -28,6 +28,8 @@ from pathlib import Path
 from appliance.errors import ConfigError
 
 REPOSITORY_MODELS = Path(__file__).resolve().parents[1] / "models"
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+"""The public sets beside a development checkout (``../shared/datasets``): benchmarks and tests, never the service."""
 CONFIG_VARIABLE = "APPLIANCE_CONFIG"
 HIDDEN = "********"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")

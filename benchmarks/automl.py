@@ -59,10 +59,9 @@ from appliance.metalearning.builder import BuildSettings, FeatureCache, load_set
 from appliance.pipeline.config import PAPER_DEFAULT
 from appliance.pipeline.device import device_name, resolve_device
 from appliance.pipeline.workflow import train_configuration
-from appliance.settings import REPOSITORY_MODELS, Settings, parse_duration
+from appliance.settings import REPOSITORY_MODELS, SHARED_DATASETS, Settings, parse_duration
 from appliance.version import code_version
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FEATURE_CACHE = Path(__file__).resolve().parents[1] / "metabase" / "metabase.csv.features.json"
 SET_METADATA = Path(__file__).resolve().parents[1] / "metabase" / "sets.yaml"  # what the meta-base builder was given
 METHODS = ("ours", "default", "random")
@@ -268,7 +267,7 @@ def main() -> None:
     machine = device_name(resolve_device(device))
     for budget in (parse_duration(b) for b in args.budgets.split(",")):
         for name in args.sets.split(","):
-            set_dir = Path(name) if Path(name).is_dir() else SHARED / name
+            set_dir = Path(name) if Path(name).is_dir() else SHARED_DATASETS / name
             for seed in (int(s) for s in args.seeds.split(",")):
                 labelled_set = load_labelled_set(set_dir)
                 if args.prepare_only:

@@ -33,6 +33,7 @@ from appliance.automl.halving import SuccessiveHalving  # noqa: E402
 from appliance.data.labelled_set import load_labelled_set  # noqa: E402
 from appliance.data.splits import split_stems  # noqa: E402
 from appliance.pipeline.config import PipelineConfig  # noqa: E402
+from appliance.settings import SHARED_DATASETS  # noqa: E402
 from appliance.store import Store  # noqa: E402
 
 CONFIGURATIONS = [  # small and fast on a CPU, two encoders, so that the slices differ as in a real race
@@ -94,7 +95,7 @@ def race(workers: int, threads: int, spec: FixedWorkSpec, folder: Path) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", default=str(REPOSITORY.parent / "shared" / "datasets" / "cpm15_he_nuclei"))
+    parser.add_argument("--set", default=str(SHARED_DATASETS / "cpm15_he_nuclei"))
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps per slice")
     parser.add_argument("--threads", type=int, default=1, help="CPU cores per worker")
     args = parser.parse_args()

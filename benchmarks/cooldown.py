@@ -35,8 +35,7 @@ from appliance.pipeline.learning_rate import cooldown_fraction  # noqa: E402
 from appliance.pipeline.patches import make_training_patches  # noqa: E402
 from appliance.pipeline.task import evaluate_split, network_classes, read_training_split  # noqa: E402
 from appliance.pipeline.trainer import Trainer  # noqa: E402
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+from appliance.settings import SHARED_DATASETS
 
 
 def score(labelled_set, stems, trainer: Trainer) -> float:
@@ -100,7 +99,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
         for name in args.sets.split(","):
-            set_dir = Path(name) if Path(name).is_dir() else SHARED / name
+            set_dir = Path(name) if Path(name).is_dir() else SHARED_DATASETS / name
             for config in parse_configs(args.configs):
                 row = run(
                     set_dir,

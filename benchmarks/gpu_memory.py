@@ -36,8 +36,9 @@ from appliance.automl.memory import (
     memory_groups,
 )
 from appliance.pipeline.device import cap_gpu_memory, device_name, release_cached_memory, resolve_device
+from appliance.settings import SHARED_DATASETS
 
-DEFAULT_SET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "dsb2018_fluo_nuclei"
+DEFAULT_SET = SHARED_DATASETS / "dsb2018_fluo_nuclei"
 
 
 def main() -> None:

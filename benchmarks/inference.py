@@ -25,8 +25,9 @@ from appliance.pipeline.export import write_model_folder
 from appliance.pipeline.inference import TileSettings, sliding_window_logits, torch_runner
 from appliance.pipeline.model import build_model
 from appliance.pipeline.predictor import OnnxPredictor
+from appliance.settings import SHARED_DATASETS
 
-DEFAULT_SET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "usiigaci_phase_cells"
+DEFAULT_SET = SHARED_DATASETS / "usiigaci_phase_cells"
 
 
 def main() -> None:

@@ -47,10 +47,8 @@ from appliance.pipeline.instances import choose_seed_depth, instance_scores, ins
 from appliance.pipeline.predictor import OnnxPredictor
 from appliance.pipeline.task import TASKS
 from appliance.pipeline.workflow import train_configuration
-from appliance.settings import Settings
+from appliance.settings import SHARED_DATASETS, Settings
 from appliance.version import code_version
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def run_cell(set_dir: Path, task: str, *, seconds: float, seed: int, device: str | None, min_object_px: int) -> dict:
@@ -163,7 +161,7 @@ def main() -> None:
             if (name, task, args.seconds, args.seed) in done:
                 continue
             row = run_cell(
-                SHARED / name,
+                SHARED_DATASETS / name,
                 task,
                 seconds=args.seconds,
                 seed=args.seed,

@@ -36,8 +36,9 @@ from appliance.pipeline.export import write_model_folder
 from appliance.pipeline.inference import TileSettings, sliding_window_logits, torch_runner
 from appliance.pipeline.predictor import CPU_PROVIDER, OnnxPredictor, default_providers
 from appliance.pipeline.trainer import Speedups, Trainer
+from appliance.settings import SHARED_DATASETS
 
-DEFAULT_SET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "usiigaci_phase_cells"
+DEFAULT_SET = SHARED_DATASETS / "usiigaci_phase_cells"
 
 
 def main() -> None:

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from appliance.data.labelled_set import LabelledSet, load_labelled_set
-
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+from appliance.settings import SHARED_DATASETS
 
 
 @pytest.fixture(scope="session")

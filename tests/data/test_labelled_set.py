@@ -20,9 +20,9 @@ from appliance.data.labelled_set import (
     load_labelled_set,
 )
 from appliance.errors import InvalidSetError, Problem
+from appliance.settings import SHARED_DATASETS
 
 H, W = 20, 24
-SHARED_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 # --- helpers --------------------------------------------------------------------------------------
