@@ -75,6 +75,8 @@ class Part:
             return line + (
                 f", below its best {self.best:.3f}: back to those weights, learning rate ×{self.rate * ROLLBACK_RATE:g}"
             )
+        if self.kept and self.best is not None and self.score is not None and self.score < self.best:
+            return line + f" (this slice's best so far: saved; the previous step's {self.best:.3f} stays its best)"
         if self.kept:
             return line + " (its best so far: kept)"
         if self.best is None:

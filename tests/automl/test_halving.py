@@ -1,5 +1,6 @@
 """Successive halving with a deterministic fake trainer and a fake clock: counts, budgets, resuming."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.automl.halving import DoesNotFit, SuccessiveHalving, TrainedSlice, TrialFailed, Validation, enter_trials
-from appliance.automl.last_stretch import PARTS, ROLLBACK_MARGIN
+from appliance.automl.last_stretch import PARTS, ROLLBACK_MARGIN, Part
 from appliance.automl.ranking import fallback_ranking
 from appliance.pipeline.learning_rate import COOLDOWN
 from appliance.store import Store
@@ -260,6 +261,15 @@ def test_a_fall_in_the_last_slice_rolls_back_to_the_best_weights_at_half_the_rat
     )
     weights, iou = exported_weights(store, run_id, winner, backend)  # no earlier step: the best part
     assert weights["learned"] == best["learned"] and iou == pytest.approx(result.validation_iou)
+
+
+def test_a_part_that_is_the_slices_best_but_below_the_previous_step_says_which_weights_are_best():
+    below = Part(1, 40, 0.45, 1.0, kept=True, rolled_back=False, best=0.50)
+    assert below.describe("c-1", 2, 4).endswith(
+        "validation 0.450 (this slice's best so far: saved; the previous step's 0.500 stays its best)"
+    )
+    above = dataclasses.replace(below, score=0.55, best=0.55)
+    assert above.describe("c-1", 2, 4).endswith("validation 0.550 (its best so far: kept)")
 
 
 class Scripted(FakeBackend):
