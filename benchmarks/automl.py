@@ -45,6 +45,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,54 +132,72 @@ def semantic_view(set_dir: Path, views: Path) -> Path:
     return view
 
 
-def run_cell(set_dir: Path, budget: float, seed: int, *, data_dir: Path, models_dir: Path, device: str) -> list[dict]:
-    """The three methods on one set at one budget; one result row each."""
+def run_cell(
+    set_dir: Path,
+    budget: float,
+    seed: int,
+    *,
+    data_dir: Path,
+    models_dir: Path,
+    device: str,
+    methods: Sequence[str] = METHODS,
+    ours_row: dict | None = None,
+) -> Iterator[dict]:
+    """The ``methods`` on one set at one budget, one result row each, yielded as each finishes (a cell stopped
+    half-way keeps its finished methods). Random races as many configurations as ours did, with its step growth:
+    from this call's ours, else from ``ours_row`` (the cell's earlier row)."""
     set_dir = semantic_view(set_dir, data_dir.parent / "semantic-views")
     labelled_set = load_labelled_set(set_dir)
     settings = Settings(data_dir=data_dir, metamodel_dir=models_dir, default_budget=budget, seed=seed)
-    rows = []
-    started = time.perf_counter()
-    ranking, charged = ranking_without_pyradiomics(labelled_set, models_dir)
-    if ranking is not None:
-        print(f"  no pyradiomics: ours ranks on the meta-base's cached meta-features, {charged:.1f} s of T charged")
-    ours_settings = dataclasses.replace(settings, default_budget=budget - charged)
-    ours = train_set(set_dir, ours_settings, device=device, resume=False, ranking=ranking)
-    rows.append({**_job_row("ours", ours, time.perf_counter() - started), "features_charged_seconds": charged})
-    plan = ours.run.plan
-    print(f"  ours     test IoU {ours.test.mean_foreground_iou:.3f}  n = {plan['n']}: {ours.run.winner_config_id}")
+    if "ours" in methods:
+        started = time.perf_counter()
+        ranking, charged = ranking_without_pyradiomics(labelled_set, models_dir)
+        if ranking is not None:
+            print(f"  no pyradiomics: ours ranks on the meta-base's cached meta-features, {charged:.1f} s of T charged")
+        ours_settings = dataclasses.replace(settings, default_budget=budget - charged)
+        ours = train_set(set_dir, ours_settings, device=device, resume=False, ranking=ranking)
+        ours_row = {**_job_row("ours", ours, time.perf_counter() - started), "features_charged_seconds": charged}
+        print(f"  ours     test IoU {ours.test.mean_foreground_iou:.3f}  n = {ours_row['n']}: {ours_row['winner']}")
+        yield ours_row
 
+    if "default" in methods:
+        yield _default_row(labelled_set, budget, seed, device)
+
+    if "random" in methods:
+        if ours_row is None:
+            raise SystemExit(f"{labelled_set.name}: random races as many configurations as ours; run ours first")
+        started = time.perf_counter()
+        random = train_set(
+            set_dir,
+            settings,
+            device=device,
+            resume=False,
+            ranking=random_ranking(seed),
+            trials=ours_row["n"],
+            growth=ours_row["growth"],
+            include_default=False,
+        )
+        print(f"  random   test IoU {random.test.mean_foreground_iou:.3f}  ({random.run.winner_config_id})")
+        yield _job_row("random", random, time.perf_counter() - started)
+
+
+def _default_row(labelled_set, budget: float, seed: int, device: str) -> dict:
+    """The paper default trained alone for all of T: what a lab gets without the search."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         report = train_configuration(
             labelled_set, PAPER_DEFAULT, seconds=budget, out_dir=Path(tmp), seed=seed, device=device, progress=False
         )
-    rows.append(
-        {
-            "method": "default",
-            "test_iou": report.test.mean_foreground_iou,
-            "validation_iou": report.validation.mean_foreground_iou,
-            "wall_seconds": time.perf_counter() - started,
-            "winner": PAPER_DEFAULT.id,
-            "n": 1,
-            "steps": report.steps,
-        }
-    )
     print(f"  default  test IoU {report.test.mean_foreground_iou:.3f}  ({report.steps} steps)")
-
-    started = time.perf_counter()
-    random = train_set(
-        set_dir,
-        settings,
-        device=device,
-        resume=False,
-        ranking=random_ranking(seed),
-        trials=plan["n"],
-        growth=plan["schedule"]["growth"],
-        include_default=False,
-    )
-    rows.append(_job_row("random", random, time.perf_counter() - started))
-    print(f"  random   test IoU {random.test.mean_foreground_iou:.3f}  ({random.run.winner_config_id})")
-    return rows
+    return {
+        "method": "default",
+        "test_iou": report.test.mean_foreground_iou,
+        "validation_iou": report.validation.mean_foreground_iou,
+        "wall_seconds": time.perf_counter() - started,
+        "winner": PAPER_DEFAULT.id,
+        "n": 1,
+        "steps": report.steps,
+    }
 
 
 def _job_row(method: str, job, wall: float) -> dict:
@@ -205,7 +224,8 @@ def read_results(path: Path) -> list[dict]:
 
 
 def render_table(rows: list[dict]) -> str:
-    """Per cell: test IoU of each method and ours − default, ours − random; then the means and win counts."""
+    """Per cell: test IoU of each method and ours − default, ours − random (– where a method has no row yet); then
+    per budget the means and win counts over the cells that have both methods of a difference."""
     cells: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         cells.setdefault((row["budget_seconds"], row["set"], row["seed"]), {})[row["method"]] = row
@@ -213,25 +233,34 @@ def render_table(rows: list[dict]) -> str:
         "| T | set | seed | ours | default | random | ours − default | ours − random | ours: n, winner |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    by_budget: dict[float, list[tuple[float, float]]] = {}
+    differences: dict[tuple[float, str], list[float]] = {}
     for (budget, name, seed), methods in sorted(cells.items()):
-        if not all(m in methods for m in METHODS):
-            continue
-        ours, default, random = (methods[m]["test_iou"] for m in METHODS)
-        by_budget.setdefault(budget, []).append((ours - default, ours - random))
-        lines.append(
-            f"| {budget / 60:g} min | {name} | {seed} | {ours:.3f} | {default:.3f} | {random:.3f} | "
-            f"{ours - default:+.3f} | {ours - random:+.3f} | {methods['ours']['n']}, {methods['ours']['winner']} |"
-        )
+        iou = {m: methods[m]["test_iou"] if m in methods else None for m in METHODS}
+        cell = [f"{budget / 60:g} min", name, str(seed), *(_number(iou[m], "{:.3f}") for m in METHODS)]
+        for other in ("default", "random"):
+            both = iou["ours"] is not None and iou[other] is not None
+            difference = iou["ours"] - iou[other] if both else None
+            if difference is not None:
+                differences.setdefault((budget, other), []).append(difference)
+            cell.append(_number(difference, "{:+.3f}"))
+        cell.append(f"{methods['ours']['n']}, {methods['ours']['winner']}" if "ours" in methods else "–")
+        lines.append("| " + " | ".join(cell) + " |")
     lines.append("")
-    for budget, diffs in sorted(by_budget.items()):
-        vs_default, vs_random = zip(*diffs, strict=True)
-        lines.append(
-            f"- T = {budget / 60:g} min, {len(diffs)} cells: mean ours − default {statistics.mean(vs_default):+.3f}, "
-            f"ours ≥ default in {sum(d >= 0 for d in vs_default)}/{len(diffs)}; mean ours − random "
-            f"{statistics.mean(vs_random):+.3f}, ours ≥ random in {sum(d >= 0 for d in vs_random)}/{len(diffs)}"
-        )
+    for budget in sorted({budget for budget, _ in differences}):
+        parts = []
+        for other in ("default", "random"):
+            values = differences.get((budget, other), [])
+            if values:
+                parts.append(
+                    f"mean ours − {other} {statistics.mean(values):+.3f}, "
+                    f"ours ≥ {other} in {sum(d >= 0 for d in values)}/{len(values)} cells"
+                )
+        lines.append(f"- T = {budget / 60:g} min: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _number(value: float | None, form: str) -> str:
+    return "–" if value is None else form.format(value)
 
 
 def main() -> None:
@@ -241,6 +270,9 @@ def main() -> None:
     )
     parser.add_argument("--budgets", default="5m", help="Comma-separated budgets T, like 5m,15m.")
     parser.add_argument("--seeds", default="0", help="Comma-separated seeds.")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help=f"Comma-separated methods of {', '.join(METHODS)} (default all)."
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/automl.jsonl"))
     parser.add_argument("--work", type=Path, default=None, help="Data dir kept across cells (default: a temp dir).")
@@ -256,6 +288,9 @@ def main() -> None:
         help="Fit the leave-one-set-out meta-models of --sets into --work and exit (before a short GPU session).",
     )
     args = parser.parse_args()
+    methods = [m for m in METHODS if m in args.methods.split(",")]
+    if not methods or set(args.methods.split(",")) - set(METHODS):
+        parser.error(f"--methods: choose among {', '.join(METHODS)}")
     if args.table:
         print(render_table(read_results(args.table)))
         return
@@ -263,7 +298,7 @@ def main() -> None:
     device = str(resolve_device(args.device))
     work = args.work or Path(tempfile.mkdtemp(prefix="automl-bench-"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["set"], r["budget_seconds"], r["seed"], r["method"]) for r in read_results(args.out)}
+    done = {(r["set"], r["budget_seconds"], r["seed"], r["method"]): r for r in read_results(args.out)}
     machine = device_name(resolve_device(device))
     for budget in (parse_duration(b) for b in args.budgets.split(",")):
         for name in args.sets.split(","):
@@ -274,7 +309,9 @@ def main() -> None:
                     if not args.no_loso:
                         print(leave_one_set_out_models(labelled_set.name, work / "loso", models_dir=args.models))
                     continue
-                if all((labelled_set.name, budget, seed, m) in done for m in METHODS):
+                cell = (labelled_set.name, budget, seed)
+                missing = [m for m in methods if (*cell, m) not in done]
+                if not missing:
                     continue
                 while args.pause_file and args.pause_file.exists():
                     time.sleep(10)
@@ -283,9 +320,18 @@ def main() -> None:
                 if loso:
                     models_dir = leave_one_set_out_models(labelled_set.name, work / "loso", models_dir=args.models)
                 print(f"{labelled_set.name}: T = {budget:.0f} s, seed {seed}, {machine}, meta-model {models_dir}")
-                rows = run_cell(set_dir, budget, seed, data_dir=work / "data", models_dir=models_dir, device=device)
-                with args.out.open("a") as out:
-                    for row in rows:
+                rows = run_cell(
+                    set_dir,
+                    budget,
+                    seed,
+                    data_dir=work / "data",
+                    models_dir=models_dir,
+                    device=device,
+                    methods=missing,
+                    ours_row=done.get((*cell, "ours")),
+                )
+                for row in rows:
+                    with args.out.open("a") as out:
                         row.update(
                             set=labelled_set.name,
                             budget_seconds=budget,

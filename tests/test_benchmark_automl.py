@@ -48,3 +48,26 @@ def test_without_pyradiomics_ours_ranks_on_the_cached_features_and_is_charged_th
     expected, _ = rank_for_set(features, models_dir=REPOSITORY_MODELS)
     assert ranking.configurations == expected.configurations
     assert ranking_without_pyradiomics(demo_set, REPOSITORY_MODELS, tmp_path / "missing.json") == (None, 0.0)
+
+
+def test_the_table_shows_a_cell_with_a_missing_method_and_averages_each_difference_over_its_own_cells():
+    from benchmarks.automl import render_table
+
+    def row(method, iou, seed):
+        return {"method": method, "test_iou": iou, "budget_seconds": 900.0, "set": "s", "seed": seed, "n": 3,
+                "winner": "c-1"}  # fmt: skip
+
+    table = render_table(
+        [
+            row("ours", 0.70, 0),
+            row("default", 0.66, 0),
+            row("random", 0.60, 0),
+            row("ours", 0.50, 1),
+            row("default", 0.55, 1),
+        ]  # fmt: skip
+    )
+    assert "| 15 min | s | 1 | 0.500 | 0.550 | – | -0.050 | – | 3, c-1 |" in table
+    assert table.endswith(
+        "- T = 15 min: mean ours − default -0.005, ours ≥ default in 1/2 cells; "
+        "mean ours − random +0.100, ours ≥ random in 1/1 cells"
+    )
