@@ -100,6 +100,7 @@ class SliceTask:
     cooldown: float = 0.0  # last fraction of the slice over which the learning rate decays to zero (the winner's last)
     parts: int = 0  # >= 2: trained in parts, validated after each, the best kept (the winner's last: last_stretch)
     reference: float | None = None  # with parts: the validation score of ``checkpoint``, the point to beat
+    hand_over: bool = False  # with parts: a runner-up waits, so a collapse ends the slice early (last_stretch)
     attempt: int = 0  # earlier attempts were lost with their worker
 
     @property

@@ -14,7 +14,11 @@ ends with the learning rate's cooldown (linear decay to zero over the last third
 :mod:`appliance.pipeline.learning_rate`), and is trained in parts validated on the way, going back to the best
 weights at a lower rate after a fall and keeping its best part (:mod:`appliance.automl.last_stretch`), the parts'
 validations planned inside the budget. The job exports the best part, or the weights the winner had after its last
-decided slice when those validated better (:func:`appliance.automl.job.exported_weights`).
+decided slice when those validated better (:func:`appliance.automl.job.exported_weights`). The runner-up of the
+decision before the last step keeps its checkpoint through that slice: when the winner's slice collapses more than
+:data:`~appliance.automl.last_stretch.COLLAPSE_MARGIN` below the score that won the race, it ends there and the
+runner-up comes back for the rest of the step (a last slice of its own, in parts); the one with the better best
+validated point wins.
 
 Where slices run: one after another in this process (:class:`~appliance.automl.executors.LocalExecutor`), or one
 per device on a Ray cluster (:mod:`appliance.automl.cluster`): a trial's share is then the equal share that lets the
@@ -35,6 +39,7 @@ previous step's checkpoint, with the step's budget minus what its recorded slice
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
@@ -53,7 +58,7 @@ from appliance.automl.executors import (  # noqa: F401  (re-exported: the backen
     Validation,
     fair_share,
 )
-from appliance.automl.last_stretch import ROLLBACK_RATE, planned_parts
+from appliance.automl.last_stretch import COLLAPSE_MARGIN, PARTS, ROLLBACK_RATE, best_score, collapsed, planned_parts
 from appliance.automl.schedule import HalvingSchedule, select_survivors, selection_score
 from appliance.faults import fault_point
 from appliance.pipeline.config import PipelineConfig
@@ -137,7 +142,12 @@ class SuccessiveHalving:
         step_started = self.clock()
         queue = [t for t in self.store.trials(self.run_id, status=TrialStatus.ACTIVE) if t.rank not in done]
         self.store.event(self.run_id, f"step {step + 1}/{schedule.steps}: {len(queue)} trial(s) to train")
-        decides = not (step == schedule.steps - 1 and len(queue) + len(done) == 1)
+        entered = self._entered(step)  # a runner-up brought back into the last step did not enter it by surviving
+        contenders = [rank for rank in [t.rank for t in queue] + list(done) if entered is None or rank in entered]
+        decides = not (step == schedule.steps - 1 and len(contenders) == 1)
+        runner_up = None if decides else self._runner_up(step)
+        if runner_up is not None and runner_up.status == TrialStatus.DROPPED and not queue:
+            queue += self._bring_back(runner_up, step, schedule, deadline)  # resumed after the winner's slice ended
         running: dict[Hashable, tuple[Trial, SliceTask, float]] = {}  # handle -> trial, task, expected end
         attempts: dict[int, int] = {}
         while queue or running:
@@ -151,6 +161,8 @@ class SuccessiveHalving:
                     busy=[end - now for _, _, end in running.values()],
                 )
                 task = self._task(trial, step, share, validate=decides, attempt=attempts.get(trial.rank, 0))
+                if runner_up is not None and trial.rank != runner_up.rank and task.parts:
+                    task = dataclasses.replace(task, hand_over=True)
                 running[self.executor.submit(task)] = (trial, task, now + share)
             for handle, outcome in self.executor.wait():
                 trial, task, _ = running.pop(handle)
@@ -158,7 +170,10 @@ class SuccessiveHalving:
                     attempts[trial.rank] = task.attempt + 1
                     if self._lost(trial, task, outcome):
                         queue.insert(0, trial)
-                elif not self._record(trial, task, outcome) and step == 0:
+                elif self._record(trial, task, outcome):
+                    if task.hand_over:
+                        queue += self._bring_back(runner_up, step, schedule, deadline)
+                elif step == 0:
                     replacement = self._replacement()
                     if replacement is not None:
                         queue.append(replacement)
@@ -168,6 +183,9 @@ class SuccessiveHalving:
         keep = min(keep, len(active))
         ranks = [t.rank for t in active]
         scores = [selection_score(results[r]) if r in results else None for r in ranks]
+        if not decides:  # a runner-up came back: each by its best validated point (the job exports that one)
+            previous = {row.rank: selection_score(row) for row in self.store.step_results(self.run_id, step - 1)}
+            scores = [best_score(score, previous.get(rank)) for score, rank in zip(scores, ranks, strict=True)]
         ties = [results[r].validation_iou if r in results else None for r in ranks]
         chosen = select_survivors(scores, ranks, keep=keep, tiebreak=ties)
         survivors = [ranks[i] for i in chosen]
@@ -175,9 +193,14 @@ class SuccessiveHalving:
             self.run_id, step, active=ranks, survivors=survivors, seconds=consumed + self.clock() - step_started
         )
         fault_point(f"halving-step-{step}")
+        kept = set(survivors)  # and the runner-up when the next step is the winner's last slice: its weights stay
+        if step + 1 == schedule.steps - 1 and len(survivors) == 1 and (spare := self._runner_up(step + 1)):
+            kept.add(spare.rank)
         for trial in active:
-            if trial.rank not in survivors and not self.keep_dropped_checkpoints:
+            if trial.rank not in kept and not self.keep_dropped_checkpoints:
                 self._delete_checkpoints(trial.rank)
+        if runner_up is not None and runner_up.rank not in ranks and not self.keep_dropped_checkpoints:
+            self._delete_checkpoints(runner_up.rank)  # it was not needed
         best = max((score for score in scores if score is not None), default=None)
         metric = getattr(self.backend, "selection_metric", IOU_METRIC)
         self.store.event(
@@ -187,6 +210,64 @@ class SuccessiveHalving:
                 f" (best validation {metric} {best:.3f})" if best is not None else " (not validated: nothing to decide)"
             ),
         )
+
+    def _entered(self, step: int) -> set[int] | None:
+        """The ranks that entered ``step`` by surviving the step before (None: the first step, every trial)."""
+        if step == 0:
+            return None
+        before = next((row for row in self.store.finished_steps(self.run_id) if row.step == step - 1), None)
+        return set(before.survivors or []) if before else None
+
+    def _runner_up(self, step: int) -> Trial | None:
+        """The best of the trials dropped by the decision before ``step``, the winner's last one, whose weights are
+        still there (or it is back in the step)."""
+        if step == 0:
+            return None
+        results = {row.rank: row for row in self.store.step_results(self.run_id, step - 1)}
+        entered = self._entered(step) or set()
+        candidates = [
+            t
+            for t in self.store.trials(self.run_id)
+            if (t.dropped_after_step == step - 1 or (t.status == TrialStatus.ACTIVE and t.rank not in entered))
+            and t.rank in results
+            and selection_score(results[t.rank]) is not None
+            and Path(results[t.rank].checkpoint or "").is_file()
+        ]
+        if not candidates:
+            return None
+        scores = [selection_score(results[t.rank]) for t in candidates]
+        ties = [results[t.rank].validation_iou for t in candidates]
+        (best,) = select_survivors(scores, [t.rank for t in candidates], keep=1, tiebreak=ties)
+        return candidates[best]
+
+    def _bring_back(self, runner_up: Trial, step: int, schedule: HalvingSchedule, deadline: float) -> list[Trial]:
+        """The runner-up as an active trial again, for the rest of the last step, when the winner's slice has
+        collapsed (its best part more than COLLAPSE_MARGIN below the score that won the race) and a part's worth of
+        the step is left; else nothing."""
+        previous = {row.rank: row for row in self.store.step_results(self.run_id, step - 1)}
+        winner = next((row for row in self.store.step_results(self.run_id, step) if row.rank != runner_up.rank), None)
+        won_with = selection_score(previous[winner.rank]) if winner and winner.rank in previous else None
+        if winner is None or not collapsed(selection_score(winner), won_with):
+            return []
+        left = deadline - self.clock()
+        if left < schedule.step_seconds[step] / PARTS:
+            self.store.event(
+                self.run_id,
+                f"{winner.config_id} (rank {winner.rank}): its last slice fell below the {won_with:.3f} that won the "
+                f"race, but only {max(left, 0.0):.0f} s of the step are left: the runner-up stays out",
+                level="warning",
+            )
+            return []
+        self.store.update_trial(self.run_id, runner_up.rank, status=TrialStatus.ACTIVE, dropped_after_step=None)
+        self.store.event(
+            self.run_id,
+            f"{runner_up.config_id} (rank {runner_up.rank}), the runner-up of step {step} "
+            f"({selection_score(previous[runner_up.rank]):.3f}), comes back for the last {left:.0f} s of the step: "
+            f"{winner.config_id}'s last slice validated {selection_score(winner):.3f}, more than "
+            f"{COLLAPSE_MARGIN:g} below the {won_with:.3f} that won the race",
+            level="warning",
+        )
+        return [next(t for t in self.store.trials(self.run_id) if t.rank == runner_up.rank)]
 
     def _task(self, trial: Trial, step: int, share: float, *, validate: bool, attempt: int) -> SliceTask:
         """What a worker needs to train ``trial``'s slice: where to continue from, for how long, where to save."""

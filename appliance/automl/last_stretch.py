@@ -14,6 +14,14 @@ The cooldown of the slice (:mod:`appliance.pipeline.learning_rate`) runs on acro
 validation-based checkpoint choice of nnU-Net's ``checkpoint_best`` and Keras' ``restore_best_weights``, with the
 roll-back-and-lower-the-rate of ``ReduceLROnPlateau`` (and a margin like its ``min_delta``), applied where a lab's model
 is made.
+
+A race judges its configurations early, and a configuration that learns fast at first can be judged at a peak it
+never reaches again: on dsb2018_fluo at T = 15 min (seed 1) a patch-64 winner validated 0.878 at 375 steps, then
+0.756, 0.581, 0.752 and 0.721 in its last slice at ×1, ×0.5, ×0.25 and ×0.125 the rate, while the paper default it
+had beaten (0.802 at 68 steps) reached 0.900 trained alone. So when the halving kept the runner-up's weights
+(``task.hand_over``), a part whose slice's best so far is more than :data:`COLLAPSE_MARGIN` below the score that won
+the race ends the slice: the rest of the step goes to the runner-up (:mod:`appliance.automl.halving`), and the
+better of the two by its best validated point is the model.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ ROLLBACK_MARGIN = 0.02
 """A part is a fall when it validates more than this below the best point (validation score, 0-1). The falls the
 parts exist for were 0.23-0.46 (usiigaci, docs/measurements.md); the three roll-backs of the 15-minute CPU cells were
 dips of 0.002, 0.017 and 0.002 on 2-5 validation images, each followed by a higher part."""
+COLLAPSE_MARGIN = 0.05
+"""The winner's last slice hands the rest of its step to the runner-up when the slice's best part so far validates
+more than this below the score that won the race. The dips that later parts recovered from were 0.002-0.026 (five, in
+the 15-minute CPU cells); the falls no lower rate recovered from were 0.12 (dsb2018_fluo) and 0.23-0.46 (usiigaci)."""
 
 
 def planned_parts(train_seconds: float, validation_seconds: float) -> int:
@@ -64,6 +76,7 @@ class Part:
     kept: bool  # its weights are the best of the slice so far: the slice's checkpoint now
     rolled_back: bool  # it fell more than the margin below the best point: training went back to the best weights
     best: float | None  # the best score so far, the previous step's included
+    handed_over: bool = False  # the slice collapsed below the race's score: it ends here, the runner-up goes on
 
     def describe(self, config_id: str, rank: int, parts: int) -> str:
         """The event line of this part."""
@@ -71,6 +84,11 @@ class Part:
         line = (
             f"{config_id} (rank {rank}): last slice, part {self.part}/{parts} at {self.steps} steps: validation {score}"
         )
+        if self.handed_over:
+            return line + (
+                f", more than {COLLAPSE_MARGIN:g} below the {self.best:.3f} that won the race: the slice ends here and "
+                "the runner-up trains for the rest of the step"
+            )
         if self.rolled_back:
             return line + (
                 f", below its best {self.best:.3f}: back to those weights, learning rate ×{self.rate * ROLLBACK_RATE:g}"
@@ -103,8 +121,8 @@ def train_in_parts(
     clock: Callable[[], float],
 ) -> StretchOutcome:
     """Train ``task``'s last slice for ``seconds`` in ``task.parts`` parts, validating after each, rolling back after
-    a fall; the best part's weights are saved at ``task.path`` (whenever a part is the best so far, so a kill leaves
-    a whole checkpoint)."""
+    a fall (ending early after a collapse when ``task.hand_over``); the best part's weights are saved at
+    ``task.path`` (whenever a part is the best so far, so a kill leaves a whole checkpoint)."""
     parts = task.parts
     reference = task.reference  # the previous step's score: its weights (task.checkpoint) are a point to go back to
     best_path = task.checkpoint if reference is not None else None
@@ -131,7 +149,10 @@ def train_in_parts(
             backend.save(trainer, Path(task.path))
         if kept and _better(score, reference):
             best_path = task.path
-        best = _best(reference, best_validation.selection_score)
+        best = best_score(reference, best_validation.selection_score)
+        if task.hand_over and index < parts - 1 and collapsed(best_validation.selection_score, reference):
+            results.append(Part(index + 1, last.optimizer_steps, score, rate, kept, False, best, handed_over=True))
+            break
         fell = index < parts - 1 and best_path is not None and _fell(score, best)
         results.append(Part(index + 1, last.optimizer_steps, score, rate, kept, fell, best))
         if fell:
@@ -141,6 +162,12 @@ def train_in_parts(
     return StretchOutcome(
         dataclasses.replace(last, seconds=trained_seconds), best_validation, validation_seconds, tuple(results)
     )
+
+
+def collapsed(best_so_far: float | None, reference: float | None) -> bool:
+    """A last slice whose best validated point ``best_so_far`` is more than :data:`COLLAPSE_MARGIN` below
+    ``reference``, the score that won the race (both known)."""
+    return best_so_far is not None and reference is not None and best_so_far < reference - COLLAPSE_MARGIN
 
 
 def _fell(score: float | None, best: float | None) -> bool:
@@ -153,5 +180,6 @@ def _better(score: float | None, than: float | None) -> bool:
     return score is not None and (than is None or score > than)
 
 
-def _best(*scores: float | None) -> float | None:
+def best_score(*scores: float | None) -> float | None:
+    """The highest of the known scores (None: none known)."""
     return max((s for s in scores if s is not None), default=None)

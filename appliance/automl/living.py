@@ -33,7 +33,10 @@ def run_rows(store: Store, run_id: str, features: dict[str, float]) -> list[dict
     """One meta-base row per trial and validated halving step of a run."""
     run = store.run(run_id)
     trials = {t.rank: t for t in store.trials(run_id)}
-    undecided = {step.step for step in store.finished_steps(run_id) if not step.decided}
+    steps = store.finished_steps(run_id)
+    # the run's last step is the winner's last stretch (with a runner-up that came back, two): not learning curves
+    final = max((step.step for step in steps), default=None)
+    undecided = {step.step for step in steps if not step.decided or step.step == final}
     results = [r for r in store.step_results(run_id) if r.validation_iou is not None and r.step not in undecided]
     final_mp = {}
     for r in results:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.automl.halving import DoesNotFit, SuccessiveHalving, TrainedSlice, TrialFailed, Validation, enter_trials
-from appliance.automl.last_stretch import PARTS, ROLLBACK_MARGIN, Part
+from appliance.automl.last_stretch import COLLAPSE_MARGIN, PARTS, ROLLBACK_MARGIN, Part
 from appliance.automl.ranking import fallback_ranking
 from appliance.pipeline.learning_rate import COOLDOWN
 from appliance.store import Store
@@ -310,6 +310,105 @@ def test_a_part_rolls_back_only_when_it_falls_more_than_the_margin(tmp_path, sco
     assert messages[3].endswith("part 4/4 at 4 steps: validation 0.400, below its best 0.520 (that one is kept)")
 
 
+class ScriptedByTrial(FakeBackend):
+    """Each trial's validations return the next of its own scores (by meta-model rank); a trial out of scores
+    validates at its last one."""
+
+    def __init__(self, clock, scores: dict[int, list[float]], **kwargs):
+        super().__init__(clock, **kwargs)
+        self.scores = {rank: list(values) for rank, values in scores.items()}
+        self.rank_of: dict[str, int] = {}
+
+    def validate(self, trainer) -> Validation:
+        self.clock.advance(self.eval_cost)
+        self.validations += 1
+        left = self.scores[self.rank_of[trainer["config_id"]]]
+        score = left.pop(0) if len(left) > 1 else left[0]
+        return Validation(score, [score])
+
+
+def _race_of_two(tmp_path, scores, **kwargs):
+    """Two trials, two steps: rank 1 and rank 2 race in step 1, the better one's last slice is step 2."""
+    clock = FakeClock()
+    backend = ScriptedByTrial(clock, scores, eval_cost=1.0, **kwargs)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=2, budget=400.0)
+    backend.rank_of = {t.config_id: t.rank for t in store.trials(run_id)}
+    halving.overhead_estimate = lambda config: (0.0, 1.0)
+    return clock, backend, store, run_id, halving
+
+
+def test_a_collapsed_last_slice_hands_the_rest_of_the_step_to_the_runner_up(tmp_path):
+    from appliance.automl.job import exported_weights
+
+    # rank 1 wins the race at 0.80 and collapses to 0.60 in its last slice; the runner-up (0.70) goes on to 0.83
+    clock, backend, store, run_id, halving = _race_of_two(
+        tmp_path, {1: [0.80, 0.60], 2: [0.70, 0.72, 0.78, 0.83, 0.82]}
+    )
+    trials = {t.rank: t for t in store.trials(run_id)}
+    start = clock()
+    winner = halving.run()
+    assert clock() - start <= 400.0 + 1e-6  # the runner-up had what the winner's slice left of the budget
+    assert winner.rank == 2 and store.trials(run_id, status="dropped")[0].rank == 1
+    last = {row.rank: row for row in store.step_results(run_id, 1)}
+    assert last[1].validation_iou == 0.60 and last[2].validation_iou == 0.83
+    assert last[1].seconds_trained < last[2].seconds_trained / 2  # one part of four, then the rest of the step
+    rank_one_parts = [part for config_id, part, _ in backend.parts if config_id == trials[1].config_id][1:]
+    assert rank_one_parts == [(0.0, 0.25)]  # the winner's slice ended after its first part, no roll-back
+    assert store.finished_steps(run_id)[-1].active == [1, 2]
+    messages = [e.message for e in store.events(run_id)][::-1]
+    assert any(
+        "part 1/4" in m and "more than 0.05 below the 0.800 that won the race: the slice ends here" in m
+        for m in messages
+    )
+    assert any(
+        m.startswith(f"{trials[2].config_id} (rank 2), the runner-up of step 1 (0.700), comes back") for m in messages
+    )
+    weights, iou = exported_weights(store, run_id, winner, backend)
+    assert iou == 0.83 and weights["config_id"] == trials[2].config_id
+    assert not list((tmp_path / run_id / "trials" / "rank-001").glob("*.pt"))  # the loser's weights went
+
+
+def test_a_runner_up_that_does_not_beat_the_score_that_won_the_race_leaves_the_winner_its_earlier_weights(tmp_path):
+    from appliance.automl.job import exported_weights
+
+    clock, backend, store, run_id, halving = _race_of_two(tmp_path, {1: [0.80, 0.60], 2: [0.70, 0.72, 0.74, 0.75]})
+    winner = halving.run()
+    assert winner.rank == 1  # its 0.80 after step 1 is the best validated point of the two
+    weights, iou = exported_weights(store, run_id, winner, backend)
+    assert iou == 0.80 and weights["seconds"] == store.step_results(run_id, 0)[0].total_seconds_trained
+    assert not list((tmp_path / run_id / "trials" / "rank-002").glob("*.pt"))
+
+
+@pytest.mark.parametrize("dip", [0.03, 0.049])
+def test_a_dip_within_the_collapse_margin_keeps_the_winner_training_and_drops_the_runner_ups_weights(tmp_path, dip):
+    assert COLLAPSE_MARGIN == 0.05
+    clock, backend, store, run_id, halving = _race_of_two(tmp_path, {1: [0.80, 0.80 - dip, 0.82], 2: [0.70]})
+    assert halving.run().rank == 1
+    assert [row.rank for row in store.step_results(run_id, 1)] == [1]
+    assert len([part for config_id, part, _ in backend.parts if part != (0.0, 1.0)]) == PARTS
+    assert not list((tmp_path / run_id / "trials" / "rank-002").glob("*.pt"))  # kept through the slice, then gone
+
+
+@pytest.mark.parametrize("killed_in", ["the runner-up's slice", "before it came back"])
+def test_a_kill_around_the_hand_over_resumes_with_the_runner_up_and_trains_nothing_twice(tmp_path, killed_in):
+    scores = {1: [0.80, 0.60], 2: [0.70, 0.72, 0.78, 0.83, 0.82]}
+    interrupt_at = 2 + 1 + 1 if killed_in == "the runner-up's slice" else None  # its second part
+    clock, backend, store, run_id, halving = _race_of_two(tmp_path, scores, interrupt_at=interrupt_at)
+    if interrupt_at is None:  # a kill right after the winner's slice was recorded, before the runner-up came back
+        halving._bring_back = lambda *args: (_ for _ in ()).throw(Interrupt())
+    with pytest.raises(Interrupt):
+        halving.run()
+    assert [row.rank for row in store.step_results(run_id, 1)] == [1]
+
+    resumed = ScriptedByTrial(clock, {1: [0.99], 2: [0.72, 0.78, 0.83, 0.82]}, eval_cost=1.0)
+    resumed.rank_of = backend.rank_of
+    again = SuccessiveHalving(store, run_id, resumed, budget_seconds=400.0, run_dir=tmp_path / run_id, clock=clock)
+    again.overhead_estimate = halving.overhead_estimate
+    assert again.run().rank == 2
+    assert {config_id for config_id, _ in resumed.trained} == {store.trials(run_id)[1].config_id}  # the runner-up only
+    assert [row.rank for row in store.step_results(run_id, 1)] == [1, 2]
+
+
 class Overtrained(FakeBackend):
     """Validation falls once a trial has trained more than ``peak`` seconds (a constant learning rate's collapse)."""
 
@@ -327,7 +426,9 @@ class Overtrained(FakeBackend):
 @pytest.mark.parametrize(
     ("peak", "exported", "rolled_back_to"),
     [
-        (110.0, "step 2", ["step-1.pt"] * (PARTS - 1)),  # every part of the last slice is past the peak
+        # every part of the last slice is past the peak: the winner's first part collapses, the runner-up comes back
+        # and, past its peak too, rolls back after each part but its last; the winner's step-2 weights stay the best
+        (110.0, "step 2", ["step-1.pt"] * (PARTS - 1)),
         (
             150.0,
             "part 1",

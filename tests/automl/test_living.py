@@ -38,3 +38,16 @@ def test_a_finished_run_adds_one_row_per_decided_slice_once(tmp_path):
     base = load_metabase(tmp_path / "data" / LIVING_METABASE)  # reads as a meta-base the meta-model tools accept
     assert set(base.columns["set"].tolist()) == {"fake"}
     assert len({(r["config_id"], r["fidelity_mp"]) for r in rows}) == len(rows)
+
+
+def test_a_runner_up_that_came_back_for_the_last_step_adds_no_row_of_that_step(tmp_path):
+    from tests.automl.test_halving import _race_of_two
+
+    _, _, store, run_id, halving = _race_of_two(tmp_path, {1: [0.80, 0.60], 2: [0.70, 0.72, 0.78, 0.83]})
+    store.update_run(run_id, run_dir=str(tmp_path / run_id), split={"validation": ["a"]}, device="cpu")
+    halving.run()
+    assert len(store.step_results(run_id, 1)) == 2  # the winner's collapsed slice and the runner-up's
+    save_features(tmp_path / run_id, FEATURES)
+    assert record_run(tmp_path / "data", store, run_id) == 2  # the race's step only: two learning-curve points
+    rows = read_metabase_rows(tmp_path / "data" / LIVING_METABASE)
+    assert sorted(float(r["val_iou"]) for r in rows) == [0.70, 0.80]
