@@ -380,7 +380,13 @@ class SuccessiveHalving:
         if task.checkpoint and Path(task.checkpoint) != Path(task.path) and task.validate:
             Path(task.checkpoint).unlink(missing_ok=True)
         self.on_slice(
-            {"step": step, "steps": self.schedule.steps, "racing": self.schedule.active[step], "rank": rank, **result}
+            {
+                "step": step,
+                "steps": self.schedule.steps,
+                "racing": len(self.store.trials(self.run_id, status=TrialStatus.ACTIVE)),  # a runner-up may be back
+                "rank": rank,
+                **result,
+            }
         )
         return True
 
