@@ -39,7 +39,6 @@ previous step's checkpoint, with the step's budget minus what its recorded slice
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
@@ -160,9 +159,14 @@ class SuccessiveHalving:
                     slots=self.executor.slots,
                     busy=[end - now for _, _, end in running.values()],
                 )
-                task = self._task(trial, step, share, validate=decides, attempt=attempts.get(trial.rank, 0))
-                if runner_up is not None and trial.rank != runner_up.rank and task.parts:
-                    task = dataclasses.replace(task, hand_over=True)
+                task = self._task(
+                    trial,
+                    step,
+                    share,
+                    validate=decides,
+                    attempt=attempts.get(trial.rank, 0),
+                    hand_over=runner_up is not None and trial.rank != runner_up.rank,
+                )
                 running[self.executor.submit(task)] = (trial, task, now + share)
             for handle, outcome in self.executor.wait():
                 trial, task, _ = running.pop(handle)
@@ -269,8 +273,11 @@ class SuccessiveHalving:
         )
         return [next(t for t in self.store.trials(self.run_id) if t.rank == runner_up.rank)]
 
-    def _task(self, trial: Trial, step: int, share: float, *, validate: bool, attempt: int) -> SliceTask:
-        """What a worker needs to train ``trial``'s slice: where to continue from, for how long, where to save."""
+    def _task(
+        self, trial: Trial, step: int, share: float, *, validate: bool, attempt: int, hand_over: bool = False
+    ) -> SliceTask:
+        """What a worker needs to train ``trial``'s slice: where to continue from, for how long, where to save
+        (``hand_over``: a runner-up waits, so a last slice trained in parts ends early when it collapses)."""
         config = PipelineConfig.from_dict(trial.config)
         previous = self.store.step_results(self.run_id, step - 1) if step > 0 else []
         before = next((row for row in previous if row.rank == trial.rank), None)
@@ -308,6 +315,7 @@ class SuccessiveHalving:
             cooldown=cooldown,
             parts=parts,
             reference=selection_score(before) if before else None,
+            hand_over=hand_over and parts > 0,
             path=str(self.run_dir / "trials" / f"rank-{trial.rank:03d}" / f"step-{step}.pt"),
             attempt=attempt,
         )

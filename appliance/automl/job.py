@@ -9,9 +9,9 @@ Everything is recorded in the store as it happens; :func:`train_set` called agai
 the same parameters resumes an unfinished run instead of starting over.
 
 Files, under ``<data dir>/runs/<run id>/``: ``trials/rank-NNN/step-S.pt`` (checkpoints of trials still in
-the race, and of the runner-up during the winner's last slice), ``qc/<stem>.png`` (image | truth | prediction for each test image), ``qc/halving.png`` (every
-trial's validation IoU per step, the paper's Fig. 9) and ``qc/test.json``; the exported model goes to
-``<data dir>/models/<model id>/`` (``model.onnx`` + ``model.json``).
+the race, and of the runner-up during the winner's last slice), ``qc/<stem>.png`` (image | truth | prediction for
+each test image), ``qc/halving.png`` (every trial's validation IoU per step, the paper's Fig. 9) and
+``qc/test.json``; the exported model goes to ``<data dir>/models/<model id>/`` (``model.onnx`` + ``model.json``).
 """
 
 from __future__ import annotations
