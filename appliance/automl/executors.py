@@ -141,7 +141,7 @@ def run_slice(
         budget = max(0.0, task.share - task.overhead - (clock() - started))
         parts: tuple[Part, ...] = ()
         if task.parts >= 2:  # saves its best part's checkpoint itself
-            stretch = train_in_parts(backend, trainer, task, budget, clock=clock)
+            stretch = train_in_parts(backend, trainer, task, budget, clock=clock, deadline=started + task.share)
             trained, validation, validation_seconds, parts = (
                 stretch.trained,
                 stretch.validation,

@@ -263,6 +263,47 @@ def test_a_fall_in_the_last_slice_rolls_back_to_the_best_weights_at_half_the_rat
     assert weights["learned"] == best["learned"] and iou == pytest.approx(result.validation_iou)
 
 
+def test_the_parts_saves_are_paid_for_inside_the_slice(tmp_path):
+    # the plan costs one save and one validation per part; here every part is better (so saved) and a save takes
+    # 5 s: the parts after the first train for less, so the slice still ends within its share
+    clock = FakeClock()
+    backend = FakeBackend(clock, eval_cost=1.0, save_cost=5.0)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
+    halving.overhead_estimate = lambda config: (0.0, 1.0)  # (outside training, one validation) seconds
+    start = clock()
+    halving.run()
+    assert clock() - start <= 400.0 + 1e-6
+    (result,) = store.step_results(run_id)
+    assert result.wall_seconds <= 400.0 + 1e-6
+    seconds = [seconds for _, seconds in backend.trained]
+    assert len(seconds) == PARTS and seconds[0] == pytest.approx(99.0)  # planned: (400 - 4 validations) / 4
+    assert seconds[1:] == pytest.approx([(400.0 - 105.0) / 3 - 6.0] * 3)  # each later part pays a save too
+    assert result.seconds_trained == pytest.approx(sum(seconds))
+
+
+class Overshooting(FakeBackend):
+    """Each training call takes ``over`` seconds more than it was given (start-up, a last step), unreported."""
+
+    def __init__(self, clock, *, over, **kwargs):
+        super().__init__(clock, **kwargs)
+        self.over = over
+
+    def train(self, trainer, seconds, *, cooldown=0.0, part=(0.0, 1.0), rate=1.0):
+        trained = super().train(trainer, seconds, cooldown=cooldown, part=part, rate=rate)
+        self.clock.advance(self.over)
+        return trained
+
+
+def test_a_training_call_that_overruns_is_paid_for_by_the_later_parts(tmp_path):
+    clock = FakeClock()
+    backend = Overshooting(clock, over=3.0, eval_cost=1.0)
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
+    halving.overhead_estimate = lambda config: (0.0, 1.0)
+    start = clock()
+    halving.run()
+    assert clock() - start <= 400.0 + 1e-6  # without the correction: 412 s
+
+
 def test_a_part_that_is_the_slices_best_but_below_the_previous_step_says_which_weights_are_best():
     below = Part(1, 40, 0.45, 1.0, kept=True, rolled_back=False, best=0.50)
     assert below.describe("c-1", 2, 4).endswith(
