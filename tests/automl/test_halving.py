@@ -102,6 +102,14 @@ def _run(tmp_path, backend, clock, *, top_n=50, budget=3000.0, store=None):
     return store, run_id, halving
 
 
+def _one_trial(tmp_path, backend, clock):
+    """A 400-s run of one trial (its only slice is a last slice in parts), planned with 1 s per validation and
+    nothing outside training."""
+    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
+    halving.overhead_estimate = lambda config: (0.0, 1.0)  # (outside training, one validation) seconds
+    return store, run_id, halving
+
+
 def test_fifty_trials_halve_to_one_and_the_winner_gets_27_4_percent(tmp_path):
     clock = FakeClock()
     backend = FakeBackend(clock)
@@ -241,8 +249,7 @@ def test_a_fall_in_the_last_slice_rolls_back_to_the_best_weights_at_half_the_rat
 
     clock = FakeClock()
     backend = Peaked(clock, peak=120.0, eval_cost=1.0)
-    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
-    halving.overhead_estimate = lambda config: (0.0, 1.0)  # (outside training, one validation) seconds
+    store, run_id, halving = _one_trial(tmp_path, backend, clock)
     start = clock()
     winner = halving.run()
     assert clock() - start <= 400.0 + 1e-6  # the parts' validations were planned inside the budget
@@ -263,24 +270,6 @@ def test_a_fall_in_the_last_slice_rolls_back_to_the_best_weights_at_half_the_rat
     assert weights["learned"] == best["learned"] and iou == pytest.approx(result.validation_iou)
 
 
-def test_the_parts_saves_are_paid_for_inside_the_slice(tmp_path):
-    # the plan costs one save and one validation per part; here every part is better (so saved) and a save takes
-    # 5 s: the parts after the first train for less, so the slice still ends within its share
-    clock = FakeClock()
-    backend = FakeBackend(clock, eval_cost=1.0, save_cost=5.0)
-    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
-    halving.overhead_estimate = lambda config: (0.0, 1.0)  # (outside training, one validation) seconds
-    start = clock()
-    halving.run()
-    assert clock() - start <= 400.0 + 1e-6
-    (result,) = store.step_results(run_id)
-    assert result.wall_seconds <= 400.0 + 1e-6
-    seconds = [seconds for _, seconds in backend.trained]
-    assert len(seconds) == PARTS and seconds[0] == pytest.approx(99.0)  # planned: (400 - 4 validations) / 4
-    assert seconds[1:] == pytest.approx([(400.0 - 105.0) / 3 - 6.0] * 3)  # each later part pays a save too
-    assert result.seconds_trained == pytest.approx(sum(seconds))
-
-
 class Overshooting(FakeBackend):
     """Each training call takes ``over`` seconds more than it was given (start-up, a last step), unreported."""
 
@@ -294,14 +283,31 @@ class Overshooting(FakeBackend):
         return trained
 
 
-def test_a_training_call_that_overruns_is_paid_for_by_the_later_parts(tmp_path):
+@pytest.mark.parametrize(
+    ("make_backend", "later_parts"),
+    [
+        # every part is better, so saved, and a save takes 5 s (the plan costs one): 420 s without paying for them
+        (lambda clock: FakeBackend(clock, eval_cost=1.0, save_cost=5.0), (400.0 - 105.0) / 3 - 6.0),
+        # each training call runs 3 s over what it was given: 412 s without paying for it
+        (lambda clock: Overshooting(clock, over=3.0, eval_cost=1.0), (400.0 - 103.0) / 3 - 4.0),
+    ],
+    ids=["a save per better part", "training calls that overrun"],
+)
+def test_the_parts_pay_for_what_the_plan_did_not_cost_and_the_slice_ends_within_its_share(
+    tmp_path, make_backend, later_parts
+):
     clock = FakeClock()
-    backend = Overshooting(clock, over=3.0, eval_cost=1.0)
-    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
-    halving.overhead_estimate = lambda config: (0.0, 1.0)
+    backend = make_backend(clock)
+    store, run_id, halving = _one_trial(tmp_path, backend, clock)
     start = clock()
     halving.run()
-    assert clock() - start <= 400.0 + 1e-6  # without the correction: 412 s
+    assert clock() - start <= 400.0 + 1e-6
+    (result,) = store.step_results(run_id)
+    assert result.wall_seconds <= 400.0 + 1e-6
+    seconds = [seconds for _, seconds in backend.trained]
+    assert seconds[0] == pytest.approx(99.0)  # as planned: (400 s - 4 validations) / 4 parts
+    assert seconds[1:] == pytest.approx([later_parts] * (PARTS - 1))  # each pays what the first part measured
+    assert result.seconds_trained == pytest.approx(sum(seconds))
 
 
 def test_a_part_that_is_the_slices_best_but_below_the_previous_step_says_which_weights_are_best():
@@ -340,8 +346,7 @@ def test_a_part_rolls_back_only_when_it_falls_more_than_the_margin(tmp_path, sco
     assert ROLLBACK_MARGIN == 0.02
     clock = FakeClock()
     backend = Scripted(clock, scores, eval_cost=1.0)
-    store, run_id, halving = _run(tmp_path, backend, clock, top_n=1, budget=400.0)
-    halving.overhead_estimate = lambda config: (0.0, 1.0)
+    store, run_id, halving = _one_trial(tmp_path, backend, clock)
     halving.run()
     assert [rate for _, _, rate in backend.parts] == rates and len(backend.restored) == restored
     (result,) = store.step_results(run_id)
