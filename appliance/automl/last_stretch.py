@@ -119,17 +119,17 @@ def train_in_parts(
     seconds: float,
     *,
     clock: Callable[[], float],
-    deadline: float | None = None,
+    deadline: float,
 ) -> StretchOutcome:
     """Train ``task``'s last slice for ``seconds`` in ``task.parts`` parts, validating after each, rolling back after
     a fall (ending early after a collapse when ``task.hand_over``); the best part's weights are saved at
     ``task.path`` (whenever a part is the best so far, so a kill leaves a whole checkpoint).
 
-    With a ``deadline`` (a ``clock`` time), each part after the first trains for its share of what is left before
-    the deadline once the remaining parts' costs beyond their training are paid for (validation, save, roll-back,
-    a training call's start-up and last step), each costed at the average measured so far: the plan's estimate
-    covers one save and a previous slice's validation, and a part's save (each better part is one) or a slower
-    validation would otherwise make the slice overrun."""
+    The first part trains for ``seconds / task.parts``; each part after it for its share of what is left before
+    ``deadline`` (a ``clock`` time, the slice's end) once the remaining parts' costs beyond their training are paid
+    for (validation, save, roll-back, a training call's start-up and last step), each costed at the average measured
+    so far: the plan's estimate covers one save and a previous slice's validation, and a part's save (each better
+    part is one) or a slower validation would otherwise make the slice overrun."""
     parts = task.parts
     reference = task.reference  # the previous step's score: its weights (task.checkpoint) are a point to go back to
     best_path = task.checkpoint if reference is not None else None
@@ -139,11 +139,10 @@ def train_in_parts(
     last = None
     beyond_training: list[float] = []  # each part's seconds beyond the training asked of it
     for index in range(parts):
-        left = parts - index
-        if deadline is not None and beyond_training:
-            part_seconds = (deadline - clock()) / left - sum(beyond_training) / len(beyond_training)
+        if beyond_training:
+            part_seconds = (deadline - clock()) / (parts - index) - sum(beyond_training) / len(beyond_training)
         else:
-            part_seconds = (seconds - trained_seconds) / left
+            part_seconds = seconds / parts
         part_seconds = max(1e-3, part_seconds)
         part_started = clock()
         last = backend.train(
