@@ -273,10 +273,10 @@ def test_images_of_a_project_without_a_model_are_a_problem_with_the_fix(page_env
     ), errors
 
 
-def test_a_model_trained_for_seconds_is_kept_out_by_the_quality_gate_and_the_page_says_why(
-    page_env, tmp_path, trained_model, demo_set_dir
+def test_a_model_worse_than_otsu_is_kept_out_by_the_quality_gate_and_the_page_says_why(
+    page_env, tmp_path, untrained_model, demo_set_dir
 ):
-    """The real rule on a real (4-s, nearly all "cell") model; then Models and Problems say why and how."""
+    """The real rule on a real (untrained) model; then Models and Problems say why and how."""
     from appliance.data.labelled_set import load_labelled_set
     from appliance.data.splits import split_stems
     from appliance.service.activation import decide_activation
@@ -286,7 +286,7 @@ def test_a_model_trained_for_seconds_is_kept_out_by_the_quality_gate_and_the_pag
     split = split_stems(labelled_set.stems, seed=0)
     run = store.create_run(set_name=labelled_set.name, set_dir=str(demo_set_dir), split=split.to_dict())
     model = store.register_model(run_id=run, set_name=labelled_set.name, path="")
-    store.finish_export(run, model, str(trained_model))
+    store.finish_export(run, model, str(untrained_model))
     job, _ = store.enqueue("train", "set-1", payload={}, project="hela")
     store.claim("train", "worker", lease_seconds=60)
     store.complete(job, "worker")
