@@ -12,6 +12,7 @@ Folders, all under ``data_dir`` unless set::
     results/<project>/      masks, overlays and measurements.csv
     sets/                   managed copies of accepted labelled sets (content-addressed)
     runs/, models/          training runs and exported models
+    cache/tensorrt/         TensorRT engines of the exported models (only where TensorRT is installed)
     appliance.sqlite        the store
 """
 
@@ -281,6 +282,11 @@ class Settings:
     def trained_models_dir(self) -> Path:
         """The exported models of finished runs, one folder per model id (``model.onnx`` + ``model.json``)."""
         return self.data_dir / "models"
+
+    @property
+    def engine_cache_dir(self) -> Path:
+        """TensorRT engines of the models served, built on a model's first session (see ``pipeline/predictor.py``)."""
+        return self.data_dir / "cache" / "tensorrt"
 
     @property
     def inbox(self) -> Path:

@@ -128,7 +128,9 @@ def inference_table(device: torch.device, args) -> None:
             tiles=tiles,
         )
         providers = default_providers() if device.type == "cuda" else [CPU_PROVIDER]
-        predictor = OnnxPredictor(folder, providers=providers, threads=torch.get_num_threads())
+        predictor = OnnxPredictor(
+            folder, providers=providers, threads=torch.get_num_threads(), engine_cache=Path(folder) / "engines"
+        )
         runs = {
             "pytorch, device blend": lambda: trainer.logits(image, tiles=tiles),
             "pytorch, host blend (before)": lambda: sliding_window_logits(normalised, host_runner, tiles=tiles),

@@ -351,7 +351,8 @@ def _finish(
             **({"test_objects": tested.objects} if tested.objects else {}),
         },
     )
-    parity = onnx_parity(trainer.model, OnnxPredictor(model_dir), tested.images[:1])
+    predictor = OnnxPredictor(model_dir, engine_cache=settings.engine_cache_dir)  # builds the served engine
+    parity = onnx_parity(trainer.model, predictor, tested.images[:1])
     fault_point("exported")
     store.finish_export(
         run_id,

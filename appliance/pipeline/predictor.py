@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import importlib.util
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,14 +14,20 @@ import onnxruntime as ort
 
 from appliance.data.io import NORMALISATION, normalise, read_format_json
 from appliance.errors import ModelFileError
-from appliance.pipeline.inference import TileSettings, sliding_window_logits
+from appliance.pipeline.inference import SIZE_MULTIPLE, TileSettings, sliding_window_logits
 from appliance.pipeline.instances import DEFAULT_SEED_DEPTH_PX
 from appliance.pipeline.task import SEMANTIC, TASKS, Segmentation, class_map, network_class_names, segmentation
 
+logger = logging.getLogger(__name__)
+
 METADATA_FILE = "model.json"
 METADATA_FORMAT = 1
+TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+GPU_PROVIDERS = (TENSORRT_PROVIDER, CUDA_PROVIDER)
+TENSORRT_LIBRARIES = ("libnvinfer.so.10", "libnvonnxparser.so.10")
+"""What onnxruntime's TensorRT provider links against (TensorRT 10); without them it cannot load."""
 
 
 @lru_cache(maxsize=1)
@@ -37,9 +46,9 @@ def cuda_device_present() -> bool:
 
 
 class CudaBatchRunner:
-    """Runs tile batches on a CUDA session through I/O binding: the batch is copied into an input buffer that stays
-    on the GPU (one per batch shape, reused), the logits go to GPU memory from ONNX Runtime's arena and come back
-    in one copy; ``session.run`` would allocate and copy both through host-side staging on every call.
+    """Runs tile batches on a CUDA or TensorRT session through I/O binding: the batch is copied into an input buffer
+    that stays on the GPU (one per batch shape, reused), the logits go to GPU memory from ONNX Runtime's arena and
+    come back in one copy; ``session.run`` would allocate and copy both through host-side staging on every call.
     """
 
     MAX_SHAPES = 4  # input buffers kept: a full batch and a last, shorter one, for a few image sizes
@@ -65,11 +74,90 @@ class CudaBatchRunner:
         return binding.copy_outputs_to_cpu()[0]
 
 
+@lru_cache(maxsize=1)
+def tensorrt_version() -> int | None:
+    """TensorRT's version as its library reports it (10.9.0 → 100900) when TensorRT 10 is installed, else None.
+
+    The libraries are looked up on the loader's path, then in the ``tensorrt_libs`` folder the ``tensorrt`` wheels
+    install; they are loaded globally so that onnxruntime's TensorRT provider finds them when it loads.
+    """
+    spec = importlib.util.find_spec("tensorrt_libs")
+    wheel_dirs = [Path(folder) for folder in (spec.submodule_search_locations or [])] if spec else []
+    loaded = None
+    for name in TENSORRT_LIBRARIES:
+        for candidate in [name, *(str(folder / name) for folder in wheel_dirs)]:
+            try:
+                library = ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+            loaded = loaded or library
+            break
+        else:
+            return None
+    loaded.getInferLibVersion.restype = ctypes.c_int32
+    return int(loaded.getInferLibVersion())
+
+
 def default_providers() -> list[str]:
-    """CUDA first when a GPU is present and onnxruntime has the CUDA provider, then CPU."""
-    if cuda_device_present() and CUDA_PROVIDER in ort.get_available_providers():
-        return [CUDA_PROVIDER, CPU_PROVIDER]
-    return [CPU_PROVIDER]
+    """The GPU providers first when a GPU is present and onnxruntime has them (TensorRT only when TensorRT is
+    installed, then CUDA), then CPU."""
+    if not cuda_device_present():
+        return [CPU_PROVIDER]
+    available = ort.get_available_providers()
+    gpu = [name for name in GPU_PROVIDERS if name in available]
+    if TENSORRT_PROVIDER in gpu and tensorrt_version() is None:
+        gpu.remove(TENSORRT_PROVIDER)
+    return [*gpu, CPU_PROVIDER]
+
+
+def default_engine_cache() -> Path:
+    """Where TensorRT engines go when the caller names no folder (the service names ``Settings.engine_cache_dir``)."""
+    return Path.home() / ".cache" / "appliance" / "tensorrt"
+
+
+def tensorrt_options(onnx_path: Path, metadata: dict, engine_cache: Path) -> dict[str, str]:
+    """The TensorRT provider's options for one model: an engine built once and kept on disk, for every tile batch.
+
+    onnxruntime names cached engines after the graph's structure, not its weights, and does not rebuild them for
+    another onnxruntime or TensorRT version; so each model file's engines get their own folder, named after its
+    content and both versions. One optimisation profile spans every batch the sliding window sends (1 to
+    ``batch_size`` tiles of 32 px up to ``tile_size``), so no shape builds a second engine. FP16 kernels as the
+    PyTorch path's autocast on CUDA.
+    """
+    with open(onnx_path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    folder = engine_cache / f"{digest[:16]}-ort{ort.__version__}-trt{tensorrt_version()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    tiles = TileSettings(**metadata["tiles"])
+    channels = int(metadata["input"]["channels"])
+    largest = f"image:{tiles.batch_size}x{channels}x{tiles.tile_size}x{tiles.tile_size}"
+    return {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(folder),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(folder),
+        "trt_fp16_enable": "True",
+        "trt_profile_min_shapes": f"image:1x{channels}x{SIZE_MULTIPLE}x{SIZE_MULTIPLE}",
+        "trt_profile_opt_shapes": largest,
+        "trt_profile_max_shapes": largest,
+    }
+
+
+def session_providers(
+    names: list[str], onnx_path: Path, metadata: dict, engine_cache: Path
+) -> list[str | tuple[str, dict[str, str]]]:
+    """``names`` as ONNX Runtime takes them, the TensorRT provider with its options; TensorRT is left out (CUDA
+    serves) when its engine folder cannot be made, e.g. a read-only cache."""
+    providers: list[str | tuple[str, dict[str, str]]] = []
+    for name in names:
+        if name != TENSORRT_PROVIDER:
+            providers.append(name)
+            continue
+        try:
+            providers.append((name, tensorrt_options(onnx_path, metadata, engine_cache)))
+        except OSError as error:
+            logger.warning("TensorRT left out for %s: no engine folder in %s (%s)", onnx_path, engine_cache, error)
+    return providers
 
 
 class OnnxPredictor:
@@ -83,9 +171,19 @@ class OnnxPredictor:
         ONNX Runtime execution providers; default :func:`default_providers`.
     threads : int, optional
         Intra-op threads for the CPU provider (default: ONNX Runtime's choice, all cores).
+    engine_cache : path, optional
+        Folder of TensorRT engines when the TensorRT provider runs (default :func:`default_engine_cache`): the first
+        session of a model builds its engine there, later ones load it.
     """
 
-    def __init__(self, model_dir: str | Path, *, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        engine_cache: str | Path | None = None,
+    ):
         self.model_dir = Path(model_dir)
         self.metadata = read_model_metadata(self.model_dir)
         options = ort.SessionOptions()
@@ -93,15 +191,18 @@ class OnnxPredictor:
         if threads:
             options.intra_op_num_threads = threads
         onnx_path = self.model_dir / self.metadata["model_file"]
+        engine_cache = Path(engine_cache) if engine_cache is not None else default_engine_cache()
         try:
             self.session = ort.InferenceSession(
-                str(onnx_path), sess_options=options, providers=providers or default_providers()
+                str(onnx_path),
+                sess_options=options,
+                providers=session_providers(providers or default_providers(), onnx_path, self.metadata, engine_cache),
             )
         except Exception as exc:
             raise ModelFileError(f"{onnx_path}: ONNX Runtime cannot load it ({exc}); export the model again") from exc
         self._cuda_runner = None
-        if self.provider == CUDA_PROVIDER:
-            options = self.session.get_provider_options().get(CUDA_PROVIDER, {})
+        if self.provider in GPU_PROVIDERS:
+            options = self.session.get_provider_options().get(self.provider, {})
             self._cuda_runner = CudaBatchRunner(self.session, device_id=int(options.get("device_id", 0)))
         self.tiles = TileSettings(**self.metadata["tiles"])
         self.in_channels = int(self.metadata["input"]["channels"])
@@ -124,7 +225,7 @@ class OnnxPredictor:
         return self.session.get_providers()[0]
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Logits ``(B, K + 1, h, w)`` of a float32 ``(B, C, h, w)`` batch of tiles (I/O binding on CUDA)."""
+        """Logits ``(B, K + 1, h, w)`` of a float32 ``(B, C, h, w)`` batch of tiles (I/O binding on the GPU)."""
         if self._cuda_runner is not None:
             return self._cuda_runner(batch)
         return self.session.run(["logits"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -42,11 +42,14 @@ class Decision:
     model_mean_iou: float | None = None  # the model's, on the same images
 
 
-def evaluate_model(model_dir: str | Path, images: list, masks: list, *, num_classes: int) -> Evaluation:
+def evaluate_model(
+    model_dir: str | Path, images: list, masks: list, *, num_classes: int, engine_cache: Path | None = None
+) -> Evaluation:
     """An exported model's scores on images of a labelled set (ONNX Runtime, as it serves)."""
     from appliance.pipeline.predictor import OnnxPredictor  # ONNX Runtime: not for the page's manual activation
 
-    return evaluate(OnnxPredictor(model_dir).predict, images, masks, num_classes=num_classes)
+    predictor = OnnxPredictor(model_dir, engine_cache=engine_cache)
+    return evaluate(predictor.predict, images, masks, num_classes=num_classes)
 
 
 def baseline_on_split(labelled_set: LabelledSet, train_stems: list[str], images: list, masks: list) -> Evaluation:
@@ -58,8 +61,13 @@ def baseline_on_split(labelled_set: LabelledSet, train_stems: list[str], images:
     return evaluate(otsu, images, masks, num_classes=labelled_set.num_classes)
 
 
-def decide_activation(store: Store, *, model_id: str, project: str, quality_gate: bool = True) -> Decision:
-    """Apply the activation rule to a freshly registered model and store the decision (once per model)."""
+def decide_activation(
+    store: Store, *, model_id: str, project: str, quality_gate: bool = True, engine_cache: Path | None = None
+) -> Decision:
+    """Apply the activation rule to a freshly registered model and store the decision (once per model).
+
+    ``engine_cache``: the TensorRT engine folder of the served models (``Settings.engine_cache_dir``).
+    """
     earlier = store.decision_for(model_id)
     if earlier is not None:
         return Decision(
@@ -72,7 +80,7 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
     labelled_set = load_labelled_set(run.set_dir)  # validated, and its test images read, once for every score
     images, masks = read_split_images(labelled_set, tuple(test_stems))
     k = labelled_set.num_classes
-    evaluation = evaluate_model(model.path, images, masks, num_classes=k)
+    evaluation = evaluate_model(model.path, images, masks, num_classes=k, engine_cache=engine_cache)
     new_score = evaluation.mean_foreground_iou
     active = store.active_model(project)
     previous_score = baseline_score = None
@@ -90,7 +98,8 @@ def decide_activation(store: Store, *, model_id: str, project: str, quality_gate
         activated, reason = True, "first model of the project"
     else:
         try:
-            previous_score = evaluate_model(active.path, images, masks, num_classes=k).mean_foreground_iou
+            previous = evaluate_model(active.path, images, masks, num_classes=k, engine_cache=engine_cache)
+            previous_score = previous.mean_foreground_iou
         except ApplianceError as error:
             activated, reason = True, f"the active model {active.id} cannot segment this set ({error})"
         else:

@@ -56,7 +56,8 @@ class InferenceWorker:
     def predictor(self, model: Model) -> OnnxPredictor:
         """The loaded session of a model (sessions of models no longer active are dropped)."""
         if model.id not in self._predictors:
-            self._predictors = {model.id: OnnxPredictor(model.path), **self._predictors}
+            predictor = OnnxPredictor(model.path, engine_cache=self.settings.engine_cache_dir)
+            self._predictors = {model.id: predictor, **self._predictors}
             active = set(self.store.active_projects().values())
             self._predictors = {k: v for k, v in self._predictors.items() if k in active or k == model.id}
         return self._predictors[model.id]

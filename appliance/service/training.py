@@ -177,7 +177,11 @@ def run_job(job_id: int, settings: Settings, *, log: Callable[[str], None] = pri
         log(f"run {run.id} of this set already finished; applying the activation rule only")
     fault_point("trained")
     decision = decide_activation(
-        store, model_id=run.model_id, project=request.project, quality_gate=settings.quality_gate
+        store,
+        model_id=run.model_id,
+        project=request.project,
+        quality_gate=settings.quality_gate,
+        engine_cache=settings.engine_cache_dir,
     )
     fault_point("activated")
     verb = "activated" if decision.activated else "not activated"
