@@ -6,7 +6,8 @@ slice) against training on one batch already on the device: steps/s, MPix/s and 
 alternating chunks (:func:`appliance.automl.throughput.measure_real_and_resident`). Then sliding-window inference
 on one real image (a 768 x 1024 crop): PyTorch with tiles blended on the device (``Trainer.logits``), PyTorch with
 tiles blended on the host (the path before issue 14, still what ``torch_runner`` gives) and ONNX Runtime (the
-service's predictor; CUDA provider with I/O binding when a GPU is present), interleaved in rounds.
+service's predictor, TensorRT or CUDA when a GPU is present) both ways: bound to the device's tensors with the tiles
+blended there (the GPU default) and with NumPy on the host (the CPU default), interleaved in rounds.
 
 The CPU always, CUDA when present. The last line: ``min real/resident ratio <x> over <n> groups (<devices>)``.
 About 6 minutes on the 2-core CPU (the largest resnet50 group alone takes a minute and a half).
@@ -129,12 +130,20 @@ def inference_table(device: torch.device, args) -> None:
         )
         providers = default_providers() if device.type == "cuda" else [CPU_PROVIDER]
         predictor = OnnxPredictor(
-            folder, providers=providers, threads=torch.get_num_threads(), engine_cache=Path(folder) / "engines"
+            folder,
+            providers=providers,
+            threads=torch.get_num_threads(),
+            engine_cache=Path(folder) / "engines",
+            blend_device=str(device),
         )
+        provider = predictor.provider.replace("ExecutionProvider", "")
         runs = {
             "pytorch, device blend": lambda: trainer.logits(image, tiles=tiles),
             "pytorch, host blend (before)": lambda: sliding_window_logits(normalised, host_runner, tiles=tiles),
-            f"onnxruntime ({predictor.provider})": lambda: predictor.logits(image),
+            f"onnxruntime {provider}, device blend": lambda: predictor.logits(image),
+            f"onnxruntime {provider}, host blend": lambda: sliding_window_logits(
+                normalise(image), predictor.run_batch, tiles=tiles
+            ),
         }
         for run in runs.values():  # warm-up
             run()

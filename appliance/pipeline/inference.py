@@ -6,8 +6,9 @@ logits are blended with a Gaussian weight (σ = tile / 8, as nnU-Net) that trust
 than tile borders. The tile size is an inference setting, independent of the training patch size.
 
 Two implementations of the same blend: :func:`sliding_window_logits` over any :data:`BatchRunner` (NumPy on the
-host; ONNX Runtime uses it) and :func:`torch_sliding_window_logits` for a PyTorch model, which cuts, batches and
-blends the tiles on the model's device and copies only the finished logits back.
+host; ONNX Runtime on the CPU uses it) and :func:`device_sliding_window_logits`, which cuts, batches and blends the
+tiles on a torch device and copies only the finished logits back (a PyTorch model through
+:func:`torch_sliding_window_logits`; ONNX Runtime on the GPU, bound to the tiles' device memory).
 """
 
 from __future__ import annotations
@@ -116,6 +117,35 @@ def sliding_window_logits(
     return (logits_sum / weight_sum)[:, :height, :width]
 
 
+def device_sliding_window_logits(normalised: np.ndarray, run_batch, *, device, tiles: TileSettings = DEFAULT_TILES):
+    """Logits ``(K + 1, H, W)`` for a normalised ``(H, W, C)`` float32 image, as :func:`sliding_window_logits`, but
+    with the tiles cut, batched and blended on the torch ``device``: ``run_batch`` maps a ``(B, C, h, w)`` float32
+    tensor on ``device`` to ``(B, K + 1, h, w)`` logits there (a PyTorch model, or ONNX Runtime bound to the tensors'
+    memory); only the finished logits come back to the host.
+    """
+    import torch
+
+    device = torch.device(device)
+    height, width = normalised.shape[:2]
+    (padded_h, padded_w), (tile_h, tile_w), corners = tile_layout(height, width, tiles=tiles)
+    with torch.inference_mode():
+        image = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)).to(device)
+        image = torch.nn.functional.pad(image.permute(2, 0, 1), (0, padded_w - width, 0, padded_h - height))
+        weight = torch.from_numpy(gaussian_weight(tile_h, tile_w)).to(device)
+        weight_sum = torch.zeros((padded_h, padded_w), dtype=torch.float32, device=device)
+        logits_sum = None
+        for start in range(0, len(corners), tiles.batch_size):
+            chunk = corners[start : start + tiles.batch_size]
+            out = run_batch(torch.stack([image[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])).float()
+            if logits_sum is None:
+                logits_sum = torch.zeros((out.shape[1], padded_h, padded_w), dtype=torch.float32, device=device)
+            for (y, x), tile_logits in zip(chunk, out, strict=True):
+                logits_sum[:, y : y + tile_h, x : x + tile_w].addcmul_(tile_logits, weight)
+                weight_sum[y : y + tile_h, x : x + tile_w] += weight
+        assert logits_sum is not None
+        return (logits_sum[:, :height, :width] / weight_sum[:height, :width]).cpu().numpy()
+
+
 def torch_sliding_window_logits(
     normalised: np.ndarray,
     model,
@@ -125,8 +155,7 @@ def torch_sliding_window_logits(
     amp_dtype=None,
     channels_last: bool = False,
 ) -> np.ndarray:
-    """Logits ``(K + 1, H, W)`` for a normalised ``(H, W, C)`` float32 image, as :func:`sliding_window_logits`
-    with :func:`torch_runner`, but with the tiles cut, batched and blended on ``device`` (default: the model's).
+    """:func:`device_sliding_window_logits` of a PyTorch model on ``device`` (default: the model's).
 
     ``amp_dtype`` runs the model under autocast (CUDA: bf16 or fp16; blending stays float32); ``channels_last``
     hands it channels-last batches. The model is put in eval mode for the call and back afterwards.
@@ -134,33 +163,18 @@ def torch_sliding_window_logits(
     import torch
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    height, width = normalised.shape[:2]
-    (padded_h, padded_w), (tile_h, tile_w), corners = tile_layout(height, width, tiles=tiles)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def run(batch):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return model(batch.contiguous(memory_format=memory_format))
+
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            image = torch.from_numpy(np.ascontiguousarray(normalised, dtype=np.float32)).to(device)
-            image = torch.nn.functional.pad(image.permute(2, 0, 1), (0, padded_w - width, 0, padded_h - height))
-            weight = torch.from_numpy(gaussian_weight(tile_h, tile_w)).to(device)
-            weight_sum = torch.zeros((padded_h, padded_w), dtype=torch.float32, device=device)
-            logits_sum = None
-            for start in range(0, len(corners), tiles.batch_size):
-                chunk = corners[start : start + tiles.batch_size]
-                batch = torch.stack([image[:, y : y + tile_h, x : x + tile_w] for y, x in chunk])
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    out = model(batch.contiguous(memory_format=memory_format)).float()
-                if logits_sum is None:
-                    logits_sum = torch.zeros((out.shape[1], padded_h, padded_w), dtype=torch.float32, device=device)
-                for (y, x), tile_logits in zip(chunk, out, strict=True):
-                    logits_sum[:, y : y + tile_h, x : x + tile_w].addcmul_(tile_logits, weight)
-                    weight_sum[y : y + tile_h, x : x + tile_w] += weight
-            assert logits_sum is not None
-            logits = (logits_sum[:, :height, :width] / weight_sum[:height, :width]).cpu().numpy()
+        return device_sliding_window_logits(normalised, run, device=device, tiles=tiles)
     finally:
         model.train(was_training)
-    return logits
 
 
 def torch_runner(model, *, device=None) -> BatchRunner:

@@ -14,7 +14,12 @@ import onnxruntime as ort
 
 from appliance.data.io import NORMALISATION, normalise, read_format_json
 from appliance.errors import ModelFileError
-from appliance.pipeline.inference import SIZE_MULTIPLE, TileSettings, sliding_window_logits
+from appliance.pipeline.inference import (
+    SIZE_MULTIPLE,
+    TileSettings,
+    device_sliding_window_logits,
+    sliding_window_logits,
+)
 from appliance.pipeline.instances import DEFAULT_SEED_DEPTH_PX
 from appliance.pipeline.task import SEMANTIC, TASKS, Segmentation, class_map, network_class_names, segmentation
 
@@ -45,33 +50,32 @@ def cuda_device_present() -> bool:
     return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
-class CudaBatchRunner:
-    """Runs tile batches on a CUDA or TensorRT session through I/O binding: the batch is copied into an input buffer
-    that stays on the GPU (one per batch shape, reused), the logits go to GPU memory from ONNX Runtime's arena and
-    come back in one copy; ``session.run`` would allocate and copy both through host-side staging on every call.
+class BoundTensorRunner:
+    """Runs tile batches held in torch tensors through ONNX Runtime's I/O binding on the tensors' own memory: the
+    session reads the batch where it lies and writes the logits into a tensor allocated beside it, so on a GPU
+    nothing crosses to the host until the blended image is finished (:func:`device_sliding_window_logits`).
     """
 
-    MAX_SHAPES = 4  # input buffers kept: a full batch and a last, shorter one, for a few image sizes
-
-    def __init__(self, session: ort.InferenceSession, *, device_id: int = 0):
+    def __init__(self, session: ort.InferenceSession, out_channels: int):
         self.session = session
-        self.device_id = device_id
-        self._inputs: dict[tuple[int, ...], ort.OrtValue] = {}
+        self.out_channels = out_channels
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        value = self._inputs.get(batch.shape)
-        if value is None:
-            if len(self._inputs) >= self.MAX_SHAPES:
-                self._inputs.clear()
-            value = self._inputs[batch.shape] = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", self.device_id)
-        else:
-            value.update_inplace(batch)
+    def __call__(self, batch):
+        import torch
+
+        batch = batch.to(torch.float32).contiguous()
+        out = torch.empty(
+            (batch.shape[0], self.out_channels, *batch.shape[2:]), dtype=torch.float32, device=batch.device
+        )
+        device_type, device_id = batch.device.type, batch.device.index or 0
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input("image", value)
-        binding.bind_output("logits", "cuda", self.device_id)
+        binding.bind_input("image", device_type, device_id, np.float32, list(batch.shape), batch.data_ptr())
+        binding.bind_output("logits", device_type, device_id, np.float32, list(out.shape), out.data_ptr())
+        if device_type == "cuda":  # ONNX Runtime reads on its own stream: the tiles' kernels must be done
+            torch.cuda.current_stream(batch.device).synchronize()
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        binding.synchronize_outputs()
+        return out
 
 
 @lru_cache(maxsize=1)
@@ -174,6 +178,9 @@ class OnnxPredictor:
     engine_cache : path, optional
         Folder of TensorRT engines when the TensorRT provider runs (default :func:`default_engine_cache`): the first
         session of a model builds its engine there, later ones load it.
+    blend_device : str, optional
+        The torch device whose memory the tiles are cut, run (I/O binding) and blended in. Default: the session's GPU
+        when a GPU provider serves, else none (the NumPy blend on the host, the faster one on a CPU).
     """
 
     def __init__(
@@ -183,6 +190,7 @@ class OnnxPredictor:
         providers: list[str] | None = None,
         threads: int | None = None,
         engine_cache: str | Path | None = None,
+        blend_device: str | None = None,
     ):
         self.model_dir = Path(model_dir)
         self.metadata = read_model_metadata(self.model_dir)
@@ -200,10 +208,10 @@ class OnnxPredictor:
             )
         except Exception as exc:
             raise ModelFileError(f"{onnx_path}: ONNX Runtime cannot load it ({exc}); export the model again") from exc
-        self._cuda_runner = None
-        if self.provider in GPU_PROVIDERS:
-            options = self.session.get_provider_options().get(self.provider, {})
-            self._cuda_runner = CudaBatchRunner(self.session, device_id=int(options.get("device_id", 0)))
+        if blend_device is None and self.provider in GPU_PROVIDERS:
+            gpu = self.session.get_provider_options().get(self.provider, {}).get("device_id", 0)
+            blend_device = f"cuda:{int(gpu)}"
+        self.blend_device = blend_device
         self.tiles = TileSettings(**self.metadata["tiles"])
         self.in_channels = int(self.metadata["input"]["channels"])
         self.class_names: list[str] = list(self.metadata["class_names"])
@@ -211,6 +219,7 @@ class OnnxPredictor:
         self.task: str = self.metadata.get("task", SEMANTIC)
         self.seed_depth_px: float = float(self.metadata.get("seed_depth_px", DEFAULT_SEED_DEPTH_PX))
         network = network_class_names(self.task, self.class_names)
+        self._bound_runner = BoundTensorRunner(self.session, len(network) + 1)
         outputs = self.session.get_outputs()[0].shape
         if len(outputs) == 4 and isinstance(outputs[1], int) and outputs[1] != len(network) + 1:
             raise ModelFileError(
@@ -225,14 +234,16 @@ class OnnxPredictor:
         return self.session.get_providers()[0]
 
     def run_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Logits ``(B, K + 1, h, w)`` of a float32 ``(B, C, h, w)`` batch of tiles (I/O binding on the GPU)."""
-        if self._cuda_runner is not None:
-            return self._cuda_runner(batch)
+        """Logits ``(B, K + 1, h, w)`` of a float32 ``(B, C, h, w)`` batch of tiles on the host."""
         return self.session.run(["logits"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
     def logits(self, image: np.ndarray) -> np.ndarray:
-        """``(K + 1, H, W)`` logits of a raw ``(H, W, C)`` image."""
+        """``(K + 1, H, W)`` logits of a raw ``(H, W, C)`` image (tiles blended on :attr:`blend_device`)."""
         self._check_channels(image)
+        if self.blend_device is not None:
+            return device_sliding_window_logits(
+                normalise(image), self._bound_runner, device=self.blend_device, tiles=self.tiles
+            )
         return sliding_window_logits(normalise(image), self.run_batch, tiles=self.tiles)
 
     def predict(self, image: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""The ONNX Runtime GPU paths on a CPU: I/O binding through fakes of the session and its device buffers, the
-TensorRT provider's choice and options, its library lookup through stand-in libraries built here."""
+"""The ONNX Runtime GPU paths on a CPU: I/O binding on tensor memory and the device blend (for real, on CPU
+tensors), the TensorRT provider's choice and options (a session that reports it), its library lookup (stand-in
+libraries built here)."""
 
 import json
 import shutil
@@ -17,73 +18,27 @@ from appliance.pipeline.predictor import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     TENSORRT_PROVIDER,
-    CudaBatchRunner,
     OnnxPredictor,
     default_providers,
     session_providers,
     tensorrt_options,
 )
 
-
-class FakeValue:
-    """An OrtValue on a (fake) CUDA device."""
-
-    def __init__(self, array, device_type, device_id):
-        self.array, self.device = array.copy(), (device_type, device_id)
-        self.updates = 0
-
-    def update_inplace(self, array):
-        assert array.shape == self.array.shape
-        self.array[...] = array
-        self.updates += 1
+REAL_SESSION = ort.InferenceSession
 
 
-class FakeBinding:
-    def __init__(self):
-        self.input = self.output = None
-
-    def bind_ortvalue_input(self, name, value):
-        self.input = (name, value)
-
-    def bind_output(self, name, device_type, device_id):
-        self.output = (name, device_type, device_id)
-
-    def copy_outputs_to_cpu(self):
-        return [np.concatenate([-self.input[1].array, self.input[1].array], axis=1)]
-
-
-class FakeSession:
-    def __init__(self):
-        self.bindings = []
-
-    def io_binding(self):
-        self.bindings.append(FakeBinding())
-        return self.bindings[-1]
-
-    def run_with_iobinding(self, binding):
-        assert binding.input is not None and binding.output is not None
-
-    def run(self, *args):
-        raise AssertionError("the CUDA runner must not use session.run")
-
-
-def test_the_cuda_runner_binds_a_device_input_buffer_per_shape_and_reuses_it(monkeypatch):
-    created = []
-    monkeypatch.setattr(
-        ort.OrtValue,
-        "ortvalue_from_numpy",
-        lambda array, device_type, device_id: created.append(FakeValue(array, device_type, device_id)) or created[-1],
-    )
-    session = FakeSession()
-    run = CudaBatchRunner(session, device_id=1)
-    batches = [np.full((4, 1, 32, 32), v, np.float64) for v in (1.0, 2.0)] + [np.full((2, 1, 32, 32), 3.0)]
-    outputs = [run(batch) for batch in batches]
-    assert [value.device for value in created] == [("cuda", 1), ("cuda", 1)]  # a full batch and a shorter one
-    assert created[0].updates == 1 and created[0].array.dtype == np.float32
-    assert all(binding.output == ("logits", "cuda", 1) for binding in session.bindings)
-    assert all(binding.input[0] == "image" for binding in session.bindings)
-    for batch, out in zip(batches, outputs, strict=True):
-        np.testing.assert_array_equal(out[:, 1:], batch)
+@pytest.mark.parametrize("shape", [(384, 384), (97, 530), (40, 33)])
+def test_onnx_runtime_bound_to_tensor_memory_blends_as_the_host_does(trained_model, demo_images_dir, shape):
+    """The GPU path's I/O binding and device blend, for real on the CPU: a real session bound to CPU tensors."""
+    image = read_image(next(demo_images_dir.glob("*.tif")))[: shape[0], : shape[1]]
+    host = OnnxPredictor(trained_model, providers=[CPU_PROVIDER])
+    bound = OnnxPredictor(trained_model, providers=[CPU_PROVIDER], blend_device="cpu")
+    assert host.blend_device is None  # on a CPU the NumPy blend is the default
+    bound.session.run = lambda *args, **kwargs: pytest.fail("the bound path must not use session.run")
+    expected = host.logits(image)
+    actual = bound.logits(image)
+    assert actual.shape == expected.shape == (2, *image.shape[:2]) and actual.dtype == np.float32
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -146,65 +101,37 @@ def test_a_cache_that_cannot_hold_engines_leaves_tensorrt_out_and_cuda_serves(mo
     assert provided[0][0] == TENSORRT_PROVIDER and provided[1:] == [CUDA_PROVIDER, CPU_PROVIDER]
 
 
-REAL_SESSION = ort.InferenceSession
-
-
-class BoundCpuSession:
-    """A real CPU session that reports the TensorRT provider and runs I/O bindings on the CPU: the predictor's GPU
-    path (provider options, runner, bindings) end to end without a GPU."""
+class TensorrtReportingSession:
+    """A real CPU session that says it runs on TensorRT, GPU 1: the predictor's GPU choices without a GPU."""
 
     created: list = []
 
     def __init__(self, path, sess_options=None, providers=None):
         self.providers = providers
         self.real = REAL_SESSION(path, sess_options=sess_options, providers=[CPU_PROVIDER])
-        BoundCpuSession.created.append(self)
-        self.runs = 0
+        TensorrtReportingSession.created.append(self)
 
     def get_providers(self):
         return [TENSORRT_PROVIDER, CUDA_PROVIDER, CPU_PROVIDER]
 
     def get_provider_options(self):
-        return {TENSORRT_PROVIDER: {"device_id": "0"}}
+        return {TENSORRT_PROVIDER: {"device_id": "1"}}
 
-    def get_outputs(self):
-        return self.real.get_outputs()
-
-    def io_binding(self):
-        return FakeBinding()
-
-    def run_with_iobinding(self, binding):
-        name, value = binding.input
-        binding.result = self.real.run(["logits"], {name: value.array})[0]
-        self.runs += 1
-
-    def run(self, *args):
-        raise AssertionError("the GPU path must not use session.run")
+    def __getattr__(self, name):
+        return getattr(self.real, name)
 
 
-def test_the_tensorrt_path_binds_its_batches_and_segments_as_the_cpu_does(
-    monkeypatch, tmp_path, trained_model, demo_images_dir
-):
+def test_a_tensorrt_session_gets_its_options_and_cuts_and_blends_on_its_gpu(monkeypatch, tmp_path, trained_model):
     monkeypatch.setattr(predictor_module, "tensorrt_version", lambda: 100900)
-    monkeypatch.setattr(FakeBinding, "copy_outputs_to_cpu", lambda binding: [binding.result])
-    monkeypatch.setattr(
-        ort.OrtValue, "ortvalue_from_numpy", lambda array, device_type, device_id: FakeValue(array, device_type, 0)
-    )
-    image = read_image(next(demo_images_dir.glob("*.tif")))
-    expected = OnnxPredictor(trained_model, providers=[CPU_PROVIDER]).logits(image)
-    monkeypatch.setattr(ort, "InferenceSession", BoundCpuSession)
+    monkeypatch.setattr(ort, "InferenceSession", TensorrtReportingSession)
     gpu = OnnxPredictor(trained_model, providers=[TENSORRT_PROVIDER, CUDA_PROVIDER], engine_cache=tmp_path / "trt")
-    session = BoundCpuSession.created[-1]
-    (name, options), cuda = session.providers
+    (name, options), cuda = TensorrtReportingSession.created[-1].providers
     assert (name, cuda) == (TENSORRT_PROVIDER, CUDA_PROVIDER)
     assert options["trt_engine_cache_path"].startswith(str(tmp_path / "trt"))
     tiles = json.loads((trained_model / "model.json").read_text())["tiles"]
-    assert (
-        options["trt_profile_max_shapes"] == f"image:{tiles['batch_size']}x1x{tiles['tile_size']}x{tiles['tile_size']}"
-    )
-    assert gpu.provider == TENSORRT_PROVIDER and isinstance(gpu._cuda_runner, CudaBatchRunner)
-    np.testing.assert_allclose(gpu.logits(image), expected, atol=1e-5)
-    assert session.runs >= 1
+    largest = f"image:{tiles['batch_size']}x1x{tiles['tile_size']}x{tiles['tile_size']}"
+    assert options["trt_profile_max_shapes"] == largest
+    assert gpu.provider == TENSORRT_PROVIDER and gpu.blend_device == "cuda:1"
 
 
 def test_tensorrt_libraries_are_found_where_the_tensorrt_wheels_put_them(tmp_path):
