@@ -64,9 +64,7 @@ class BoundTensorRunner:
         import torch
 
         batch = batch.to(torch.float32).contiguous()
-        out = torch.empty(
-            (batch.shape[0], self.out_channels, *batch.shape[2:]), dtype=torch.float32, device=batch.device
-        )
+        out = batch.new_empty((batch.shape[0], self.out_channels, *batch.shape[2:]))  # float32, same device
         device_type, device_id = batch.device.type, batch.device.index or 0
         binding = self.session.io_binding()
         binding.bind_input("image", device_type, device_id, np.float32, list(batch.shape), batch.data_ptr())

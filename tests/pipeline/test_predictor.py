@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +19,7 @@ from appliance.pipeline.predictor import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     TENSORRT_PROVIDER,
+    BoundTensorRunner,
     OnnxPredictor,
     default_providers,
     session_providers,
@@ -99,6 +101,64 @@ def test_a_cache_that_cannot_hold_engines_leaves_tensorrt_out_and_cuda_serves(mo
     assert "TensorRT left out" in caplog.text and "a-file" in caplog.text
     provided = session_providers(names, onnx_path, metadata, tmp_path / "cache")
     assert provided[0][0] == TENSORRT_PROVIDER and provided[1:] == [CUDA_PROVIDER, CPU_PROVIDER]
+
+
+class FakeCudaTensor:
+    """A float32 tensor on GPU 1, as far as the runner can tell."""
+
+    def __init__(self, shape, pointer):
+        self.shape, self.pointer = tuple(shape), pointer
+        self.device = types.SimpleNamespace(type="cuda", index=1)
+
+    def to(self, dtype):
+        return self
+
+    def contiguous(self):
+        return self
+
+    def data_ptr(self):
+        return self.pointer
+
+    def new_empty(self, shape):
+        return FakeCudaTensor(shape, self.pointer + 1000)
+
+
+def test_the_bound_runner_binds_gpu_memory_after_the_tiles_are_ready_and_waits_for_the_logits(monkeypatch):
+    import torch
+
+    calls = []
+
+    class Binding:
+        def bind_input(self, *args):
+            calls.append(("input", *args))
+
+        def bind_output(self, *args):
+            calls.append(("output", *args))
+
+        def synchronize_outputs(self):
+            calls.append(("outputs synchronised",))
+
+    class Session:
+        def io_binding(self):
+            return Binding()
+
+        def run_with_iobinding(self, binding):
+            calls.append(("run",))
+
+    stream = types.SimpleNamespace(synchronize=lambda: calls.append(("torch stream synchronised",)))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: calls.append(("stream of", device)) or stream)
+    out = BoundTensorRunner(Session(), out_channels=3)(FakeCudaTensor((4, 1, 64, 96), pointer=5000))
+    assert out.shape == (4, 3, 64, 96) and out.device.type == "cuda"
+    assert [call[0] for call in calls] == [
+        "input",
+        "output",
+        "stream of",
+        "torch stream synchronised",
+        "run",
+        "outputs synchronised",
+    ]
+    assert calls[0][1:] == ("image", "cuda", 1, np.float32, [4, 1, 64, 96], 5000)
+    assert calls[1][1:] == ("logits", "cuda", 1, np.float32, [4, 3, 64, 96], 6000)
 
 
 class TensorrtReportingSession:
