@@ -13,7 +13,10 @@ The CPU always, CUDA when present. The last line: ``min real/resident ratio <x> 
 About 6 minutes on the 2-core CPU (the largest resnet50 group alone takes a minute and a half).
 
     python benchmarks/throughput.py [--device cpu] [--groups 64x4 128x16] [--encoders resnet18] [--workers N]
-                                    [--threads N]
+                                    [--threads N] [--compile MODE]
+
+``--compile MODE`` measures each group again with its training steps compiled (``Speedups.compile``): steps/s
+against eager, the compile's seconds and the steps after which it has paid for itself.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 import torch
 
 from appliance.automl.memory import memory_groups
-from appliance.automl.throughput import measure_real_and_resident
+from appliance.automl.throughput import RealAndResident, measure_real_and_resident
 from appliance.data.io import normalise
 from appliance.data.labelled_set import load_labelled_set
 from appliance.pipeline.config import PipelineConfig
@@ -36,7 +39,7 @@ from appliance.pipeline.device import device_name, resolve_device, synchronize
 from appliance.pipeline.export import write_model_folder
 from appliance.pipeline.inference import TileSettings, sliding_window_logits, torch_runner
 from appliance.pipeline.predictor import CPU_PROVIDER, OnnxPredictor, default_providers
-from appliance.pipeline.trainer import Speedups, Trainer
+from appliance.pipeline.trainer import COMPILE_MODES, Speedups, Trainer
 from appliance.settings import SHARED_DATASETS
 
 DEFAULT_SET = SHARED_DATASETS / "usiigaci_phase_cells"
@@ -58,6 +61,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="inference rounds")
     parser.add_argument("--skip-inference", action="store_true")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        help="also measure every group with its training steps compiled in this torch.compile mode: the speed-up "
+        "and how many steps repay the compile (for the small groups on a GPU, reduce-overhead: CUDA graphs)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,8 +77,10 @@ def main() -> None:
         speedups = Speedups.for_device(device)
         if args.workers is not None:
             speedups = replace(speedups, workers=args.workers)
-        ratios = training_table(device, speedups, args)
-        minimum += [(ratio, device_name(device)) for ratio in ratios]
+        measured = training_table(device, speedups, args)
+        minimum += [(m.ratio, device_name(device)) for m in measured]
+        if args.compile:
+            compile_table(device, replace(speedups, compile=args.compile), args, eager=measured)
         if not args.skip_inference:
             inference_table(device, args)
     if not minimum:
@@ -80,7 +91,13 @@ def main() -> None:
     )
 
 
-def training_table(device: torch.device, speedups: Speedups, args) -> list[float]:
+def selected_groups(args) -> list:
+    """The memory groups of ``--encoders`` (and ``--groups``, when given)."""
+    chosen = [group for group in memory_groups() if group.encoder in args.encoders]
+    return [g for g in chosen if not args.groups or f"{g.patch_size}x{g.batch_size}" in args.groups]
+
+
+def training_table(device: torch.device, speedups: Speedups, args) -> list[RealAndResident]:
     print(
         f"training on {device_name(device)}: {speedups.workers} batch workers, prefetch {speedups.prefetch}, "
         f"channels_last {speedups.channels_last}, mixed precision {speedups.mixed_precision}, "
@@ -90,15 +107,11 @@ def training_table(device: torch.device, speedups: Speedups, args) -> list[float
         f"  {'patch':>5} {'batch':>5} {'encoder':<9} {'real st/s':>9} {'resident st/s':>13} "
         f"{'real MPix/s':>11} {'resident MPix/s':>15} {'ratio':>6} {'took s':>6}"
     )
-    ratios = []
-    for group in memory_groups():
-        if group.encoder not in args.encoders:
-            continue
-        if args.groups and f"{group.patch_size}x{group.batch_size}" not in args.groups:
-            continue
+    table = []
+    for group in selected_groups(args):
         started = time.perf_counter()
         measured = measure_real_and_resident(group, device, min_seconds=args.min_seconds, speedups=speedups)
-        ratios.append(measured.ratio)
+        table.append(measured)
         print(
             f"  {group.patch_size:>5} {group.batch_size:>5} {group.encoder:<9} {measured.real:>9.3f} "
             f"{measured.resident:>13.3f} {measured.mpix_per_second(measured.real):>11.3f} "
@@ -106,9 +119,31 @@ def training_table(device: torch.device, speedups: Speedups, args) -> list[float
             f"{time.perf_counter() - started:>6.1f}",
             flush=True,
         )
-    if ratios:
+    if table:
+        ratios = [m.ratio for m in table]
         print(f"  min real/resident ratio on {device_name(device)}: {min(ratios):.2f} over {len(ratios)} groups")
-    return ratios
+    return table
+
+
+def compile_table(device: torch.device, speedups: Speedups, args, *, eager: list[RealAndResident]) -> None:
+    """The same groups with compiled training steps, against the eager ones just measured: real steps/s of both,
+    the compile (the first step's extra seconds) and the real steps after which the compiled trainer is ahead."""
+    print(f"training on {device_name(device)} compiled (torch.compile mode {speedups.compile}) against eager:")
+    print(
+        f"  {'patch':>5} {'batch':>5} {'encoder':<9} {'eager st/s':>10} {'compiled st/s':>13} {'speed-up':>8} "
+        f"{'compile s':>9} {'repaid after steps':>18}"
+    )
+    for before in eager:
+        group = before.group
+        after = measure_real_and_resident(group, device, min_seconds=args.min_seconds, speedups=speedups)
+        compile_seconds = max(0.0, after.first_step - before.first_step)
+        saved_per_step = 1 / before.real - 1 / after.real
+        repaid = f"{compile_seconds / saved_per_step:.0f}" if saved_per_step > 0 else "never"
+        print(
+            f"  {group.patch_size:>5} {group.batch_size:>5} {group.encoder:<9} {before.real:>10.3f} "
+            f"{after.real:>13.3f} {after.real / before.real:>8.2f} {compile_seconds:>9.1f} {repaid:>18}",
+            flush=True,
+        )
 
 
 def inference_table(device: torch.device, args) -> None:

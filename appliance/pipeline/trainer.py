@@ -42,6 +42,10 @@ from appliance.pipeline.loader import PREFETCH, BatchLoader, PatchSampler, Sampl
 from appliance.pipeline.model import build_model, focal_loss
 from appliance.pipeline.patches import TrainingPatches
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes a trainer accepts; the next two capture CUDA graphs."""
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 LOSS_EVERY = 20
 """With a progress bar, the mean loss is read back (a host synchronisation) every this many steps."""
 
@@ -53,6 +57,12 @@ class Speedups:
     ``workers`` background processes prepare ``prefetch`` batches each ahead (0: in the training thread);
     ``channels_last`` memory format, ``mixed_precision`` (bf16 where the GPU has it, else fp16) and the
     ``fused_adam`` kernel help on CUDA only and are refused on the CPU, whose path is plain fp32.
+
+    ``compile`` runs the training forward (and so its backward) through ``torch.compile`` in that mode
+    (:data:`COMPILE_MODES`; ``""``: eager, the default everywhere). Compiling costs seconds to minutes on the first
+    step, which a halving slice pays; whether fewer launches (``reduce-overhead``: CUDA graphs) repay it for the small
+    configurations is measured by ``benchmarks/throughput.py --compile MODE`` before any default turns it on. The
+    CUDA-graph modes are refused on the CPU. ``compile_backend`` is torch's (``inductor``; ``eager`` traces only).
     """
 
     workers: int = 0
@@ -60,6 +70,8 @@ class Speedups:
     channels_last: bool = False
     mixed_precision: bool = False
     fused_adam: bool = False
+    compile: str = ""
+    compile_backend: str = "inductor"
 
     @classmethod
     def for_device(cls, device: torch.device) -> Speedups:
@@ -68,7 +80,11 @@ class Speedups:
         return cls(workers=default_workers(device), channels_last=cuda, mixed_precision=cuda, fused_adam=cuda)
 
     def check(self, device: torch.device) -> None:
+        if self.compile and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)} or empty, got {self.compile!r}")
         cuda_only = [name for name in ("channels_last", "mixed_precision", "fused_adam") if getattr(self, name)]
+        if self.compile in CUDA_GRAPH_MODES:
+            cuda_only.append(f"compile={self.compile!r} (CUDA graphs)")
         if cuda_only and not is_cuda(device):
             raise ValueError(f"{', '.join(cuda_only)} need a CUDA device, got {device}; use Speedups.for_device")
         if self.workers < 0 or self.prefetch < 1:
@@ -125,6 +141,12 @@ class Trainer:
         self.model = build_model(config, in_channels=in_channels, num_classes=num_classes).to(self.device)
         if self.speedups.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # the module itself stays eager: checkpoints, validation and export use it; only training steps compile
+        self._forward = (
+            torch.compile(self.model, mode=self.speedups.compile, backend=self.speedups.compile_backend)
+            if self.speedups.compile
+            else self.model
+        )
         # fused Adam: one kernel for all parameters' updates instead of several per tensor (CUDA)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.learning_rate, fused=True if self.speedups.fused_adam else None
@@ -252,7 +274,7 @@ class Trainer:
         """One optimiser step; returns the loss as a float32 tensor on the device (reading it would wait for it)."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(images)
+            logits = self._forward(images)
         loss = focal_loss(logits, masks)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

@@ -255,3 +255,29 @@ def test_rolling_back_restores_the_weights_and_keeps_the_counters_and_the_sample
     other = Trainer(dataclasses.replace(CONFIG, learning_rate=0.01), in_channels=1, num_classes=1, seed=3, device="cpu")
     with pytest.raises(CheckpointError, match="roll back only to a checkpoint of the same trial"):
         other.restore_weights(tmp_path / "best.pt")
+
+
+def test_a_compiled_trainer_learns_what_the_eager_one_does_and_saves_the_plain_model(patches, tmp_path):
+    """The compile switch's CPU path: dynamo traces the training forward (the ``eager`` backend: no code generated,
+    so the arithmetic and the weights are the eager trainer's); the checkpoint holds the module's own keys."""
+    eager = Trainer(CONFIG, in_channels=1, num_classes=1, seed=5, device="cpu")
+    eager.train(patches, max_steps=2)
+    traced = Speedups(compile="default", compile_backend="eager")
+    compiled = Trainer(CONFIG, in_channels=1, num_classes=1, seed=5, device="cpu", speedups=traced)
+    assert compiled._forward is not compiled.model
+    compiled.train(patches, max_steps=2)
+    expected, actual = _weights(eager), _weights(compiled)
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    compiled.save(tmp_path / "compiled.pt")
+    assert not any("_orig_mod" in key for key in torch.load(tmp_path / "compiled.pt")["model"])
+    resumed = Trainer.load(tmp_path / "compiled.pt", device="cpu")
+    assert resumed._forward is resumed.model  # a checkpoint does not carry the switch
+
+
+@pytest.mark.parametrize(
+    ("compile_mode", "error"),
+    [("reduce-overhead", "CUDA graphs.*need a CUDA device"), ("fastest", "compile must be one of")],
+)
+def test_cuda_graph_and_unknown_compile_modes_are_refused_on_the_cpu(compile_mode, error):
+    with pytest.raises(ValueError, match=error):
+        Trainer(CONFIG, in_channels=1, num_classes=1, device="cpu", speedups=Speedups(compile=compile_mode))
