@@ -169,7 +169,7 @@ def inference_table(device: torch.device, args) -> None:
             providers=providers,
             threads=torch.get_num_threads(),
             engine_cache=Path(folder) / "engines",
-            blend_device=str(device),
+            blend_device="cpu" if device.type == "cpu" else None,  # on CUDA: the GPU when ONNX Runtime has it
         )
         provider = predictor.provider.replace("ExecutionProvider", "")
         runs = {

@@ -209,6 +209,8 @@ class OnnxPredictor:
         if blend_device is None and self.provider in GPU_PROVIDERS:
             gpu = self.session.get_provider_options().get(self.provider, {}).get("device_id", 0)
             blend_device = f"cuda:{int(gpu)}"
+        if blend_device is not None and str(blend_device).startswith("cuda") and self.provider not in GPU_PROVIDERS:
+            raise ValueError(f"blend_device {blend_device} needs a GPU session; this one runs on {self.provider}")
         self.blend_device = blend_device
         self.tiles = TileSettings(**self.metadata["tiles"])
         self.in_channels = int(self.metadata["input"]["channels"])

@@ -36,6 +36,8 @@ def test_onnx_runtime_bound_to_tensor_memory_blends_as_the_host_does(trained_mod
     host = OnnxPredictor(trained_model, providers=[CPU_PROVIDER])
     bound = OnnxPredictor(trained_model, providers=[CPU_PROVIDER], blend_device="cpu")
     assert host.blend_device is None  # on a CPU the NumPy blend is the default
+    with pytest.raises(ValueError, match="cuda:0 needs a GPU session; this one runs on CPUExecutionProvider"):
+        OnnxPredictor(trained_model, providers=[CPU_PROVIDER], blend_device="cuda:0")
     bound.session.run = lambda *args, **kwargs: pytest.fail("the bound path must not use session.run")
     expected = host.logits(image)
     actual = bound.logits(image)
