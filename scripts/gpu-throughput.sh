@@ -12,17 +12,19 @@ OUT=${OUT:-$(mktemp -d)}
 log="$OUT/gpu-throughput.log"
 device=${DEVICE:-cuda}
 mode=${COMPILE:-reduce-overhead}
-only=${ONLY:+--groups $ONLY}
+read -r -a groups <<< "${ONLY:-}"
+only=()
+[ ${#groups[@]} -gt 0 ] && only=(--groups "${groups[@]}")
+[ ${#groups[@]} -gt 0 ] || groups=(64x4 64x8 64x16)
 set_dir=.gpu/data/usiigaci_phase_cells
 [ -d "$set_dir" ] || set_dir=../shared/datasets/usiigaci_phase_cells
 step() { echo "== $1 ($(date -u +%H:%M:%S))" | tee -a "$log"; }
 
 step "1. every memory group on CUDA: real against GPU-resident steps/s; inference MPix/s on one 768x1024 image"
-# shellcheck disable=SC2086
-timeout 300 python3 benchmarks/throughput.py --device "$device" $only --min-seconds 2 --rounds 5 --set "$set_dir" \
+timeout 300 python3 benchmarks/throughput.py --device "$device" "${only[@]}" --min-seconds 2 --rounds 5 --set "$set_dir" \
   2>&1 | tee -a "$log"
 
 step "2. compiled training steps (CUDA graphs) against eager for the patch-64 groups: do they repay the compile?"
-timeout 240 python3 benchmarks/throughput.py --device "$device" --groups ${ONLY:-64x4 64x8 64x16} --encoders resnet18 \
+timeout 240 python3 benchmarks/throughput.py --device "$device" --groups "${groups[@]}" --encoders resnet18 \
   --skip-inference --min-seconds 2 --compile "$mode" --set "$set_dir" 2>&1 | tee -a "$log"
 step "done"
