@@ -226,7 +226,7 @@ class RealAndResident:
     group: MemoryGroup
     real: float
     resident: float
-    first_step: float = 0.0  # seconds of the trainer's first step (a compiled trainer compiles in it)
+    first_step: float  # seconds of the trainer's first step (a compiled trainer compiles in it)
 
     @property
     def ratio(self) -> float:
@@ -264,7 +264,7 @@ def measure_real_and_resident(
             real_seconds += trainer.train(patches, max_steps=chunk).seconds
             resident_seconds += trainer.train_resident(images, masks, steps=chunk)
             steps += chunk
-    return RealAndResident(group, steps / real_seconds, steps / resident_seconds, first_step=warm_up)
+    return RealAndResident(group, steps / real_seconds, steps / resident_seconds, warm_up)
 
 
 def measure_prediction(encoder: str, device: torch.device, *, repeats: int = 2) -> float:
